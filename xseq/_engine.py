@@ -1,0 +1,215 @@
+"""Fast whole-sequence forward and backward passes shared by every public sequence function.
+
+The per-cell functions in ``rnn.py``/``lstm.py``/``gru.py`` are the readable
+definitions; this module computes the same thing quickly:
+
+* time-major, examples-as-rows layout: ``X`` is ``(T_x, m, n_x)`` and every
+  step's block ``X[t]`` is contiguous;
+* the gate matrices are stacked (``W_ih`` is ``(G*n_a, n_x)``, ``W_hh`` is
+  ``(G*n_a, n_a)``, PyTorch's block order), so a step is one GEMM;
+* the input projection of all ``T_x`` steps is one GEMM before the loop, with
+  the biases folded into it;
+* backward stores the pre-activation gradients of every step and computes
+  each weight gradient with one GEMM after the loop;
+* the pointwise work of a step goes to an ops object (``_pointwise.ops_for``),
+  which is where the fused CuPy kernels plug in.
+
+Variable lengths are a boolean ``mask`` ``(T_x, m, 1)``: where it is False the
+step is skipped for that example (state carried unchanged, output zero,
+gradient zero). ``reverse=True`` runs the recurrence from the last step to the
+first; with a mask, each example's reverse pass starts at its own last step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from array_api_compat import array_namespace
+from array_api_compat import device as device_of
+
+from ._pointwise import ops_for
+
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+SAVED = {"rnn": 0, "lstm": 4, "gru": 4}
+
+
+@dataclass
+class Trace:
+    """What a forward pass keeps for its backward pass (all time-major, in processing order)."""
+
+    kind: str
+    X: Any  # (T, m, n_x) input, flipped in time when reverse
+    W_ih: Any  # (G*n_a, n_x)
+    W_hh: Any  # (G*n_a, n_a)
+    S: Any  # (T+1, m, n_a) hidden states, S[0, ...] = h0
+    C: Any  # (T+1, m, n_a) LSTM cell states, C[0, ...] = c0; None otherwise
+    saved: Any  # (T, m, SAVED*n_a) activated gates; None for the RNN
+    mask: Any  # (T, m, 1) bool or None
+    reverse: bool
+
+
+def _flip(xp, a):
+    return None if a is None else xp.flip(a, axis=0)
+
+
+def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, reverse=False):
+    """Run a whole sequence.
+
+    Parameters
+    ----------
+    kind : {"rnn", "lstm", "gru"}
+    X : (T, m, n_x)
+    W_ih, W_hh : (G*n_a, n_x), (G*n_a, n_a)
+    b_ih, b_hh : (G*n_a,) or None for zero
+    h0, c0 : (m, n_a); c0 only for the LSTM
+    mask : (T, m, 1) bool or None
+
+    Returns
+    -------
+    Y : (T, m, n_a) hidden state after every step (zero where masked)
+    h_T, c_T : (m, n_a) final states (c_T is None but for the LSTM)
+    trace : Trace
+    """
+    xp = array_namespace(X)
+    ops = ops_for(xp)
+    T, m, n_x = X.shape
+    n_a = W_hh.shape[1]
+    G = GATES[kind]
+    dtype, dev = X.dtype, device_of(X)
+    if reverse:
+        X, mask = _flip(xp, X), _flip(xp, mask)
+
+    bias = _folded_bias(xp, kind, b_ih, b_hh, G * n_a, dtype, dev)
+    XW = xp.reshape(xp.matmul(xp.reshape(X, (T * m, n_x)), W_ih.T) + bias, (T, m, G * n_a))
+
+    S = xp.empty((T + 1, m, n_a), dtype=dtype, device=dev)
+    S[0, ...] = h0
+    C = saved = None
+    if kind == "lstm":
+        C = xp.empty((T + 1, m, n_a), dtype=dtype, device=dev)
+        C[0, ...] = c0
+    if SAVED[kind]:
+        saved = xp.empty((T, m, SAVED[kind] * n_a), dtype=dtype, device=dev)
+    b_hn = b_hh[2 * n_a:] if kind == "gru" and b_hh is not None else None
+    if kind == "gru" and b_hn is None:
+        b_hn = xp.zeros((n_a,), dtype=dtype, device=dev)
+
+    W_hhT = W_hh.T
+    h, c = S[0, ...], (C[0, ...] if C is not None else None)
+    for t in range(T):
+        hw = xp.matmul(h, W_hhT)
+        if kind == "rnn":
+            ops.rnn_forward(XW[t, ...], hw, saved, S, t)
+        elif kind == "lstm":
+            ops.lstm_forward(XW[t, ...], hw, c, saved, C, S, t)
+        else:
+            ops.gru_forward(XW[t, ...], hw, b_hn, h, saved, S, t)
+        if mask is not None:
+            S[t + 1, ...] = xp.where(mask[t, ...], S[t + 1, ...], h)
+            if C is not None:
+                C[t + 1, ...] = xp.where(mask[t, ...], C[t + 1, ...], c)
+        h = S[t + 1, ...]
+        if C is not None:
+            c = C[t + 1, ...]
+
+    Y = S[1:, ...]
+    if mask is not None:
+        Y = xp.where(mask, Y, xp.zeros((), dtype=dtype, device=dev))
+    if reverse:
+        Y = _flip(xp, Y)
+    trace = Trace(kind, X, W_ih, W_hh, S, C, saved, mask, reverse)
+    return Y, h, c, trace
+
+
+def _folded_bias(xp, kind, b_ih, b_hh, size, dtype, dev):
+    """The bias added to the hoisted input projection (GRU keeps b_hn out: r multiplies it)."""
+    bias = xp.zeros((size,), dtype=dtype, device=dev)
+    if b_ih is not None:
+        bias = bias + b_ih
+    if b_hh is not None:
+        if kind == "gru":
+            n_a = size // 3
+            bias = bias + xp.concat([b_hh[:2 * n_a], xp.zeros((n_a,), dtype=dtype, device=dev)])
+        else:
+            bias = bias + b_hh
+    return bias
+
+
+def sequence_backward(trace, dY=None, dh_T=None, dc_T=None):
+    """Back-propagate through a whole sequence.
+
+    Parameters
+    ----------
+    trace : Trace from :func:`sequence_forward`
+    dY : (T, m, n_a) gradient of the outputs Y, or None
+    dh_T, dc_T : (m, n_a) gradients of the final states, or None
+
+    Returns
+    -------
+    dict with dX (T, m, n_x), dW_ih, dW_hh, db_ih, db_hh (G*n_a,), dh0 and dc0 (m, n_a)
+    (dc0 None but for the LSTM).
+    """
+    tr = trace
+    xp = array_namespace(tr.X)
+    ops = ops_for(xp)
+    kind, X, S, C, mask = tr.kind, tr.X, tr.S, tr.C, tr.mask
+    T, m, n_x = X.shape
+    n_a = tr.W_hh.shape[1]
+    G = GATES[kind]
+    dtype, dev = X.dtype, device_of(X)
+    zero = xp.zeros((), dtype=dtype, device=dev)
+
+    if dY is not None:
+        if tr.reverse:
+            dY = _flip(xp, dY)
+        if mask is not None:
+            dY = xp.where(mask, dY, zero)
+    dh = dh_T if dh_T is not None else xp.zeros((m, n_a), dtype=dtype, device=dev)
+    dc = None
+    if kind == "lstm":
+        dc = dc_T if dc_T is not None else xp.zeros((m, n_a), dtype=dtype, device=dev)
+
+    dZ = xp.empty((T, m, G * n_a), dtype=dtype, device=dev)
+    dHW = xp.empty((T, m, G * n_a), dtype=dtype, device=dev) if kind == "gru" else dZ
+    W_hh = tr.W_hh
+    for t in range(T - 1, -1, -1):
+        if dY is not None:
+            dh = dh + dY[t, ...]
+        dh_direct = dc_prev = None
+        if kind == "rnn":
+            ops.rnn_backward(S, t, dh, dZ)
+        elif kind == "lstm":
+            dc_prev = ops.lstm_backward(tr.saved, C, t, dh, dc, dZ)
+        else:
+            dh_direct = ops.gru_backward(tr.saved, S, t, dh, dZ, dHW)
+        if mask is not None:
+            dZ[t, ...] = xp.where(mask[t, ...], dZ[t, ...], zero)
+            if kind == "gru":
+                dHW[t, ...] = xp.where(mask[t, ...], dHW[t, ...], zero)
+                dh_direct = xp.where(mask[t, ...], dh_direct, dh)
+            else:
+                dh_direct = xp.where(mask[t, ...], zero, dh)
+            if dc_prev is not None:
+                dc_prev = xp.where(mask[t, ...], dc_prev, dc)
+        dh_prev = xp.matmul(dHW[t, ...], W_hh)
+        if dh_direct is not None:
+            dh_prev = dh_prev + dh_direct
+        dh, dc = dh_prev, dc_prev
+
+    dZ2 = xp.reshape(dZ, (T * m, G * n_a))
+    dHW2 = xp.reshape(dHW, (T * m, G * n_a))
+    X2 = xp.reshape(X, (T * m, n_x))
+    dX = xp.reshape(xp.matmul(dZ2, tr.W_ih), (T, m, n_x))
+    if tr.reverse:
+        dX = _flip(xp, dX)
+    grads = {
+        "dX": dX,
+        "dW_ih": xp.matmul(dZ2.T, X2),
+        "dW_hh": xp.matmul(dHW2.T, xp.reshape(S[:-1, ...], (T * m, n_a))),
+        "db_ih": xp.sum(dZ2, axis=0),
+        "db_hh": xp.sum(dHW2, axis=0),
+        "dh0": dh,
+        "dc0": dc,
+    }
+    return grads

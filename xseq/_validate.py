@@ -1,0 +1,79 @@
+"""Argument checks shared by every public function.
+
+Errors name the argument, what it is and what was expected, in the course's
+letters (n_x, n_a, n_y, m, T_x). Nothing is broadcast or cast silently.
+"""
+
+from __future__ import annotations
+
+from ._backend import namespace_of
+
+
+def _dtype_name(dtype):
+    return str(dtype).replace("torch.", "")
+
+
+def is_floating(xp, x):
+    return xp.isdtype(x.dtype, "real floating")
+
+
+def check_floating(xp, name, x):
+    if not is_floating(xp, x):
+        raise TypeError(
+            f"{name} has dtype {_dtype_name(x.dtype)}; expected a real floating dtype (float32 or float64)"
+        )
+
+
+def check_ndim(name, x, ndim, layout):
+    if x.ndim != ndim:
+        raise ValueError(f"{name} has {x.ndim} dimensions, shape {tuple(x.shape)}; expected {ndim}: {layout}")
+
+
+def check_shape(name, x, expected, layout, source):
+    """Raise unless ``x.shape == expected``.
+
+    ``layout`` spells the shape in letters, e.g. ``"(n_a, m)"``; ``source``
+    says where the expectation comes from, e.g. ``"from Waa and xt"``.
+    """
+    if tuple(x.shape) != tuple(expected):
+        raise ValueError(f"{name} has shape {tuple(x.shape)}; expected {layout} = {tuple(expected)} {source}")
+
+
+def check_same_dtype(arrays):
+    """All arrays in the ``{name: array}`` mapping share one dtype; the first named sets it."""
+    items = [(k, v) for k, v in arrays.items() if v is not None]
+    first_name, first = items[0]
+    for name, value in items[1:]:
+        if value.dtype != first.dtype:
+            raise TypeError(
+                f"mixed dtypes: {name} is {_dtype_name(value.dtype)} but {first_name} is "
+                f"{_dtype_name(first.dtype)}; convert them to one floating dtype first"
+            )
+
+
+def get_parameters(parameters, keys, where):
+    """Pull ``keys`` out of a parameter dictionary, naming a missing key."""
+    if not isinstance(parameters, dict):
+        raise TypeError(f"parameters must be a dict with keys {list(keys)}; got {type(parameters).__name__}")
+    missing = [k for k in keys if k not in parameters]
+    if missing:
+        raise KeyError(f"parameters is missing key {missing[0]!r} needed by {where}; expected keys {list(keys)}")
+    return [parameters[k] for k in keys]
+
+
+def namespace_and_checks(**arrays):
+    """Common entry check: one library, floating dtypes, one dtype. Returns the namespace."""
+    xp = namespace_of(**arrays)
+    for name, value in arrays.items():
+        if value is not None:
+            check_floating(xp, name, value)
+    check_same_dtype(arrays)
+    return xp
+
+
+def check_cache(cache, expected_type, function, producer):
+    """A backward function was handed a cache: it must be the one its forward returns."""
+    if not isinstance(cache, expected_type):
+        made_by = getattr(type(cache), "made_by", None)
+        got = f"a cache from {made_by}" if made_by else f"a {type(cache).__name__}"
+        raise TypeError(f"{function} needs the cache returned by {producer}; got {got}")
