@@ -1,0 +1,507 @@
+"""Vocabularies for language models, and the course's one-hot input layout.
+
+A :class:`Vocabulary` maps tokens (characters or words) to integer ids and
+back. It is built from text with :meth:`Vocabulary.from_text`, saved as JSON
+and placed inside checkpoints with :meth:`Vocabulary.to_json`.
+
+Ids
+---
+Three special tokens come first and have fixed ids, whatever the text:
+
+======  =========  ====================================================
+id      token      meaning
+======  =========  ====================================================
+0       ``<pad>``  padding after the end of a shorter sequence
+1       ``<unk>``  every token that is not in the vocabulary
+2       ``<eos>``  end of sequence (the course's ``"\\n"`` after a name)
+======  =========  ====================================================
+
+The text's tokens follow from id 3, most frequent first, ties broken by the
+token itself (Python string order, i.e. by code point), so the same text
+always gives the same ids. A special can never collide with a text token:
+at character level a token is one character, and the word tokenizer splits
+``"<pad>"`` into ``"<"``, ``"pad"``, ``">"``.
+
+:func:`one_hot` turns id sequences into the course's ``(V, m, T_x)`` input
+with a ``(m, T_x)`` mask; :func:`pad_ids` makes the matching integer targets.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import os
+import re
+from collections import Counter
+
+import numpy as np
+from array_api_compat import is_array_api_obj
+
+from ._backend import backend as _backend_named
+from ._backend import dtype_of, to_numpy
+
+PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
+SPECIALS = (PAD, UNK, EOS)
+PAD_ID, UNK_ID, EOS_ID = 0, 1, 2
+LEVELS = ("char", "word")
+
+_FORMAT = "xseq.Vocabulary"
+_FORMAT_VERSION = 1
+
+# \w is Unicode-aware for str patterns: letters and digits of every script
+# (and "_") make words; every other non-space character is a token by itself.
+_WORD_RE = re.compile(r"\w+|[^\w\s]")
+
+
+def word_tokenize(text):
+    """Split text into words and punctuation, the word-level tokenizer.
+
+    A token is a maximal run of word characters (Unicode letters, digits and
+    ``_``: regex ``\\w+``) or a single character that is neither a word
+    character nor whitespace (punctuation, symbols, emoji). Whitespace only
+    separates tokens and is dropped, so ``"Don't stop!"`` gives
+    ``["Don", "'", "t", "stop", "!"]``. No Unicode normalisation is applied:
+    a precomposed ``"é"`` and ``"e"`` followed by a combining accent are
+    different text.
+
+    Parameters
+    ----------
+    text : str
+
+    Returns
+    -------
+    list of str
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str; got {type(text).__name__}")
+    return _WORD_RE.findall(text)
+
+
+def _check_level(level):
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}; got {level!r}")
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int; got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}; got {value}")
+
+
+def _as_lines(text_or_lines):
+    """A str is one text; any other iterable is a sequence of texts (lines)."""
+    if isinstance(text_or_lines, str):
+        return [text_or_lines]
+    if isinstance(text_or_lines, (bytes, bytearray)):
+        raise TypeError("text_or_lines must be str or an iterable of str; got bytes (decode it first)")
+    try:
+        lines = list(text_or_lines)
+    except TypeError:
+        raise TypeError(
+            f"text_or_lines must be str or an iterable of str; got {type(text_or_lines).__name__}"
+        ) from None
+    for i, line in enumerate(lines):
+        if not isinstance(line, str):
+            raise TypeError(f"text_or_lines[{i}] must be a str; got {type(line).__name__}")
+    return lines
+
+
+class Vocabulary:
+    """Token <-> id mapping at character or word level.
+
+    Build one with :meth:`from_text` (or :meth:`from_json` / :meth:`load`);
+    the constructor takes the full token list, specials included.
+
+    Parameters
+    ----------
+    tokens : sequence of str
+        Every token in id order; must start with ``("<pad>", "<unk>", "<eos>")``
+        and hold no duplicates.
+    level : {"char", "word"}
+    lower : bool
+        Whether :meth:`encode` lower-cases text first (as :meth:`from_text` did).
+
+    Attributes
+    ----------
+    pad_id, unk_id, eos_id : int
+        0, 1 and 2.
+    tokens : tuple of str
+        Every token, index = id.
+    """
+
+    pad_id = PAD_ID
+    unk_id = UNK_ID
+    eos_id = EOS_ID
+
+    def __init__(self, tokens, level="char", lower=False):
+        _check_level(level)
+        if not isinstance(lower, bool):
+            raise TypeError(f"lower must be a bool; got {type(lower).__name__} {lower!r}")
+        if isinstance(tokens, str) or not hasattr(tokens, "__iter__"):
+            raise TypeError(f"tokens must be a list of str; got {type(tokens).__name__}")
+        tokens = tuple(tokens)
+        if tokens[: len(SPECIALS)] != SPECIALS:
+            raise ValueError(f"tokens must start with the specials {list(SPECIALS)}; got {list(tokens[:3])}")
+        index = {}
+        for i, token in enumerate(tokens):
+            if not isinstance(token, str) or token == "":
+                raise ValueError(f"tokens[{i}] must be a non-empty str; got {token!r}")
+            if token in index:
+                raise ValueError(f"tokens[{i}] = {token!r} repeats tokens[{index[token]}]")
+            if i >= len(SPECIALS) and level == "char" and len(token) != 1:
+                raise ValueError(f"tokens[{i}] = {token!r}: a char-level vocabulary holds single characters")
+            index[token] = i
+        self._tokens = tokens
+        self._index = index
+        self.level = level
+        self.lower = lower
+
+    # ------------------------------------------------------------------ building
+
+    @classmethod
+    def from_text(cls, text_or_lines, level="char", lower=False, max_size=None, min_count=1):
+        """Build the vocabulary of a text.
+
+        Parameters
+        ----------
+        text_or_lines : str or iterable of str
+            One text, or one text per sequence (e.g. :func:`xseq.read_corpus`).
+            At character level every character counts, a ``"\\n"`` inside a
+            str included; the lines of a list contribute no newline.
+        level : {"char", "word"}
+            Characters (code points), or the tokens of :func:`word_tokenize`.
+        lower : bool
+            Lower-case the text first; :meth:`encode` then does the same.
+        max_size : int or None
+            Largest vocabulary size, the three specials included (so >= 3);
+            the most frequent tokens are kept. None keeps every token.
+        min_count : int
+            Drop tokens seen fewer times (they encode as ``<unk>``).
+
+        Raises
+        ------
+        ValueError
+            ``level`` not "char"/"word", ``max_size`` < 3, ``min_count`` < 1,
+            or no token left to put in the vocabulary.
+        """
+        _check_level(level)
+        if not isinstance(lower, bool):
+            raise TypeError(f"lower must be a bool; got {type(lower).__name__} {lower!r}")
+        if max_size is not None:
+            _check_int("max_size", max_size, 0)
+            if max_size < len(SPECIALS):
+                raise ValueError(
+                    f"max_size = {max_size} is smaller than the {len(SPECIALS)} special tokens "
+                    f"{list(SPECIALS)}; it counts them, so use max_size >= {len(SPECIALS)}"
+                )
+        _check_int("min_count", min_count, 1)
+        counts = Counter()
+        for line in _as_lines(text_or_lines):
+            counts.update(_tokenize(line.lower() if lower else line, level))
+        if not counts:
+            raise ValueError("text_or_lines holds no tokens; cannot build a vocabulary from empty text")
+        ranked = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
+        if not ranked:
+            raise ValueError(
+                f"min_count = {min_count} removes every token (the most frequent is seen "
+                f"{max(counts.values())} times)"
+            )
+        if max_size is not None:
+            ranked = ranked[: max_size - len(SPECIALS)]
+        return cls(SPECIALS + tuple(ranked), level=level, lower=lower)
+
+    # ------------------------------------------------------------------ lookup
+
+    @property
+    def tokens(self):
+        return self._tokens
+
+    def __len__(self):
+        return len(self._tokens)
+
+    def __contains__(self, token):
+        return token in self._index
+
+    def __eq__(self, other):
+        if not isinstance(other, Vocabulary):
+            return NotImplemented
+        return (self._tokens, self.level, self.lower) == (other._tokens, other.level, other.lower)
+
+    def __hash__(self):
+        return hash((self._tokens, self.level, self.lower))
+
+    def __repr__(self):
+        return f"Vocabulary(level={self.level!r}, lower={self.lower}, size={len(self)})"
+
+    def token_to_id(self, token):
+        """The id of ``token``; ``unk_id`` (1) for a token not in the vocabulary.
+
+        No lower-casing happens here (:meth:`encode` does it); use
+        ``token in vocab`` to test membership.
+        """
+        if not isinstance(token, str):
+            raise TypeError(f"token must be a str; got {type(token).__name__}")
+        return self._index.get(token, UNK_ID)
+
+    def id_to_token(self, id):
+        """The token with id ``id`` (0 <= id < len(self))."""
+        return self._tokens[self._check_id("id", id)]
+
+    def _check_id(self, name, value):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an int; got {type(value).__name__} {value!r}")
+        if not 0 <= value < len(self._tokens):
+            raise ValueError(f"{name} = {value} is out of range; expected 0 <= id < V = {len(self._tokens)}")
+        return int(value)
+
+    # ------------------------------------------------------------------ text <-> ids
+
+    def tokenize(self, text):
+        """Split ``text`` into tokens as :meth:`encode` does (lower-casing if ``lower``)."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str; got {type(text).__name__}")
+        return _tokenize(text.lower() if self.lower else text, self.level)
+
+    def encode(self, text, add_eos=False):
+        """Ids of the tokens of ``text``; unknown tokens become ``unk_id``.
+
+        Parameters
+        ----------
+        text : str
+            One sequence (e.g. one name).
+        add_eos : bool
+            Append ``eos_id`` (2), the end-of-sequence the model learns to emit.
+
+        Returns
+        -------
+        list of int
+        """
+        ids = [self._index.get(t, UNK_ID) for t in self.tokenize(text)]
+        if add_eos:
+            ids.append(EOS_ID)
+        return ids
+
+    def decode(self, ids, stop_at_eos=True):
+        """The text of a sequence of ids.
+
+        ``<pad>`` is omitted; ``<eos>`` ends the text (or, with
+        ``stop_at_eos=False``, is omitted); ``<unk>`` is written as the text
+        ``"<unk>"`` so that a reader sees where something was unknown. Tokens
+        are joined with ``""`` at character level and ``" "`` at word level
+        (so word-level decoding normalises the spacing around punctuation).
+
+        Parameters
+        ----------
+        ids : sequence of int, or 1-D integer array of any backend
+
+        Returns
+        -------
+        str
+        """
+        if is_array_api_obj(ids) or isinstance(ids, np.ndarray):
+            arr = to_numpy(ids)
+            if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+                raise TypeError(f"ids must be a 1-D integer array; got shape {arr.shape}, dtype {arr.dtype}")
+            ids = arr.tolist()
+        elif isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+            raise TypeError(f"ids must be a sequence of int; got {type(ids).__name__}")
+        out = []
+        for i, value in enumerate(ids):
+            value = self._check_id(f"ids[{i}]", value)
+            if value == EOS_ID:
+                if stop_at_eos:
+                    break
+                continue
+            if value != PAD_ID:
+                out.append(self._tokens[value])
+        return ("" if self.level == "char" else " ").join(out)
+
+    # ------------------------------------------------------------------ persistence
+
+    def to_json(self):
+        """A JSON-serialisable dict (what :meth:`save` writes and checkpoints embed)."""
+        return {
+            "format": _FORMAT,
+            "format_version": _FORMAT_VERSION,
+            "level": self.level,
+            "lower": self.lower,
+            "tokens": list(self._tokens),
+        }
+
+    @classmethod
+    def from_json(cls, data):
+        """Rebuild a vocabulary from :meth:`to_json`'s dict; ValueError naming what is wrong."""
+        if not isinstance(data, dict):
+            raise ValueError(f"vocabulary data must be a JSON object (dict); got {type(data).__name__}")
+        if data.get("format") != _FORMAT:
+            raise ValueError(f"vocabulary data has format {data.get('format')!r}; expected {_FORMAT!r}")
+        if data.get("format_version") != _FORMAT_VERSION:
+            raise ValueError(
+                f"vocabulary data has format_version {data.get('format_version')!r}; "
+                f"this xseq reads version {_FORMAT_VERSION}"
+            )
+        for key in ("level", "lower", "tokens"):
+            if key not in data:
+                raise ValueError(f"vocabulary data is missing the key {key!r}")
+        if not isinstance(data["tokens"], list):
+            raise ValueError(f"vocabulary data 'tokens' must be a list; got {type(data['tokens']).__name__}")
+        try:
+            return cls(data["tokens"], level=data["level"], lower=data["lower"])
+        except TypeError as exc:
+            raise ValueError(f"vocabulary data is invalid: {exc}") from None
+
+    def save(self, path):
+        """Write the vocabulary as UTF-8 JSON, atomically (the old file stays intact on failure)."""
+        from .checkpoint import atomic_write
+
+        payload = json.dumps(self.to_json(), ensure_ascii=False, indent=1).encode("utf-8")
+        atomic_write(path, lambda f: f.write(payload))
+
+    @classmethod
+    def load(cls, path):
+        """Read a file written by :meth:`save`.
+
+        Raises
+        ------
+        FileNotFoundError
+            No such file.
+        ValueError
+            The file is not UTF-8 JSON or not a vocabulary; the message names the path.
+        """
+        path = os.fspath(path)
+        with open(path, "rb") as f:
+            raw = f.read()
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path} is not a vocabulary file (UTF-8 JSON): {exc}") from None
+        try:
+            return cls.from_json(data)
+        except ValueError as exc:
+            raise ValueError(f"{path} is not a valid vocabulary file: {exc}") from None
+
+
+def _tokenize(text, level):
+    return list(text) if level == "char" else word_tokenize(text)
+
+
+# ---------------------------------------------------------------------- batches
+
+
+def _host_ids(ids):
+    """``ids`` as a host int64 array ``(m, T_x)`` and its bool mask; validates everything but the range."""
+    if is_array_api_obj(ids) or isinstance(ids, np.ndarray):
+        arr = to_numpy(ids)
+        if arr.ndim != 2:
+            raise ValueError(f"ids has {arr.ndim} dimensions, shape {arr.shape}; expected 2: (m, T_x)")
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise TypeError(f"ids has dtype {arr.dtype}; expected an integer dtype")
+        if arr.shape[0] == 0:
+            raise ValueError(f"ids has shape {arr.shape}: m = 0; the batch is empty")
+        if arr.shape[1] == 0:
+            raise ValueError(f"ids has shape {arr.shape}: T_x = 0; a sequence needs at least one id")
+        return arr.astype(np.int64), np.ones(arr.shape, dtype=bool)
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+        raise TypeError(f"ids must be a list of id sequences or a 2-D integer array; got {type(ids).__name__}")
+    seqs = list(ids)
+    if not seqs:
+        raise ValueError("ids is empty (m = 0); expected at least one sequence")
+    rows = []
+    for i, seq in enumerate(seqs):
+        if isinstance(seq, (str, bytes)) or not hasattr(seq, "__iter__"):
+            raise TypeError(f"ids[{i}] must be a sequence of int; got {type(seq).__name__}")
+        row = list(seq)
+        if not row:
+            raise ValueError(f"ids[{i}] is empty; every sequence needs at least one id")
+        for t, value in enumerate(row):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"ids[{i}][{t}] must be an int; got {type(value).__name__} {value!r}")
+        rows.append(row)
+    T_x = max(len(r) for r in rows)
+    arr = np.zeros((len(rows), T_x), dtype=np.int64)
+    mask = np.zeros((len(rows), T_x), dtype=bool)
+    for i, row in enumerate(rows):
+        arr[i, : len(row)] = row
+        mask[i, : len(row)] = True
+    return arr, mask
+
+
+def _check_range(arr, mask, vocab_size):
+    valid = arr[mask]
+    if valid.size and valid.min() < 0:
+        i, t = np.argwhere((arr < 0) & mask)[0]
+        raise ValueError(f"ids[{i}][{t}] = {arr[i, t]} is negative; expected 0 <= id < vocab_size = {vocab_size}")
+    if valid.size and valid.max() >= vocab_size:
+        i, t = np.argwhere((arr >= vocab_size) & mask)[0]
+        raise ValueError(f"ids[{i}][{t}] = {arr[i, t]} is out of range; expected 0 <= id < vocab_size = {vocab_size}")
+
+
+def pad_ids(ids, *, backend="numpy", pad_id=PAD_ID):
+    """Pad id sequences of unequal lengths into one integer array.
+
+    Parameters
+    ----------
+    ids : list of sequences of int, or 2-D integer array (m, T_x)
+    backend : str or namespace
+        Where the result lives (see :func:`xseq.backend`).
+    pad_id : int
+        Value written after the end of each shorter sequence (``<pad>`` = 0).
+
+    Returns
+    -------
+    ids : (m, T_x) int64 array
+        ``T_x`` is the longest sequence's length.
+    mask : (m, T_x) bool array
+        True where ``ids`` holds a real id. A 2-D array input is all True.
+    """
+    _check_int("pad_id", pad_id, 0)
+    arr, mask = _host_ids(ids)
+    arr = np.where(mask, arr, pad_id)
+    xp = _backend_named(backend)
+    return xp.asarray(arr), xp.asarray(mask)
+
+
+def one_hot(ids, vocab_size, *, backend="numpy", dtype="float32"):
+    """One-hot encode a batch of id sequences in the course's layout.
+
+    Parameters
+    ----------
+    ids : list of sequences of int, or 2-D integer array (m, T_x) of any backend
+        Sequences may differ in length; shorter ones are padded at the end.
+        Every position of a 2-D array counts as valid (id 0 included).
+    vocab_size : int
+        ``V``; every valid id must satisfy ``0 <= id < V``.
+    backend : str or namespace
+        Where ``X`` and ``mask`` live (see :func:`xseq.backend`).
+    dtype : {"float32", "float64"} or a dtype of that backend
+
+    Returns
+    -------
+    X : (V, m, T_x) array
+        ``X[v, i, t] = 1`` where example ``i`` has id ``v`` at step ``t``;
+        padding positions are all-zero columns.
+    mask : (m, T_x) bool array
+        True where the position holds a real id.
+
+    Raises
+    ------
+    TypeError
+        ``ids`` not integers (floats, bools, strings).
+    ValueError
+        Empty batch, an empty sequence, or an id negative or >= ``vocab_size``.
+    """
+    _check_int("vocab_size", vocab_size, 1)
+    arr, mask = _host_ids(ids)
+    _check_range(arr, mask, vocab_size)
+    xp = _backend_named(backend)
+    float_dtype = dtype_of(xp, dtype)
+    if not xp.isdtype(float_dtype, "real floating"):
+        raise TypeError(f"dtype must be a real floating dtype (float32 or float64); got {dtype!r}")
+    # Only the small (m, T_x) id array crosses to the device; the (V, m, T_x)
+    # one-hot is built there, which matters for a GPU and a large V.
+    ids_dev = xp.asarray(np.where(mask, arr, -1))
+    mask_dev = xp.asarray(mask)
+    vocab = xp.reshape(xp.arange(vocab_size, dtype=ids_dev.dtype), (vocab_size, 1, 1))
+    X = xp.astype(vocab == xp.reshape(ids_dev, (1, *arr.shape)), float_dtype)
+    return X, mask_dev
