@@ -1,0 +1,302 @@
+"""Run the fused kernels' CUDA source on the CPU and compare it with the reference math.
+
+There is no GPU in CI, but the operation strings in ``xseq._kernels.KERNELS``
+are plain C++ once the CUDA qualifiers are defined away. This test compiles
+every kernel, for float and double, with the system C++ compiler inside a
+host loop ``for (i = 0; i < n; ++i)`` that binds the parameters the way
+``cupy.ElementwiseKernel`` does, loads the library with ctypes, and then
+drives the real ``FusedCupyOps`` methods with it on NumPy sequence buffers
+(``xseq._kernels.kernel`` is swapped for the host build). Every buffer the
+step writes is compared with what ``ArrayAPIOps`` (the definitions in
+``xseq._pointwise``) writes, on random inputs and on extreme ones
+(pre-activations up to |z| = 100, where exp and tanh saturate or underflow).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+
+import array_api_compat
+import numpy as np
+import pytest
+
+from xseq import _kernels
+from xseq._kernels import KERNELS, FusedCupyOps
+from xseq._pointwise import ArrayAPIOps
+
+CXX = next(
+    (path for path in (shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++") if c) if path),
+    None,
+)
+pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or c++) found on PATH")
+
+CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+DTYPES = [np.float32, np.float64]
+
+# NVRTC declares the CUDA qualifiers and float/double overloads of the math
+# functions implicitly; on the host the qualifiers mean nothing and the
+# overloads come from <cmath>.
+HOST_PRELUDE = r"""
+#include <cmath>
+#include <cstddef>
+#define __device__
+#define __forceinline__ inline
+using std::exp;
+using std::fabs;
+using std::tanh;
+"""
+
+
+def host_function(name, src, ctype):
+    """One kernel as a host function: ElementwiseKernel's bindings and loop, our operation."""
+    params, bindings = [], []
+    for pname, typ, raw, is_output in src.parameters():
+        const = "" if is_output else "const "
+        if typ == "int32":
+            params.append(f"const int {pname}")
+        elif typ != "T":
+            raise AssertionError(f"{name}: the host harness knows only T and int32 parameters, not {typ}")
+        elif raw:
+            params.append(f"{const}T* {pname}")
+        else:
+            # Like CuPy: a non-raw parameter is a reference to element i.
+            params.append(f"{const}T* _raw_{pname}")
+            bindings.append(f"{const}T &{pname} = _raw_{pname}[i];")
+    params.append("const ptrdiff_t _n")
+    binding_lines = "\n        ".join(bindings)
+    return f"""
+namespace k_{name}_{ctype} {{
+typedef {ctype} T;
+{src.preamble}
+extern "C" void {name}_{ctype}({", ".join(params)}) {{
+    for (ptrdiff_t i = 0; i < _n; ++i) {{
+        {binding_lines}
+        {src.operation};
+    }}
+}}
+}}
+"""
+
+
+@pytest.fixture(scope="session")
+def host_lib(tmp_path_factory):
+    """All kernels in both precisions, compiled once per session into one shared library."""
+    build = tmp_path_factory.mktemp("xseq_host_kernels")
+    source = build / "kernels.cpp"
+    library = build / "kernels.so"
+    source.write_text(
+        HOST_PRELUDE
+        + "".join(host_function(name, src, ctype) for name, src in KERNELS.items() for ctype in CTYPES.values())
+    )
+    # -ffp-contract=off: no fused multiply-adds, so every + and * rounds once,
+    # as each NumPy operation of the reference does (x86-64 has no FMA in its
+    # baseline anyway, aarch64 has, and GCC would contract there).
+    cmd = [CXX, "-O2", "-shared", "-fPIC", "-std=c++17", "-ffp-contract=off", str(source), "-o", str(library)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"host build of the kernels failed:\n{' '.join(cmd)}\n{proc.stderr}\n--- source ---\n{source.read_text()}")
+    return ctypes.CDLL(str(library))
+
+
+class HostKernel:
+    """Called like ``cupy.ElementwiseKernel``: inputs then outputs, dtype taken from the arrays."""
+
+    def __init__(self, lib, name, launches):
+        self.lib, self.name, self.launches = lib, name, launches
+        self.params = KERNELS[name].parameters()
+
+    def __call__(self, *args):
+        assert len(args) == len(self.params), f"{self.name}: {len(args)} arguments for {len(self.params)} parameters"
+        arrays = [a for a in args if isinstance(a, np.ndarray)]
+        dtype = arrays[0].dtype
+        shape, c_args, argtypes = None, [], []
+        for (pname, typ, raw, is_output), a in zip(self.params, args):
+            if typ == "int32":
+                assert isinstance(a, int), f"{self.name}: {pname} must be a Python int"
+                c_args.append(a)
+                argtypes.append(ctypes.c_int)
+                continue
+            assert isinstance(a, np.ndarray) and a.dtype == dtype, f"{self.name}: {pname} is not a {dtype} array"
+            # The host loop indexes every array linearly and writes outputs in
+            # place; the step views of the sequence buffers are C-contiguous,
+            # and so are this test's inputs (strided ones are left to the GPU
+            # test, where CuPy does the indexing).
+            assert a.flags.c_contiguous, f"{self.name}: {pname} is not C-contiguous"
+            if not raw:
+                assert shape in (None, a.shape), f"{self.name}: {pname} has shape {a.shape}, others {shape}"
+                shape = a.shape
+            c_args.append(a.ctypes.data)
+            argtypes.append(ctypes.c_void_p)
+        fn = getattr(self.lib, f"{self.name}_{CTYPES[dtype]}")
+        fn.argtypes = argtypes + [ctypes.c_ssize_t]
+        fn.restype = None
+        fn(*c_args, int(np.prod(shape)))
+        self.launches.append(self.name)
+
+
+@pytest.fixture
+def launches(host_lib, monkeypatch):
+    """Route FusedCupyOps' launches to the host build; returns the list of kernels launched."""
+    calls = []
+    monkeypatch.setattr(_kernels, "kernel", lambda name: HostKernel(host_lib, name, calls))
+    return calls
+
+
+# ---------------------------------------------------------------- buffers of a real step
+
+XP = array_api_compat.array_namespace(np.empty(0))  # NumPy as the engine sees it
+M, N_A, T_STEPS = 5, 7, 3
+STEP = 1  # a middle step, so that writes to the wrong t would show
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+SAVED = {"rnn": 0, "lstm": 4, "gru": 4}
+
+# Relative tolerance as specified: about 8 ulps in float32, thousands in
+# float64. The absolute floor on top of it is what an honest comparison
+# needs: the two sides use different exp/tanh implementations (NumPy's
+# against the C library's), which may differ by an ulp, and the reference's
+# own formulas amplify that where they cancel -- 1 - tanh(c)**2 when tanh(c)
+# is near 1 has only a few significant bits left, and dc + dh*o*(1 - tanh(c)**2),
+# f*c_prev + i*g or n + z*(h - n) can cancel too -- into an absolute error of
+# an ulp or two *of the terms*, which can be much larger than the result.
+# The worst seen over 300 random seeds of these inputs is 14 ulps of the
+# output's largest magnitude (LSTM backward, extreme regime, float32 and
+# float64 alike: dc = 0.01 plus a term of 1e-6 whose last bits differ, times
+# c_prev = -12); so atol = ABS_ULPS ulps of that magnitude, about 2e-6 of it
+# in float32 and 4e-15 in float64. A wrong gate, offset or formula shows up
+# as an O(1) relative error. Subnormal results (sigmoid(-100) in float32)
+# sit far below this floor.
+RTOL = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-12}
+ABS_ULPS = 16
+
+
+def assert_close(got, want, what):
+    want_finite = np.nan_to_num(want, nan=0.0)
+    scale = float(np.max(np.abs(want_finite), initial=0.0))
+    atol = ABS_ULPS * float(np.finfo(want.dtype).eps) * scale
+    np.testing.assert_allclose(got, want, rtol=RTOL[want.dtype], atol=atol, equal_nan=True, err_msg=what)
+
+
+def make_inputs(kind, dtype, regime, rng):
+    """Step inputs; 'extreme' drives pre-activations over the whole of [-100, 100]."""
+    G = GATES[kind]
+
+    def uniform(lo, hi, shape):
+        return rng.uniform(lo, hi, size=shape)
+
+    if regime == "random":
+        xw, hw = uniform(-3, 3, (M, G * N_A)), uniform(-3, 3, (M, G * N_A))
+        b_hn, state = uniform(-1, 1, (N_A,)), uniform(-3, 3, (M, N_A))
+    else:
+        xw, hw = uniform(-90, 90, (M, G * N_A)), uniform(-10, 10, (M, G * N_A))
+        # Pin the ends and the sigmoid's branch point exactly.
+        xw.flat[:4], hw.flat[:4] = [100, -100, 0, -0.0], 0
+        b_hn, state = uniform(-50, 50, (N_A,)), uniform(-20, 20, (M, N_A))
+    dh, dc = uniform(-1, 1, (M, N_A)), uniform(-1, 1, (M, N_A))
+    cast = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in dict(xw=xw, hw=hw, b_hn=b_hn, dh=dh, dc=dc).items()}
+    cast["state"] = np.ascontiguousarray(state, dtype=dtype)
+    return cast
+
+
+def make_buffers(kind, dtype, state):
+    """Sequence buffers as the engine lays them out, NaN everywhere the step should not touch."""
+    nan = np.nan
+    S = np.full((T_STEPS + 1, M, N_A), nan, dtype=dtype)
+    S[STEP] = state
+    C = np.full((T_STEPS + 1, M, N_A), nan, dtype=dtype) if kind == "lstm" else None
+    if C is not None:
+        C[STEP] = state[::-1]  # a cell state unlike h
+    saved = np.full((T_STEPS, M, SAVED[kind] * N_A), nan, dtype=dtype) if SAVED[kind] else None
+    return dict(S=S, C=C, saved=saved)
+
+
+def forward(ops, kind, bufs, inp):
+    S, C, saved, t = bufs["S"], bufs["C"], bufs["saved"], STEP
+    if kind == "rnn":
+        ops.rnn_forward(inp["xw"], inp["hw"], saved, S, t)
+    elif kind == "lstm":
+        ops.lstm_forward(inp["xw"], inp["hw"], C[t], saved, C, S, t)
+    else:
+        ops.gru_forward(inp["xw"], inp["hw"], inp["b_hn"], S[t], saved, S, t)
+
+
+def backward(ops, kind, bufs, inp):
+    """Returns (written buffers, returned array)."""
+    S, C, saved, t = bufs["S"], bufs["C"], bufs["saved"], STEP
+    G = GATES[kind]
+    dZ = np.full((T_STEPS, M, G * N_A), np.nan, dtype=S.dtype)
+    if kind == "rnn":
+        ops.rnn_backward(S, t, inp["dh"], dZ)
+        return {"dZ": dZ}, None
+    if kind == "lstm":
+        dc_prev = ops.lstm_backward(saved, C, t, inp["dh"], inp["dc"], dZ)
+        return {"dZ": dZ}, dc_prev
+    dHW = np.full_like(dZ, np.nan)
+    dh_direct = ops.gru_backward(saved, S, t, inp["dh"], dZ, dHW)
+    return {"dXW": dZ, "dHW": dHW}, dh_direct
+
+
+def copy_buffers(bufs):
+    return {k: (None if v is None else v.copy()) for k, v in bufs.items()}
+
+
+KINDS = ["rnn", "lstm", "gru"]
+REGIMES = ["random", "extreme"]
+
+
+@pytest.mark.parametrize("regime", REGIMES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_forward_matches_reference(kind, dtype, regime, launches):
+    inp = make_inputs(kind, dtype, regime, np.random.default_rng(0))
+    ref_bufs = make_buffers(kind, dtype, inp["state"])
+    fused_bufs = copy_buffers(ref_bufs)
+    forward(ArrayAPIOps(XP), kind, ref_bufs, inp)
+    forward(FusedCupyOps(XP), kind, fused_bufs, inp)
+
+    assert launches == [f"xseq_{kind}_forward"], "one kernel launch per forward step"
+    for key, want in ref_bufs.items():
+        if want is not None:
+            assert np.isfinite(want[STEP + (key != "saved")]).all(), "reference produced non-finite values"
+            assert_close(fused_bufs[key], want, f"{kind} forward: buffer {key}")
+
+
+@pytest.mark.parametrize("regime", REGIMES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_backward_matches_reference(kind, dtype, regime, launches):
+    inp = make_inputs(kind, dtype, regime, np.random.default_rng(1))
+    bufs = make_buffers(kind, dtype, inp["state"])
+    # Backward reads what forward saved; the reference forward provides it for both sides.
+    forward(ArrayAPIOps(XP), kind, bufs, inp)
+    want_bufs, want_ret = backward(ArrayAPIOps(XP), kind, copy_buffers(bufs), inp)
+    got_bufs, got_ret = backward(FusedCupyOps(XP), kind, copy_buffers(bufs), inp)
+
+    assert launches == [f"xseq_{kind}_backward"], "one kernel launch per backward step"
+    for key, want in want_bufs.items():
+        assert np.isfinite(want[STEP]).all(), "reference produced non-finite values"
+        assert_close(got_bufs[key], want, f"{kind} backward: buffer {key}")
+    if want_ret is None:
+        assert got_ret is None
+    else:
+        assert got_ret.shape == want_ret.shape and got_ret.dtype == want_ret.dtype
+        assert_close(got_ret, want_ret, f"{kind} backward: returned array")
+
+
+def test_sigmoid_is_stable_and_exact_at_the_ends(host_lib, launches):
+    """sigmoid at +-100 (and beyond float32's exp range) is 1 and a tiny non-negative number, never NaN/inf."""
+    for dtype in DTYPES:
+        z = np.array([[-1e4, -100.0, -88.0, 0.0, 88.0, 100.0, 1e4]], dtype=dtype)
+        n_a = z.shape[1]
+        # An LSTM step with only the i gate's pre-activation set: saved[:, :n_a] is sigmoid(z).
+        xw = np.zeros((1, 4 * n_a), dtype=dtype)
+        xw[:, :n_a] = z
+        S = np.zeros((2, 1, n_a), dtype=dtype)
+        C = np.zeros_like(S)
+        saved = np.zeros((1, 1, 4 * n_a), dtype=dtype)
+        FusedCupyOps(XP).lstm_forward(xw, np.zeros_like(xw), C[0], saved, C, S, 0)
+        sig = saved[0, 0, :n_a]
+        assert np.isfinite(sig).all() and (sig >= 0).all() and (sig <= 1).all()
+        assert sig[-1] == 1 and sig[-2] == 1 and sig[3] == 0.5 and sig[0] == 0
