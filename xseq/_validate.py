@@ -10,7 +10,8 @@ from ._backend import namespace_of
 
 
 def _dtype_name(dtype):
-    return str(dtype).replace("torch.", "")
+    """"float32" for NumPy's, CuPy's, torch's ("torch.float32") and array_api_strict's dtypes alike."""
+    return str(dtype).rsplit(".", 1)[-1]
 
 
 def is_floating(xp, x):
@@ -63,10 +64,12 @@ def get_parameters(parameters, keys, where):
 
 def namespace_and_checks(**arrays):
     """Common entry check: one library, floating dtypes, one dtype. Returns the namespace."""
+    for name, value in arrays.items():
+        if value is None:  # namespace_of skips None (optional arguments); here every array is required
+            raise TypeError(f"{name} must be an array (NumPy, CuPy, PyTorch, ...); got NoneType")
     xp = namespace_of(**arrays)
     for name, value in arrays.items():
-        if value is not None:
-            check_floating(xp, name, value)
+        check_floating(xp, name, value)
     check_same_dtype(arrays)
     return xp
 

@@ -68,8 +68,9 @@ def check_gru_parameters(parameters, x_name, x, a_name, a_prev, where):
     named = dict(zip(GRU_KEYS, arrays))
     xp = namespace_and_checks(**{x_name: x, a_name: a_prev}, **named)
     check_input(x_name, x)
-    for name, arr in list(named.items()) + [(a_name, a_prev)]:
-        check_ndim(name, arr, 2, "a matrix")
+    # Wr and Wy give n_a and n_y; every other array is checked against its whole shape, rank included
+    check_ndim("Wr", named["Wr"], 2, "(n_a, n_a + n_x)")
+    check_ndim("Wy", named["Wy"], 2, "(n_y, n_a)")
     n_x, m = x.shape[0], x.shape[1]
     n_a = named["Wr"].shape[0]
     n_y = named["Wy"].shape[0]

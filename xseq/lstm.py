@@ -63,8 +63,9 @@ def check_lstm_parameters(parameters, x_name, x, states, where):
     named = dict(zip(LSTM_KEYS, arrays))
     xp = namespace_and_checks(**{x_name: x}, **states, **named)
     check_input(x_name, x)
-    for name, arr in list(named.items()) + list(states.items()):
-        check_ndim(name, arr, 2, "a matrix")
+    # Wf and Wy give n_a and n_y; every other array is checked against its whole shape, rank included
+    check_ndim("Wf", named["Wf"], 2, "(n_a, n_a + n_x)")
+    check_ndim("Wy", named["Wy"], 2, "(n_y, n_a)")
     n_x, m = x.shape[0], x.shape[1]
     n_a = named["Wf"].shape[0]
     n_y = named["Wy"].shape[0]

@@ -63,8 +63,9 @@ def check_rnn_parameters(parameters, x_name, x, a_name, a_prev, where):
     Wax, Waa, Wya, ba, by = get_parameters(parameters, RNN_KEYS, where)
     xp = namespace_and_checks(**{x_name: x, a_name: a_prev}, Wax=Wax, Waa=Waa, Wya=Wya, ba=ba, by=by)
     check_input(x_name, x)
-    for name, arr in (("Waa", Waa), ("Wax", Wax), ("Wya", Wya), ("ba", ba), ("by", by), (a_name, a_prev)):
-        check_ndim(name, arr, 2, "a matrix")
+    # Waa and Wya give n_a and n_y; every other array is checked against its whole shape, rank included
+    check_ndim("Waa", Waa, 2, "(n_a, n_a)")
+    check_ndim("Wya", Wya, 2, "(n_y, n_a)")
     n_a = Waa.shape[0]
     n_x, m = x.shape[0], x.shape[1]
     n_y = Wya.shape[0]
