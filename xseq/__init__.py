@@ -7,6 +7,7 @@ from .corpus import CorpusError, builtin_corpus, read_corpus
 from .gru import gru_backward, gru_cell_backward, gru_cell_forward, gru_forward
 from .layers import GRU, LSTM, RNN
 from .losses import softmax_cross_entropy
+from .model import CharLM
 from .lstm import lstm_backward, lstm_cell_backward, lstm_cell_forward, lstm_forward
 from .optim import SGD, Adam, clip_by_global_norm, clip_by_value
 from .parameters import (
@@ -21,6 +22,7 @@ from .parameters import (
     rnn_parameters_to_torch,
 )
 from .rnn import rnn_backward, rnn_cell_backward, rnn_cell_forward, rnn_forward
+from .train import Trainer, TrainConfig
 from .vocab import Vocabulary, one_hot, pad_ids, word_tokenize
 
 __version__ = "0.1.0"

@@ -1,0 +1,372 @@
+"""The ``xseq`` command: train a character language model, sample from it, evaluate it, describe it.
+
+::
+
+    xseq train [CORPUS] [--cell lstm|gru|rnn] [--hidden 128] [--layers 1] [--epochs N | --steps N]
+               [--batch 32] [--lr LR] [--optimizer adam|sgd] [--clip 5] [--backend auto|numpy|cupy|torch]
+               [--dtype float32|float64] [--out model.npz] [--resume model.npz] [--plot loss.png] [--seed 0]
+    xseq sample MODEL [-n 10] [--temperature 0.8] [--top-k K] [--prefix TEXT] [--max-len 50] [--seed 0]
+    xseq evaluate MODEL CORPUS
+    xseq info MODEL
+
+Also ``python -m xseq``. Bad input (a missing, empty or binary corpus, an
+unwritable output, a corrupt model, an unknown or unusable backend, bad
+option values) prints one line on stderr and exits with status 2. Ctrl-C
+during training saves a checkpoint, then exits with status 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shlex
+import sys
+import tempfile
+
+import numpy as np
+
+from ._backend import BackendUnavailableError
+from ._backend import backend as backend_named
+from .checkpoint import CheckpointError, load_checkpoint
+from .corpus import CorpusError, builtin_corpus, read_corpus
+from .model import CELLS, CharLM
+from .train import CLIP_MODES, DEFAULT_EPOCHS, OPTIMIZERS, Trainer, TrainConfig, evaluate
+
+CLI_BACKENDS = ("auto", "numpy", "cupy", "torch")
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+TEMPERATURE = 0.8  # of xseq sample, and of the samples printed after training
+BUILTIN = "the built-in corpus (1990 US Census first names)"
+# Options that fix the recipe: on --resume they come from the checkpoint.
+RECIPE_OPTIONS = {"cell": "--cell", "hidden_size": "--hidden", "num_layers": "--layers", "dropout": "--dropout",
+                  "batch_size": "--batch", "optimizer": "--optimizer", "lr": "--lr", "momentum": "--momentum",
+                  "clip": "--clip", "clip_mode": "--clip-mode", "val_fraction": "--val-fraction",
+                  "seed": "--seed", "dtype": "--dtype"}
+
+
+class UsageError(Exception):
+    """Bad input found by the command itself; reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line: ``xseq train: error: ... (see xseq train --help)``."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text!r}")
+    return value
+
+
+def _finite_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number; got {text!r}")
+    return value
+
+
+def build_parser():
+    """The ``xseq`` argument parser (sub-commands train, sample, evaluate, info)."""
+    parser = _Parser(prog="xseq", description="Character-level language models with the RNN, LSTM and GRU "
+                                              "of the Sequence Models course, on any array API backend.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a model on a corpus (one sequence per line)",
+                                description="Train a character language model. One line of CORPUS is one "
+                                            "sequence; 10% of them (--val-fraction) are held out for validation.")
+    train.add_argument("corpus", nargs="?", metavar="CORPUS",
+                       help="UTF-8 text file, one sequence per line (default: the built-in first names)")
+    # Recipe options default to None so that --resume can tell which were given.
+    option = train.add_argument
+    option("--cell", choices=tuple(CELLS), help="recurrent cell (default lstm)")
+    option("--hidden", type=_positive_int, dest="hidden_size", metavar="N_A", help="hidden size n_a (default 128)")
+    option("--layers", type=_positive_int, dest="num_layers", metavar="N", help="stacked layers (default 1)")
+    option("--dropout", type=_finite_float, help="dropout between stacked layers (default 0)")
+    length = train.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=_positive_int, metavar="N",
+                        help=f"epochs of the run, counted from its start when resuming (default {DEFAULT_EPOCHS})")
+    length.add_argument("--steps", type=_positive_int, metavar="N",
+                        help="optimizer steps of the run, instead of --epochs")
+    option("--batch", type=_positive_int, dest="batch_size", metavar="M", help="sequences per step (default 32)")
+    option("--lr", type=_finite_float, help="learning rate (default: adam 0.003, sgd 0.5)")
+    option("--optimizer", choices=OPTIMIZERS, help="optimizer (default adam)")
+    option("--momentum", type=_finite_float, help="SGD momentum (default 0.9)")
+    option("--clip", type=_finite_float, help="gradient clipping threshold, 0 for none (default 5)")
+    option("--clip-mode", choices=CLIP_MODES, dest="clip_mode",
+           help="clip the global L2 norm or every value (default norm)")
+    option("--val-fraction", type=_finite_float, dest="val_fraction", metavar="F",
+           help="share of sequences held out for validation (default 0.1)")
+    option("--backend", choices=CLI_BACKENDS, default="auto",
+           help="array library; auto = cupy where a GPU can run it, else numpy (default auto)")
+    option("--dtype", choices=("float32", "float64"), help="floating dtype (default float32)")
+    option("--out", default="model.npz", metavar="PATH",
+           help="checkpoint written after every epoch and at the end (default model.npz)")
+    option("--resume", metavar="CHECKPOINT", help="continue the run saved in CHECKPOINT")
+    option("--plot", metavar="PNG", help="write training and validation loss curves (needs matplotlib)")
+    option("--seed", type=_non_negative_int, help="seeds weights, split, shuffling, dropout (default 0)")
+    option("--samples", type=_non_negative_int, default=5, metavar="N", help="samples printed at the end (default 5)")
+    train.set_defaults(func=cmd_train)
+
+    sample = commands.add_parser("sample", help="print samples of a trained model, one per line")
+    sample.add_argument("model", metavar="MODEL", help="checkpoint written by xseq train")
+    sample.add_argument("-n", type=_positive_int, default=10, metavar="N", help="number of samples (default 10)")
+    sample.add_argument("--temperature", type=_finite_float, default=TEMPERATURE, metavar="T",
+                        help=f"below 1: safer, above 1: more varied (default {TEMPERATURE})")
+    sample.add_argument("--top-k", type=_positive_int, dest="top_k", metavar="K",
+                        help="draw only among the K likeliest tokens")
+    sample.add_argument("--prefix", default="", metavar="TEXT", help="text every sample starts with")
+    sample.add_argument("--max-len", type=_positive_int, dest="max_len", default=50, metavar="N",
+                        help="longest sample in characters, prefix included (default 50)")
+    sample.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
+    sample.add_argument("--backend", choices=CLI_BACKENDS, default="auto", help="array library (default auto)")
+    sample.set_defaults(func=cmd_sample)
+
+    evaluate_ = commands.add_parser("evaluate", help="cross-entropy and perplexity of a model on a corpus")
+    evaluate_.add_argument("model", metavar="MODEL", help="checkpoint written by xseq train")
+    evaluate_.add_argument("corpus", metavar="CORPUS", help="UTF-8 text file, one sequence per line")
+    evaluate_.add_argument("--backend", choices=CLI_BACKENDS, default="auto", help="array library (default auto)")
+    evaluate_.set_defaults(func=cmd_evaluate)
+
+    info = commands.add_parser("info", help="configuration, vocabulary, size and training history of a model")
+    info.add_argument("model", metavar="MODEL", help="checkpoint written by xseq train")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv=None):
+    """Run the ``xseq`` command line; returns the exit status (0, 2 for bad input, 130 when interrupted)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed
+        return exc.code
+    try:
+        return args.func(args)
+    except (UsageError, CorpusError, CheckpointError, BackendUnavailableError) as exc:
+        print(f"xseq {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"xseq {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _check_writable(path, option):
+    """Fail now, not after training, when ``path`` cannot be written."""
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {path!r} is a directory; give a file name")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UsageError(f"cannot write {option} {path!r}: directory {directory!r} does not exist")
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write {option} {path!r}: {exc.strerror or exc}") from None
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise UsageError("--plot needs matplotlib, which is not installed: pip install 'xseq[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _load_model(path, backend):
+    return CharLM.load(path, backend=backend_named(backend))
+
+
+def _corpus(path):
+    """(lines, description) of a CORPUS argument, the built-in corpus when None."""
+    if path is None:
+        return builtin_corpus(), BUILTIN
+    return read_corpus(path), path
+
+
+# ---------------------------------------------------------------------- train
+
+
+def cmd_train(args):
+    xp = backend_named(args.backend)
+    lines, source = _corpus(args.corpus)
+    _check_writable(args.out, "--out")
+    plt = None
+    if args.plot is not None:
+        plt = _pyplot()
+        _check_writable(args.plot, "--plot")
+    given = {key: getattr(args, key) for key in RECIPE_OPTIONS if getattr(args, key) is not None}
+    if args.resume is not None:
+        trainer = Trainer.resume(args.resume, lines, backend=xp, epochs=args.epochs, steps=args.steps,
+                                 source=source)
+        saved = trainer.config
+        for key, value in given.items():
+            if value != getattr(saved, key):
+                raise UsageError(f"{RECIPE_OPTIONS[key]} {value} differs from the resumed run's "
+                                 f"{getattr(saved, key)}; leave it out when resuming (the checkpoint fixes it)")
+    else:
+        try:
+            config = TrainConfig(epochs=args.epochs, steps=args.steps, **given)
+            trainer = Trainer(lines, config, backend=xp, source=source)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+    _print_plan(trainer)
+    try:
+        completed = trainer.run(out=args.out, progress=True, log=_say, handle_sigint=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write --out {args.out!r}: {exc}") from None
+    if not completed:
+        print(f"xseq train: interrupted at step {trainer.step}; checkpoint saved to {args.out}; "
+              f"continue with: xseq train {'' if args.corpus is None else shlex.quote(args.corpus) + ' '}"
+              f"--resume {shlex.quote(args.out)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+    val = trainer.history[-1]["val_loss"]
+    print(f"validation loss: {val:.4f} nats per character (perplexity {math.exp(val):.2f})")
+    if args.samples:
+        print("samples:")
+        for text in trainer.model.sample(args.samples, temperature=TEMPERATURE, seed=trainer.config.seed):
+            print(f"  {text}")
+    if plt is not None:
+        _plot(plt, trainer, args.plot)
+        print(f"loss curves written to {args.plot}")
+    print(f"model saved to {args.out}")
+    return 0
+
+
+def _say(line):
+    print(line, flush=True)
+
+
+def _print_plan(trainer):
+    c, model = trainer.config, trainer.model
+    n_train, n_val = len(trainer.train_ids), len(trainer.val_ids)
+    resumed = f", resuming at step {trainer.step}" if trainer.step else ""
+    _say(f"training {c.cell} (hidden {c.hidden_size}, {c.num_layers} layer{'s' * (c.num_layers > 1)}, "
+         f"{model.num_parameters():,} parameters, {model.backend_name} {model.dtype_name}) "
+         f"on {trainer.source}: {n_train} training + {n_val} validation sequences, "
+         f"{model.vocab_size} tokens; {trainer.total_steps} steps of {c.batch_size} "
+         f"({trainer.steps_per_epoch} per epoch){resumed}")
+
+
+def _plot(plt, trainer, path):
+    steps = range(1, len(trainer.losses) + 1)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(steps, trainer.losses, color="tab:blue", alpha=0.3, linewidth=0.8, label="training (per step)")
+    window = max(1, trainer.steps_per_epoch)
+    if len(trainer.losses) >= window > 1:
+        smooth = np.convolve(trainer.losses, np.full(window, 1 / window), mode="valid")
+        ax.plot(range(window, len(trainer.losses) + 1), smooth, color="tab:blue",
+                label=f"training (mean of {window} steps)")
+    ax.plot([r["step"] for r in trainer.history], [r["val_loss"] for r in trainer.history], "o-",
+            color="tab:orange", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats per character)")
+    ax.set_title(f"xseq {trainer.config.cell}, hidden {trainer.config.hidden_size}, on {trainer.source}",
+                 fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    try:
+        fig.savefig(path, format="png", dpi=100)
+    except OSError as exc:
+        raise UsageError(f"cannot write --plot {path!r}: {exc}") from None
+    finally:
+        plt.close(fig)
+
+
+# ---------------------------------------------------------------------- sample, evaluate, info
+
+
+def cmd_sample(args):
+    model = _load_model(args.model, args.backend)
+    try:
+        samples = model.sample(args.n, temperature=args.temperature, top_k=args.top_k, prefix=args.prefix,
+                               max_len=args.max_len, seed=args.seed)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    for text in samples:
+        print(text)
+    return 0
+
+
+def cmd_evaluate(args):
+    model = _load_model(args.model, args.backend)
+    lines = read_corpus(args.corpus)
+    vocab = model.vocab
+    unknown = sum(t not in vocab for line in lines for t in vocab.tokenize(line))
+    if unknown:
+        print(f"xseq evaluate: note: {unknown} characters of {args.corpus} are not in the model's vocabulary "
+              "(they count as <unk>)", file=sys.stderr)
+    sequences = [vocab.encode(line) for line in lines]
+    loss = evaluate(model, sequences)
+    characters = sum(len(s) for s in sequences)
+    print(f"{args.corpus}: {len(lines)} sequences, {characters} characters + {len(lines)} end-of-sequence tokens")
+    print(f"cross-entropy: {loss:.4f} nats per character")
+    print(f"perplexity: {math.exp(loss):.3f}")
+    return 0
+
+
+def cmd_info(args):
+    arrays, meta = load_checkpoint(args.model)
+    where = f"checkpoint {args.model!r}"
+    model = CharLM.from_checkpoint(arrays, meta, backend="numpy", where=where)
+    c, vocab = model.config(), model.vocab
+    print(f"model: {c['cell']}, hidden size {c['hidden_size']}, {c['num_layers']} "
+          f"layer{'s' * (c['num_layers'] > 1)}, dropout {c['dropout']:g}, {model.dtype_name}")
+    shown = "".join(vocab.tokens[3:]) if vocab.level == "char" else " ".join(vocab.tokens[3:13]) + " ..."
+    print(f"vocabulary: {len(vocab)} tokens ({vocab.level} level): <pad> <unk> <eos> {shown!r}")
+    print(f"parameters: {model.num_parameters():,}")
+    state = meta.get("trainer")
+    if not isinstance(state, dict):
+        print("training: no training state recorded")
+        return 0
+    try:
+        _print_history(state, arrays.get("train/losses"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where} has an invalid training state: {type(exc).__name__}: {exc}") from None
+    return 0
+
+
+def _print_history(state, losses):
+    r, corpus, history = state["config"], state["corpus"], state["history"]
+    clip = "none" if not r["clip"] else f"{r['clip_mode']} {r['clip']:g}"
+    print(f"recipe: {r['optimizer']} lr {r['lr']:g}, batch {r['batch_size']}, clip {clip}, "
+          f"validation fraction {r['val_fraction']:g}, seed {r['seed']}")
+    print(f"corpus: {corpus['source']}; {corpus['sequences']} sequences, sha256 {corpus['sha256'][:12]}")
+    print(f"trained: {state['step']} steps ({state['epoch']} whole epoch{'s' * (state['epoch'] != 1)}), "
+          f"{state['chars_seen']:,} characters, {state['seconds']:.1f} s")
+    if losses is not None and len(losses):
+        print(f"training loss: first step {losses[0]:.4f}, last step {losses[-1]:.4f}")
+    if history:
+        best = min(history, key=lambda h: h["val_loss"])
+        last = history[-1]
+        print(f"validation loss: last {last['val_loss']:.4f} (epoch {last['epoch']:g}), "
+              f"best {best['val_loss']:.4f} (epoch {best['epoch']:g})")

@@ -1,0 +1,471 @@
+"""A character-level language model: the course's dinosaur-names model over the xseq layers.
+
+:class:`CharLM` reads one-hot characters, runs them through a stack of
+:class:`~xseq.RNN`, :class:`~xseq.LSTM` or :class:`~xseq.GRU` layers and
+projects every hidden state to scores over the vocabulary::
+
+    a<t>      = layer(x<1..t>)                  (n_a, m)
+    logits<t> = Wy a<t> + by                    (V, m)
+    y_hat<t>  = softmax(logits<t>)
+
+Layouts use the course's letters: ``V`` vocabulary size (the one-hot input
+size ``n_x`` and the output size ``n_y``), ``n_a`` hidden size, ``m``
+examples, ``T_x`` time steps.
+
+Sequences, as in the course's dinosaur-names model
+----------------------------------------------------
+A sequence ``c1 .. cn`` (ids of a :class:`~xseq.Vocabulary`) is learned as
+
+* inputs  ``x<1..n+1>`` = ``[0, c1, ..., cn]``, the first input being the
+  all-zero vector;
+* targets ``y<1..n+1>`` = ``[c1, ..., cn, <eos>]``.
+
+Id 0 (``<pad>``) is encoded as the all-zero column, so the zero first input
+is simply id 0. A batch of sequences of different lengths is padded at the
+end; padded positions are left out of the loss. The layers run over the
+padding unmasked: they are causal (one direction only), so steps after a
+sequence's end cannot change its earlier outputs, and the zero loss gradient
+there back-propagates as zero.
+
+Parameters and optimisers
+-------------------------
+:meth:`CharLM.parameters` is one flat dict, the layer's arrays under
+PyTorch's names (``weight_ih_l0``, ...) plus ``"Wy"`` ``(V, n_a)`` and
+``"by"`` ``(V, 1)``. It is always the same dict object, so an optimiser
+built on it (``xseq.Adam(model.parameters())``) updates the model; the
+model reads its weights from that dict at every forward pass.
+:meth:`CharLM.grads` holds the gradients of the last
+:meth:`CharLM.loss_and_backward` under the same keys.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._backend import asarray, backend_name, to_numpy
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .layers import GRU, LSTM, RNN
+from .losses import softmax_cross_entropy
+from .optim import _check_positive as check_positive
+from .vocab import EOS_ID, PAD_ID, UNK_ID, Vocabulary
+from .vocab import _check_int as check_int
+
+CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
+MODEL_FORMAT = "xseq.CharLM"
+MODEL_FORMAT_VERSION = 1
+_PARAM_PREFIX = "param/"
+
+
+class CharLM:
+    """Character (or word) language model: one-hot input, recurrent layers, linear output.
+
+    Parameters
+    ----------
+    vocab : Vocabulary
+        Its size is ``V``; ids 0, 1, 2 are ``<pad>``, ``<unk>``, ``<eos>``.
+    hidden_size : int, default 128
+        ``n_a``.
+    cell : {"lstm", "gru", "rnn"}, default "lstm"
+    num_layers : int, default 1
+    dropout : float in [0, 1), default 0
+        Dropout between stacked layers during training (needs ``num_layers > 1`` to act).
+    backend : str or namespace, default "numpy"
+        See :func:`xseq.backend` (``"auto"`` picks CuPy where it runs).
+    dtype : {"float32", "float64"}, default "float32"
+    seed : int, default 0
+        The layer's weights come from ``numpy.random.default_rng(seed)`` (see
+        :class:`~xseq.LSTM`); ``Wy`` and ``by`` from an independent stream
+        derived from the same seed, uniform in ``(-1/sqrt(n_a), 1/sqrt(n_a))``
+        like ``torch.nn.Linear``.
+
+    Attributes
+    ----------
+    vocab : Vocabulary
+    layer : RNN, LSTM or GRU
+        ``input_size = V``, unidirectional.
+    xp : namespace
+        The backend's array namespace.
+    """
+
+    def __init__(self, vocab, hidden_size=128, *, cell="lstm", num_layers=1, dropout=0.0,
+                 backend="numpy", dtype="float32", seed=0):
+        if not isinstance(vocab, Vocabulary):
+            raise TypeError(f"vocab must be an xseq.Vocabulary; got {type(vocab).__name__}")
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {tuple(CELLS)}; got {cell!r}")
+        self.vocab = vocab
+        self.cell = cell
+        self.layer = CELLS[cell](len(vocab), hidden_size, num_layers=num_layers, dropout=dropout,
+                                 backend=backend, dtype=dtype, seed=seed)
+        self.xp = self.layer.xp
+        self.dtype = self.layer.dtype
+        V, n_a = len(vocab), self.layer.hidden_size
+        rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])
+        bound = 1 / math.sqrt(n_a)
+        self._params = dict(self.layer.parameters)
+        self._params["Wy"] = self._from_host(rng.uniform(-bound, bound, size=(V, n_a)))
+        self._params["by"] = self._from_host(rng.uniform(-bound, bound, size=(V, 1)))
+        self._grads = {k: self.xp.zeros_like(v) for k, v in self._params.items()}
+        # One-hot codes: row v of the input is 1 where the id is v, except id 0
+        # (<pad>, also the course's zero first input), which matches no row.
+        codes = self.xp.arange(V)
+        self._input_codes = self.xp.where(codes == PAD_ID, -1, codes)
+        self._cache = None
+
+    # ------------------------------------------------------------------ structure
+
+    @property
+    def vocab_size(self):
+        """``V``."""
+        return len(self.vocab)
+
+    @property
+    def hidden_size(self):
+        """``n_a``."""
+        return self.layer.hidden_size
+
+    @property
+    def num_layers(self):
+        """Stacked recurrent layers."""
+        return self.layer.num_layers
+
+    @property
+    def dtype_name(self):
+        """``"float32"`` or ``"float64"``."""
+        return self.layer.dtype_name
+
+    @property
+    def backend_name(self):
+        """``"numpy"``, ``"cupy"``, ``"torch"`` or ``"array_api_strict"``."""
+        return backend_name(self.xp)
+
+    def parameters(self):
+        """Every weight in one dict (the same object at every call); an optimiser updates it in place."""
+        return self._params
+
+    def grads(self):
+        """The gradients of the last :meth:`loss_and_backward`, keyed like :meth:`parameters`."""
+        return self._grads
+
+    def num_parameters(self):
+        """The number of scalar weights."""
+        return sum(math.prod(p.shape) for p in self._params.values())
+
+    def config(self):
+        """The constructor arguments that fix the architecture (JSON-serialisable)."""
+        return {"cell": self.cell, "hidden_size": self.hidden_size, "num_layers": self.num_layers,
+                "dropout": self.layer.dropout}
+
+    def __repr__(self):
+        return (f"CharLM(V={self.vocab_size}, cell={self.cell!r}, hidden_size={self.hidden_size}, "
+                f"num_layers={self.num_layers}, backend={self.backend_name!r}, dtype={self.dtype_name!r})")
+
+    def _from_host(self, a):
+        return asarray(a, backend=self.xp, dtype=self.dtype)
+
+    # ------------------------------------------------------------------ batches
+
+    def batch(self, sequences):
+        """Inputs, targets and mask for a batch of id sequences (see the module docstring).
+
+        Parameters
+        ----------
+        sequences : list of sequences of int
+            Ids without ``<eos>`` (it is added as the last target); may be empty.
+
+        Returns
+        -------
+        X : (V, m, T_x) array
+            One-hot inputs ``[0, c1, ..., cn]``, zero columns after the end;
+            ``T_x`` is the longest ``n`` plus one.
+        targets : (m, T_x) int64 array
+            ``[c1, ..., cn, <eos>]``, 0 after the end.
+        mask : (m, T_x) bool array
+            True at the ``n + 1`` positions of each sequence.
+        """
+        if isinstance(sequences, (str, bytes)) or not hasattr(sequences, "__len__") or len(sequences) == 0:
+            raise ValueError("sequences must be a non-empty list of id sequences")
+        V = self.vocab_size
+        lengths = np.array([len(s) for s in sequences])
+        m, T_x = len(sequences), int(lengths.max()) + 1
+        inputs = np.zeros((m, T_x), dtype=np.int64)
+        targets = np.zeros((m, T_x), dtype=np.int64)
+        for i, seq in enumerate(sequences):
+            ids = np.asarray(seq, dtype=np.int64)
+            if ids.size and (ids.min() < 0 or ids.max() >= V):
+                raise ValueError(f"sequences[{i}] holds an id outside 0 <= id < V = {V}")
+            inputs[i, 1:len(ids) + 1] = ids
+            targets[i, :len(ids)] = ids
+            targets[i, len(ids)] = EOS_ID
+        mask = np.arange(T_x)[None, :] <= lengths[:, None]
+        return self._one_hot(inputs), self.xp.asarray(targets), self.xp.asarray(mask)
+
+    def _one_hot(self, ids):
+        """(m, T_x) host ids -> (V, m, T_x) one-hot, id 0 as the zero column, built time-major."""
+        xp = self.xp
+        ids_tm = xp.asarray(np.ascontiguousarray(ids.T))  # (T_x, m)
+        X_tm = xp.astype(xp.reshape(ids_tm, (*ids_tm.shape, 1)) == self._input_codes, self.dtype)
+        return xp.permute_dims(X_tm, (2, 1, 0))
+
+    # ------------------------------------------------------------------ forward and backward
+
+    def forward(self, X, h0=None, training=False):
+        """Scores over the vocabulary at every step.
+
+        Parameters
+        ----------
+        X : (V, m, T_x) array of this model's backend and dtype
+            One-hot inputs (from :meth:`batch`).
+        h0 : initial state of the layer, or None for zeros (see :class:`~xseq.LSTM`).
+        training : bool
+            Apply the layer's dropout.
+
+        Returns
+        -------
+        logits : (V, m, T_x) array
+        final_state : the layer's final state, ``(num_layers, n_a, m)`` or a tuple ``(h, c)``.
+        """
+        xp = self.xp
+        self.layer.parameters = {k: self._params[k] for k in self.layer.parameters}
+        outputs, final_state = self.layer.forward(X, h0, training=training)
+        # Work time-major: the layer's outputs are a view of a (T_x, m, n_a) array.
+        A = xp.permute_dims(outputs, (2, 1, 0))
+        T_x, m, n_a = A.shape
+        A2 = xp.reshape(A, (T_x * m, n_a))
+        logits = xp.matmul(A2, self._params["Wy"].T) + self._params["by"][:, 0]
+        self._cache = (A2, (T_x, m))
+        return xp.permute_dims(xp.reshape(logits, (T_x, m, self.vocab_size)), (2, 1, 0)), final_state
+
+    __call__ = forward
+
+    def loss_and_backward(self, X, targets, mask, training=True):
+        """Mean cross-entropy of a batch and the gradient of every parameter.
+
+        Parameters
+        ----------
+        X, targets, mask : from :meth:`batch`
+        training : bool, default True
+            Apply dropout in the forward pass.
+
+        Returns
+        -------
+        float
+            The mean cross-entropy in nats per predicted token (``<eos>`` included).
+            :meth:`grads` then holds its gradients (replacing the previous ones).
+        """
+        xp = self.xp
+        logits, _ = self.forward(X, training=training)
+        loss, dlogits = softmax_cross_entropy(logits, targets, mask)
+        A2, (T_x, m) = self._cache
+        dL2 = xp.reshape(xp.permute_dims(dlogits, (2, 1, 0)), (T_x * m, self.vocab_size))
+        dWy = xp.matmul(dL2.T, A2)
+        dby = xp.reshape(xp.sum(dL2, axis=0), (self.vocab_size, 1))
+        dA = xp.reshape(xp.matmul(dL2, self._params["Wy"]), (T_x, m, self.hidden_size))
+        self.layer.zero_grad()
+        self.layer.backward(xp.permute_dims(dA, (2, 1, 0)))
+        self._grads = {**self.layer.grads, "Wy": dWy, "by": dby}
+        return loss
+
+    def loss(self, X, targets, mask):
+        """Summed cross-entropy of a batch (no dropout, no gradients).
+
+        Returns
+        -------
+        total : float
+            The sum over the valid positions, in nats.
+        count : int
+            The number of valid positions (predicted tokens).
+        """
+        logits, _ = self.forward(X)
+        mean, _ = softmax_cross_entropy(logits, targets, mask)
+        count = int(to_numpy(mask).sum())
+        return mean * count, count
+
+    # ------------------------------------------------------------------ sampling
+
+    def sample(self, n=1, *, temperature=1.0, top_k=None, prefix="", max_len=50, seed=0):
+        """Generate sequences, one token at a time, from the model's distribution.
+
+        Each step draws the next token from ``softmax(logits / temperature)``
+        restricted to the ``top_k`` most likely tokens. ``<pad>`` and ``<unk>``
+        are never drawn, and ``<eos>`` is not drawn as the first token of an
+        empty sequence, so a sample is never empty. A sample ends at ``<eos>``
+        or when it reaches ``max_len`` tokens.
+
+        Parameters
+        ----------
+        n : int, default 1
+            The number of samples, drawn together as one batch.
+        temperature : float > 0, default 1
+            Below 1 sharpens the distribution (safer, more common names), above 1 flattens it.
+        top_k : int >= 1 or None
+            Draw only among the ``top_k`` most likely allowed tokens.
+        prefix : str
+            Every sample starts with this text; its tokens must be in the vocabulary.
+        max_len : int >= 1, default 50
+            Longest sample, in tokens, the prefix included.
+        seed : int
+            Seed of the NumPy generator that draws the tokens: the same seed gives the same samples.
+
+        Returns
+        -------
+        list of str
+            ``n`` texts, each starting with ``prefix``.
+        """
+        check_int("n", n, 1)
+        check_int("max_len", max_len, 1)
+        temperature = check_positive("temperature", temperature)
+        if top_k is not None:
+            check_int("top_k", top_k, 1)
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str; got {type(prefix).__name__}")
+        unknown = sorted({t for t in self.vocab.tokenize(prefix) if t not in self.vocab})
+        if unknown:
+            raise ValueError(f"prefix {prefix!r} holds tokens that are not in the model's vocabulary: {unknown}")
+        prefix_ids = self.vocab.encode(prefix)
+        if len(prefix_ids) > max_len:
+            raise ValueError(f"prefix has {len(prefix_ids)} tokens, more than max_len = {max_len}")
+
+        rng = np.random.default_rng(seed)
+        V = self.vocab_size
+        forbidden = np.zeros(V, dtype=bool)
+        forbidden[[PAD_ID, UNK_ID]] = True
+        samples = np.zeros((n, max_len), dtype=np.int64)
+        samples[:, :len(prefix_ids)] = prefix_ids
+        done = np.zeros(n, dtype=bool)
+        state, previous = None, np.zeros(n, dtype=np.int64)  # id 0: the zero first input
+        for t in range(max_len):
+            logits, state = self._step(previous, state)
+            if t < len(prefix_ids):
+                previous = samples[:, t]
+                continue
+            scores = logits / temperature
+            scores[forbidden] = -np.inf
+            if t == 0:
+                scores[EOS_ID] = -np.inf
+            if top_k is not None and top_k < V:
+                cut = np.partition(scores, V - top_k, axis=0)[V - top_k]
+                scores[scores < cut] = -np.inf
+            drawn = _draw(scores, rng)
+            samples[:, t] = np.where(done, PAD_ID, drawn)
+            done |= drawn == EOS_ID
+            if done.all():
+                break
+            previous = samples[:, t]
+        return [self.vocab.decode(row.tolist()) for row in samples]
+
+    def _step(self, ids, state):
+        """One step for every sample: host ids (m,) -> host float64 logits (V, m) and the new state."""
+        X = self._one_hot(ids[:, None])
+        logits, state = self.forward(X, state)
+        return np.asarray(to_numpy(logits[:, :, 0]), dtype=np.float64), state
+
+    # ------------------------------------------------------------------ saving
+
+    def state_dict(self):
+        """Host (NumPy) copies of :meth:`parameters`."""
+        return {k: np.array(to_numpy(v), copy=True) for k, v in self._params.items()}
+
+    def load_state_dict(self, state):
+        """Replace every parameter with the arrays of ``state`` (NumPy or any backend).
+
+        Raises
+        ------
+        ValueError
+            ``state`` lacks a parameter, has one this model does not, or has an array of another shape.
+        """
+        missing = sorted(set(self._params) - set(state))
+        unexpected = sorted(set(state) - set(self._params))
+        if missing or unexpected:
+            raise ValueError(f"state dict does not fit this {self!r}: missing {missing}, unexpected {unexpected}")
+        host = {k: np.asarray(to_numpy(v)) for k, v in state.items()}
+        for k, p in self._params.items():
+            if host[k].shape != tuple(p.shape):
+                raise ValueError(f"state dict entry {k!r} has shape {host[k].shape}; expected {tuple(p.shape)}")
+        for k in self._params:  # same dict object: an optimiser built on it stays attached
+            self._params[k] = self._from_host(host[k])
+
+    def checkpoint_contents(self):
+        """The arrays and metadata of this model for :func:`xseq.save_checkpoint`.
+
+        Returns
+        -------
+        arrays : dict
+            ``"param/<name>"`` -> host array.
+        meta : dict
+            ``{"format": "xseq.CharLM", "format_version": 1, "model": config(),
+            "dtype": ..., "vocab": vocab.to_json()}``.
+        """
+        arrays = {_PARAM_PREFIX + k: v for k, v in self.state_dict().items()}
+        meta = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "model": self.config(),
+                "dtype": self.dtype_name, "vocab": self.vocab.to_json()}
+        return arrays, meta
+
+    def save(self, path, *, arrays=None, meta=None):
+        """Write the model to one ``.npz`` checkpoint, atomically (see :func:`xseq.save_checkpoint`).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+        arrays, meta : dict, optional
+            More arrays and metadata to store alongside (a trainer's state);
+            their names must not collide with the model's.
+        """
+        own_arrays, own_meta = self.checkpoint_contents()
+        arrays, meta = dict(arrays or {}), dict(meta or {})
+        for name, extra, own in (("arrays", arrays, own_arrays), ("meta", meta, own_meta)):
+            clash = sorted(set(extra) & set(own))
+            if clash:
+                raise ValueError(f"{name} keys {clash} are the model's own; choose other names")
+        save_checkpoint(path, arrays={**own_arrays, **arrays}, meta={**own_meta, **meta})
+
+    @classmethod
+    def from_checkpoint(cls, arrays, meta, *, backend="numpy", where="checkpoint"):
+        """Rebuild a model from what :func:`xseq.load_checkpoint` returned.
+
+        Raises
+        ------
+        CheckpointError
+            The metadata is not a CharLM's, of another format version, or does not match the arrays.
+        """
+        if meta.get("format") != MODEL_FORMAT:
+            raise CheckpointError(f"{where} holds no xseq language model (format {meta.get('format')!r}; "
+                                  f"expected {MODEL_FORMAT!r})")
+        if meta.get("format_version") != MODEL_FORMAT_VERSION:
+            raise CheckpointError(f"{where} has model format_version {meta.get('format_version')!r}; "
+                                  f"this version of xseq reads {MODEL_FORMAT_VERSION}")
+        try:
+            vocab = Vocabulary.from_json(meta["vocab"])
+            config = meta["model"]
+            model = cls(vocab, config["hidden_size"], cell=config["cell"], num_layers=config["num_layers"],
+                        dropout=config["dropout"], backend=backend, dtype=meta["dtype"])
+            model.load_state_dict({k[len(_PARAM_PREFIX):]: v for k, v in arrays.items()
+                                   if k.startswith(_PARAM_PREFIX)})
+        except KeyError as exc:
+            raise CheckpointError(f"{where} has an invalid model: no metadata entry {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{where} has an invalid model: {exc}") from None
+        return model
+
+    @classmethod
+    def load(cls, path, *, backend="numpy"):
+        """Read a model saved by :meth:`save` (or by training).
+
+        Raises
+        ------
+        CheckpointError
+            Missing, truncated, corrupt, wrong-version or non-model file; the message names the path.
+        """
+        arrays, meta = load_checkpoint(path)
+        return cls.from_checkpoint(arrays, meta, backend=backend, where=f"checkpoint {str(path)!r}")
+
+
+def _draw(scores, rng):
+    """One id per column of ``scores`` (V, m), drawn from softmax over each column (-inf = never)."""
+    p = np.exp(scores - scores.max(axis=0, keepdims=True))
+    cumulative = np.cumsum(p, axis=0)
+    u = rng.random(scores.shape[1]) * cumulative[-1]
+    # The first id whose cumulative mass exceeds u: always one of positive probability.
+    return (cumulative <= u).sum(axis=0)
