@@ -7,8 +7,8 @@ from .corpus import CorpusError, builtin_corpus, read_corpus
 from .gru import gru_backward, gru_cell_backward, gru_cell_forward, gru_forward
 from .layers import GRU, LSTM, RNN
 from .losses import softmax_cross_entropy
-from .model import CharLM
 from .lstm import lstm_backward, lstm_cell_backward, lstm_cell_forward, lstm_forward
+from .model import CharLM
 from .optim import SGD, Adam, clip_by_global_norm, clip_by_value
 from .parameters import (
     gru_parameters_from_torch,
