@@ -49,6 +49,11 @@ class Trace:
     reverse: bool
 
 
+def c_order(xp, a):
+    """``a`` laid out in row-major order (reshaping a non-contiguous array to 1-D copies it that way)."""
+    return xp.reshape(xp.reshape(a, (-1,)), a.shape)
+
+
 def _flip(xp, a):
     return None if a is None else xp.flip(a, axis=0)
 
@@ -95,7 +100,7 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
     if kind == "gru" and b_hn is None:
         b_hn = xp.zeros((n_a,), dtype=dtype, device=dev)
 
-    W_hhT = W_hh.T
+    W_hhT = c_order(xp, W_hh.T)  # a contiguous right operand makes the per-step GEMM faster
     h, c = S[0, ...], (C[0, ...] if C is not None else None)
     for t in range(T):
         hw = xp.matmul(h, W_hhT)
@@ -161,6 +166,8 @@ def sequence_backward(trace, dY=None, dh_T=None, dc_T=None):
     zero = xp.zeros((), dtype=dtype, device=dev)
 
     if dY is not None:
+        # the course layout's da arrives as a strided view; each step reads one contiguous block
+        dY = c_order(xp, dY)
         if tr.reverse:
             dY = _flip(xp, dY)
         if mask is not None:

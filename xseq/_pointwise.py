@@ -6,7 +6,11 @@ each step's pointwise work to an *ops* object:
 * :class:`ArrayAPIOps` -- the reference, written only against the array API
   standard; it runs on every backend.
 * ``xseq._kernels.FusedCupyOps`` -- one CuPy ``ElementwiseKernel`` per step
-  and direction, used for CuPy arrays unless ``XSEQ_FUSED=0``.
+  and direction, used for CuPy arrays;
+* ``xseq._numpy_ops.NumpyOps`` -- the same math with NumPy's ``out=``, in
+  place, used for NumPy arrays.
+
+``XSEQ_FUSED=0`` turns both fast paths off, leaving the reference everywhere.
 
 :func:`ops_for` is the only place that chooses between them.
 
@@ -146,7 +150,7 @@ class ArrayAPIOps:
 
 
 def fused_enabled():
-    """Whether CuPy arrays use the fused kernels (``XSEQ_FUSED=0`` turns them off)."""
+    """Whether CuPy and NumPy arrays take their fast paths (``XSEQ_FUSED=0`` turns them off)."""
     return os.environ.get("XSEQ_FUSED", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
@@ -154,8 +158,13 @@ def ops_for(xp):
     """Pick the step implementation for namespace ``xp``: the single dispatch point."""
     from ._backend import backend_name
 
-    if backend_name(xp) == "cupy" and fused_enabled():
+    name = backend_name(xp)
+    if name == "cupy" and fused_enabled():
         from ._kernels import FusedCupyOps
 
         return FusedCupyOps(xp)
+    if name == "numpy" and fused_enabled():
+        from ._numpy_ops import NumpyOps
+
+        return NumpyOps(xp)
     return ArrayAPIOps(xp)
