@@ -176,7 +176,7 @@ def test_plot_without_matplotlib(tmp_path, corpus):
     (fake / "matplotlib").mkdir(parents=True)
     (fake / "matplotlib" / "__init__.py").write_text("raise ImportError('No module named matplotlib')\n")
     done = xseq_cli("train", corpus, "--plot", tmp_path / "p.png", cwd=tmp_path,
-                    PYTHONPATH=os.pathsep.join([str(fake), str(ROOT)]))
+                    PYTHONPATH=os.pathsep.join([str(fake), str(ROOT), os.environ.get("PYTHONPATH", "")]))
     assert_bad_input(done, "--plot needs matplotlib", "pip install 'xseq[plot]'")
 
 
