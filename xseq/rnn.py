@@ -135,8 +135,10 @@ def time_major(xp, x):
 
 
 def output_softmax(xp, Y, Wy, by):
-    """softmax(Wy a<t> + by) for every step at once: Y (T_x, m, n_a) -> (n_y, m, T_x)."""
-    logits = xp.matmul(Y, Wy.T) + by[:, 0]
+    """softmax(Wy a<t> + by) for every step at once, one GEMM: Y (T_x, m, n_a) -> (n_y, m, T_x)."""
+    T_x, m, n_a = Y.shape
+    logits = xp.matmul(xp.reshape(Y, (T_x * m, n_a)), Wy.T) + by[:, 0]
+    logits = xp.reshape(logits, (T_x, m, Wy.shape[0]))
     return time_major(xp, softmax_along(xp, logits, axis=-1))
 
 
