@@ -25,6 +25,8 @@ import pytest
 
 from xseq._kernels import KERNELS, KernelSource
 
+from .kernel_harness import elementwise_signature
+
 CTYPES = ("float", "double")
 
 
@@ -42,20 +44,7 @@ def nvrtc():
 
 def device_function(name, src, ctype):
     """One kernel as the source ElementwiseKernel would generate for it, minus CuPy's headers."""
-    params, bindings = [], []
-    for pname, typ, raw, is_output in src.parameters():
-        const = "" if is_output else "const "
-        if typ == "int32":
-            params.append(f"const int {pname}")
-        elif typ != "T":
-            raise AssertionError(f"{name}: the harness knows only T and int32 parameters, not {typ}")
-        elif raw:
-            params.append(f"{const}T* {pname}")
-        else:
-            params.append(f"{const}T* _raw_{pname}")
-            bindings.append(f"{const}T &{pname} = _raw_{pname}[i];")
-    params.append("const ptrdiff_t _n")
-    binding_lines = "\n        ".join(bindings)
+    params, binding_lines = elementwise_signature(name, src)
     return f"""typedef {ctype} T;
 {src.preamble}
 extern "C" __global__ void {name}({", ".join(params)}) {{

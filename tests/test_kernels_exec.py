@@ -27,6 +27,8 @@ from xseq import _kernels
 from xseq._kernels import KERNELS, FusedCupyOps
 from xseq._pointwise import ArrayAPIOps
 
+from .kernel_harness import elementwise_signature
+
 CXX = next(
     (path for path in (shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++") if c) if path),
     None,
@@ -52,21 +54,7 @@ using std::tanh;
 
 def host_function(name, src, ctype):
     """One kernel as a host function: ElementwiseKernel's bindings and loop, our operation."""
-    params, bindings = [], []
-    for pname, typ, raw, is_output in src.parameters():
-        const = "" if is_output else "const "
-        if typ == "int32":
-            params.append(f"const int {pname}")
-        elif typ != "T":
-            raise AssertionError(f"{name}: the host harness knows only T and int32 parameters, not {typ}")
-        elif raw:
-            params.append(f"{const}T* {pname}")
-        else:
-            # Like CuPy: a non-raw parameter is a reference to element i.
-            params.append(f"{const}T* _raw_{pname}")
-            bindings.append(f"{const}T &{pname} = _raw_{pname}[i];")
-    params.append("const ptrdiff_t _n")
-    binding_lines = "\n        ".join(bindings)
+    params, binding_lines = elementwise_signature(name, src)
     return f"""
 namespace k_{name}_{ctype} {{
 typedef {ctype} T;
