@@ -94,7 +94,11 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
     if kind == "lstm":
         C = xp.empty((T + 1, m, n_a), dtype=dtype, device=dev)
         C[0, ...] = c0
-    if SAVED[kind]:
+    if kind == "lstm":
+        # Step t reads XW[t] once and then stores its activated gates, the same (m, 4*n_a) block,
+        # in its place: one sequence-sized buffer fewer to allocate (and page in) per call.
+        saved = XW
+    elif SAVED[kind]:
         saved = xp.empty((T, m, SAVED[kind] * n_a), dtype=dtype, device=dev)
     b_hn = b_hh[2 * n_a:] if kind == "gru" and b_hh is not None else None
     if kind == "gru" and b_hn is None:
