@@ -31,7 +31,6 @@ from array_api_compat import device as device_of
 from ._pointwise import ops_for
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
-SAVED = {"rnn": 0, "lstm": 4, "gru": 4}
 
 
 @dataclass
@@ -44,7 +43,7 @@ class Trace:
     W_hh: Any  # (G*n_a, n_a)
     S: Any  # (T+1, m, n_a) hidden states, S[0, ...] = h0
     C: Any  # (T+1, m, n_a) LSTM cell states, C[0, ...] = c0; None otherwise
-    saved: Any  # (T, m, SAVED*n_a) activated gates; None for the RNN
+    saved: Any  # (T, m, 4*n_a) gates: LSTM i f g o (stored over XW), GRU r z n hn; None for the RNN
     mask: Any  # (T, m, 1) bool or None
     reverse: bool
 
@@ -90,19 +89,16 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
 
     S = xp.empty((T + 1, m, n_a), dtype=dtype, device=dev)
     S[0, ...] = h0
-    C = saved = None
+    C = saved = b_hn = None
     if kind == "lstm":
         C = xp.empty((T + 1, m, n_a), dtype=dtype, device=dev)
         C[0, ...] = c0
-    if kind == "lstm":
         # Step t reads XW[t] once and then stores its activated gates, the same (m, 4*n_a) block,
         # in its place: one sequence-sized buffer fewer to allocate (and page in) per call.
         saved = XW
-    elif SAVED[kind]:
-        saved = xp.empty((T, m, SAVED[kind] * n_a), dtype=dtype, device=dev)
-    b_hn = b_hh[2 * n_a:] if kind == "gru" and b_hh is not None else None
-    if kind == "gru" and b_hn is None:
-        b_hn = xp.zeros((n_a,), dtype=dtype, device=dev)
+    elif kind == "gru":
+        saved = xp.empty((T, m, 4 * n_a), dtype=dtype, device=dev)
+        b_hn = b_hh[2 * n_a:] if b_hh is not None else xp.zeros((n_a,), dtype=dtype, device=dev)
 
     W_hhT = c_order(xp, W_hh.T)  # a contiguous right operand makes the per-step GEMM faster
     h, c = S[0, ...], (C[0, ...] if C is not None else None)
