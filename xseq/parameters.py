@@ -146,30 +146,36 @@ def rnn_parameters_from_torch(module, linear=None, *, backend="numpy"):
     return _to_backend(params, backend)
 
 
+def _gate_blocks(W_ih, W_hh, gates):
+    """``(gate, rows, W)`` for each of torch's stacked blocks: W = [W_hh block, W_ih block] acts on [a_prev; xt]."""
+    n_a = W_hh.shape[1]
+    for k, gate in enumerate(gates):
+        rows = slice(k * n_a, (k + 1) * n_a)
+        yield gate, rows, np.concatenate([W_hh[rows], W_ih[rows]], axis=1)
+
+
 def lstm_parameters_from_torch(module, linear=None, *, backend="numpy"):
     """Course parameters {Wf, bf, Wi, bi, Wc, bc, Wo, bo[, Wy, by]} from a ``torch.nn.LSTM``/``LSTMCell``."""
     W_ih, W_hh, b_ih, b_hh = _torch_weights(module, "lstm")
-    n_a = W_hh.shape[1]
     params = {}
-    for k, gate in enumerate(LSTM_GATES):
-        rows = slice(k * n_a, (k + 1) * n_a)
-        params[f"W{gate}"] = np.concatenate([W_hh[rows], W_ih[rows]], axis=1)
+    for gate, rows, W in _gate_blocks(W_ih, W_hh, LSTM_GATES):
+        params[f"W{gate}"] = W
         params[f"b{gate}"] = (b_ih[rows] + b_hh[rows])[:, None]
-    params.update(_linear_weights(linear, n_a))
+    params.update(_linear_weights(linear, W_hh.shape[1]))
     return _to_backend(params, backend)
 
 
 def gru_parameters_from_torch(module, linear=None, *, backend="numpy"):
     """Course-keyed GRU parameters {Wr, br, Wz, bz, Wn, bn, bhn[, Wy, by]} from a ``torch.nn.GRU``/``GRUCell``."""
     W_ih, W_hh, b_ih, b_hh = _torch_weights(module, "gru")
-    n_a = W_hh.shape[1]
     params = {}
-    for k, gate in enumerate(GRU_GATES):
-        rows = slice(k * n_a, (k + 1) * n_a)
-        params[f"W{gate}"] = np.concatenate([W_hh[rows], W_ih[rows]], axis=1)
+    for gate, rows, W in _gate_blocks(W_ih, W_hh, GRU_GATES):
+        params[f"W{gate}"] = W
+        # r multiplies the candidate's recurrent bias, so that one stays apart as bhn
         params[f"b{gate}"] = (b_ih[rows] if gate == "n" else b_ih[rows] + b_hh[rows])[:, None]
-    params["bhn"] = b_hh[2 * n_a:, None]
-    params.update(_linear_weights(linear, n_a))
+        if gate == "n":
+            params["bhn"] = b_hh[rows, None]
+    params.update(_linear_weights(linear, W_hh.shape[1]))
     return _to_backend(params, backend)
 
 
