@@ -6,12 +6,21 @@ letters (n_x, n_a, n_y, m, T_x). Nothing is broadcast or cast silently.
 
 from __future__ import annotations
 
+import numpy as np
+
 from ._backend import namespace_of
 
 
 def _dtype_name(dtype):
     """"float32" for NumPy's, CuPy's, torch's ("torch.float32") and array_api_strict's dtypes alike."""
     return str(dtype).rsplit(".", 1)[-1]
+
+
+def check_sizes(**sizes):
+    """Every named size is a positive integer (bool excluded)."""
+    for name, value in sizes.items():
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer; got {value!r}")
 
 
 def is_floating(xp, x):

@@ -41,7 +41,7 @@ from . import _engine
 from ._backend import asarray, backend_name, dtype_of, namespace_of, to_numpy
 from ._backend import backend as backend_named
 from ._validate import _dtype_name as dtype_name
-from ._validate import check_floating, check_ndim, check_shape
+from ._validate import check_floating, check_ndim, check_shape, check_sizes
 from .rnn import check_input, time_major
 
 
@@ -94,9 +94,7 @@ class RecurrentLayer:
 
     def __init__(self, input_size, hidden_size, *, num_layers=1, bidirectional=False, dropout=0.0,
                  backend="numpy", dtype="float32", seed=0):
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        check_sizes(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
         if not isinstance(bidirectional, bool):
             raise TypeError(f"bidirectional must be True or False; got {bidirectional!r}")
         if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:

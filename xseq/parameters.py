@@ -25,16 +25,11 @@ import math
 import numpy as np
 
 from ._backend import asarray, backend, dtype_of, to_numpy
+from ._validate import check_sizes
 
 RNN_WEIGHTS = ("Wax", "Waa", "Wya")
 LSTM_GATES = ("i", "f", "c", "o")  # PyTorch's i, f, g, o
 GRU_GATES = ("r", "z", "n")
-
-
-def _check_sizes(**sizes):
-    for name, value in sizes.items():
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer; got {value!r}")
 
 
 def _finish(params, backend_name, dtype):
@@ -45,7 +40,7 @@ def _finish(params, backend_name, dtype):
 
 def init_rnn_parameters(n_x, n_a, n_y, *, backend="numpy", dtype="float32", seed=0):
     """Parameters of the basic RNN: Wax (n_a, n_x), Waa (n_a, n_a), Wya (n_y, n_a), ba (n_a, 1), by (n_y, 1)."""
-    _check_sizes(n_x=n_x, n_a=n_a, n_y=n_y)
+    check_sizes(n_x=n_x, n_a=n_a, n_y=n_y)
     rng = np.random.default_rng(seed)
     k = 1 / math.sqrt(n_a)
     params = {
@@ -63,7 +58,7 @@ def init_lstm_parameters(n_x, n_a, n_y, *, backend="numpy", dtype="float32", see
 
     bf starts at 1, the other biases at 0.
     """
-    _check_sizes(n_x=n_x, n_a=n_a, n_y=n_y)
+    check_sizes(n_x=n_x, n_a=n_a, n_y=n_y)
     rng = np.random.default_rng(seed)
     k = 1 / math.sqrt(n_a)
     params = {}
@@ -77,7 +72,7 @@ def init_lstm_parameters(n_x, n_a, n_y, *, backend="numpy", dtype="float32", see
 
 def init_gru_parameters(n_x, n_a, n_y, *, backend="numpy", dtype="float32", seed=0):
     """Parameters of the GRU: Wr, Wz, Wn (n_a, n_a + n_x); br, bz, bn, bhn (n_a, 1); Wy (n_y, n_a); by (n_y, 1)."""
-    _check_sizes(n_x=n_x, n_a=n_a, n_y=n_y)
+    check_sizes(n_x=n_x, n_a=n_a, n_y=n_y)
     rng = np.random.default_rng(seed)
     k = 1 / math.sqrt(n_a)
     params = {}
