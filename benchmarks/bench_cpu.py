@@ -416,29 +416,59 @@ def torch_modules(torch, model, size, p):
 GROUPS = {"naive": "numpy", "xseq": "numpy", "torch": "torch"}  # which server forks a contender's workers
 
 
-def time_iterations(contender, model, size, mode, iters):
-    """One measurement: build the inputs, one warm-up iteration, then ``iters`` timed ones."""
-    step = build_step(contender, model, size, mode)
-    step()  # warm-up
+def time_iterations(step, iters):
+    """``iters`` timed iterations of ``step``; returns their times in milliseconds."""
     times = []
     for _ in range(iters):
         t0 = time.perf_counter()
         step()
-        times.append(time.perf_counter() - t0)
-    return {"ms": statistics.median(times) * 1e3, "all_ms": [t * 1e3 for t in times]}
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def serve_case(contender, model, size, mode, address):
+    """A worker: build the case, run one warm-up iteration, then time iterations on request.
+
+    Connects to the parent at ``address`` and answers ``{"iters": k}`` with the
+    times of k iterations, until ``{"quit": true}`` or the connection closes.
+    Messages are JSON (``send_bytes``), never pickles.
+    """
+    from multiprocessing.connection import Client
+
+    with Client(address, family="AF_UNIX") as conn:
+        try:
+            step = build_step(contender, model, size, mode)
+            step()  # warm-up
+        except BaseException:
+            import traceback
+
+            conn.send_bytes(json.dumps({"error": traceback.format_exc()}).encode())
+            return 1
+        conn.send_bytes(json.dumps({"ready": os.getpid()}).encode())
+        while True:
+            try:
+                req = json.loads(conn.recv_bytes())
+            except EOFError:
+                return 0
+            if req.get("quit"):
+                return 0
+            conn.send_bytes(json.dumps({"ms": time_iterations(step, int(req["iters"]))}).encode())
 
 
 def run_worker(args):
     contender, model, size_text, mode = args.worker
     size = parse_size(size_text)
+    if args.connect:
+        return serve_case(contender, model, size, mode, args.connect)
+    step = build_step(contender, model, size, mode)
+    step()
     if not args.profile:
-        print(json.dumps(time_iterations(contender, model, size, mode, args.iters)), flush=True)
+        times = time_iterations(step, args.iters)
+        print(json.dumps({"ms": statistics.median(times), "all_ms": times}), flush=True)
         return 0
     import cProfile
     import pstats
 
-    step = build_step(contender, model, size, mode)
-    step()
     prof = cProfile.Profile()
     t0 = time.perf_counter()
     prof.enable()
@@ -454,12 +484,13 @@ def run_worker(args):
 def run_server(group):
     """Import one group's libraries, then fork a fresh worker for every request read from stdin.
 
-    A request is a JSON list ``[contender, model, size, mode, iters]``; the answer,
-    one JSON line on stdout, is the worker's result or ``{"error": ...}``. The
-    server itself never computes anything, so each forked child starts like a
-    new interpreter that has just imported the library (no thread pool, no
-    allocator or cache state from an earlier measurement), without paying the
-    import again (about 2 s for torch).
+    A request is a JSON list ``[contender, model, size, mode, address]``; the
+    forked child runs :func:`serve_case`, talking to the parent at ``address``;
+    the server answers with the child's pid and reaps children as they exit.
+    The server itself never computes anything, so each child starts like a new
+    interpreter that has just imported the library (no thread pool, allocator
+    or cache state from an earlier measurement), without paying the import
+    again (about 2 s for torch).
     """
     import numpy  # noqa: F401  (both groups: torch imports it too)
 
@@ -475,27 +506,23 @@ def run_server(group):
     for line in sys.stdin:
         if not line.strip():
             continue
-        contender, model, size_text, mode, iters = json.loads(line)
-        r, w = os.pipe()
+        contender, model, size_text, mode, address = json.loads(line)
         pid = os.fork()
         if pid == 0:  # the worker
-            os.close(r)
-            code = 0
+            code = 1
             try:
-                res = time_iterations(contender, model, parse_size(size_text), mode, int(iters))
-            except BaseException:
-                import traceback
-
-                res, code = {"error": traceback.format_exc()}, 1
-            with os.fdopen(w, "w") as f:
-                f.write(json.dumps(res))
-            os._exit(code)
-        os.close(w)
-        with os.fdopen(r) as f:
-            data = f.read()
-        os.waitpid(pid, 0)
-        out.write((data or json.dumps({"error": "worker died without an answer"})) + "\n")
+                code = serve_case(contender, model, parse_size(size_text), mode, address)
+            finally:
+                os._exit(code)
+        out.write(json.dumps({"pid": pid}) + "\n")
         out.flush()
+        while True:  # reap the workers that have finished
+            try:
+                done, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if done == 0:
+                break
     return 0
 
 
@@ -516,27 +543,59 @@ def spawn(argv, contender=None):
     return res.stdout
 
 
+class Case:
+    """One round of one (model, size, mode): a fresh worker process per contender, all alive at once, timed in turns."""
+
+    def __init__(self, runner, model, size, mode, contenders):
+        self.conns = {}
+        for contender in contenders:
+            self.conns[contender] = runner.start_worker(contender, model, size, mode)
+
+    def time(self, contender, iters):
+        conn = self.conns[contender]
+        conn.send_bytes(json.dumps({"iters": iters}).encode())
+        return json.loads(conn.recv_bytes())["ms"]
+
+    def close(self):
+        for conn in self.conns.values():
+            try:
+                conn.send_bytes(json.dumps({"quit": True}).encode())
+            except OSError:
+                pass
+            conn.close()
+        self.conns = {}
+
+
 class Runner:
-    """Runs measurements in fresh processes: forked from a per-library server, or (``spawn``) new interpreters."""
+    """Starts worker processes: forked from a per-library server, or (``spawn``) new interpreters."""
 
     def __init__(self, spawn_each=False):
-        self.spawn_each = spawn_each
-        self.servers = {}
+        import tempfile
+        from multiprocessing.connection import Listener
 
-    def measure(self, contender, model, size, mode, iters):
-        if self.spawn_each or not hasattr(os, "fork"):
-            out = spawn(["--worker", contender, model, size_name(size), mode, "--iters", str(iters)], contender)
-            return json.loads(out.strip().splitlines()[-1])["ms"]
-        server = self._server(GROUPS[contender], contender)
-        server.stdin.write(json.dumps([contender, model, size_name(size), mode, iters]) + "\n")
-        server.stdin.flush()
-        line = server.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the {GROUPS[contender]} server exited (exit {server.wait()})")
-        res = json.loads(line)
-        if "error" in res:
-            raise RuntimeError(f"{contender} {model} {size_name(size)} {mode} failed:\n{res['error']}")
-        return res["ms"]
+        self.spawn_each = spawn_each or not hasattr(os, "fork")
+        self.servers = {}
+        self.procs = []
+        self.tmp = tempfile.TemporaryDirectory(prefix="bench_cpu_")
+        self.address = os.path.join(self.tmp.name, "parent.sock")
+        self.listener = Listener(self.address, family="AF_UNIX")
+
+    def start_worker(self, contender, model, size, mode):
+        if self.spawn_each:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", contender, model, size_name(size), mode,
+                   "--connect", self.address]
+            self.procs.append(subprocess.Popen(cmd, env=worker_env(contender), cwd=str(ROOT)))
+        else:
+            server = self._server(GROUPS[contender], contender)
+            server.stdin.write(json.dumps([contender, model, size_name(size), mode, self.address]) + "\n")
+            server.stdin.flush()
+            if not server.stdout.readline():
+                raise RuntimeError(f"the {GROUPS[contender]} server exited (exit {server.wait()})")
+        conn = self.listener.accept()
+        hello = json.loads(conn.recv_bytes())
+        if "error" in hello:
+            raise RuntimeError(f"{contender} {model} {size_name(size)} {mode} failed:\n{hello['error']}")
+        return conn
 
     def _server(self, group, contender):
         if group not in self.servers:
@@ -552,7 +611,11 @@ class Runner:
         for proc in self.servers.values():
             proc.stdin.close()
             proc.wait()
-        self.servers = {}
+        for proc in self.procs:
+            proc.wait()
+        self.servers, self.procs = {}, []
+        self.listener.close()
+        self.tmp.cleanup()
 
 
 # ---------------------------------------------------------------- agreement check (tiny size, one process)
@@ -762,8 +825,8 @@ def fmt_ms(v):
     return "—" if v is None else (f"{v:.1f}" if v >= 10 else f"{v:.2f}")
 
 
-def fmt_ratio(a, b):
-    return "—" if a is None or b is None else f"{a / b:.2f}x"
+def fmt_x(v):
+    return "—" if v is None else f"{v:.2f}x"
 
 
 def main(argv=None):
@@ -772,8 +835,12 @@ def main(argv=None):
     ap.add_argument("--sizes", nargs="+", type=parse_size, default=None,
                     help="small (64x256x64x100), large (123x320x64x100) or n_x x n_a x m x T_x; default both")
     ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    ap.add_argument("--repeats", type=int, default=None, help="rounds of fresh processes (default 5; 1 with --quick)")
-    ap.add_argument("--iters", type=int, default=None, help="timed iterations per process after one warm-up (default 3; 1 with --quick)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="rounds: turns per contender and case (default 7; 1 with --quick)")
+    ap.add_argument("--iters", type=int, default=None, help="timed iterations per turn (default 3; 1 with --quick)")
+    ap.add_argument("--gap", type=float, default=0.2, metavar="SECONDS",
+                    help="pause before each turn, so that the previous contender's idle BLAS/OpenMP threads stop "
+                         "spinning (default 0.2)")
     ap.add_argument("--quick", action="store_true", help=f"smoke run: size {size_name(QUICK_SIZE)}, 1 round, 1 iteration")
     ap.add_argument("--no-check", action="store_true", help="skip the naive/xseq/torch agreement check")
     ap.add_argument("--spawn", action="store_true",
@@ -787,6 +854,7 @@ def main(argv=None):
                     help="before each measurement, wait up to SECONDS for the CPUs to be idle (>= 85%% over 0.25 s): "
                          "for a machine shared with other work; 0 (default) never waits")
     ap.add_argument("--worker", nargs=4, metavar=("CONTENDER", "MODEL", "SIZE", "MODE"), help=argparse.SUPPRESS)
+    ap.add_argument("--connect", metavar="ADDRESS", help=argparse.SUPPRESS)
     ap.add_argument("--profile", action="store_true", help="with --worker: run under cProfile and print the top functions")
     ap.add_argument("--info", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
@@ -806,7 +874,7 @@ def main(argv=None):
 
     global TORCH_NO_MKLDNN
     TORCH_NO_MKLDNN = args.torch_no_mkldnn
-    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 7)
     sizes = [QUICK_SIZE] if args.quick else (args.sizes or [SIZES["small"], SIZES["large"]])
     if repeats < 5 and not args.quick:
         print(f"note: {repeats} repeats; the method asks for at least 5")
@@ -834,30 +902,40 @@ def main(argv=None):
 
     cases = [(model, size, mode) for model in models for size in sizes for mode in args.modes]
     results = {(c, *case): [] for case in cases for c in contenders_for(case[0])}
-    n_runs = len(results) * repeats
+    ratios = {(case, kind): [] for case in cases for kind in ("xseq/torch", "naive/xseq")}
     how = "new interpreters" if args.spawn else "forked from per-library servers"
     if args.torch_no_mkldnn:
         how += "; torch with oneDNN turned off"
-    print(f"{len(cases)} cases, {n_runs} worker processes ({how}; {repeats} rounds, "
-          f"{args.iters} timed iterations each after one warm-up)", flush=True)
+    print(f"{len(cases)} cases x {repeats} rounds; each round of a case starts a fresh worker process per "
+          f"contender ({how}), then times {args.iters} iterations of each in turn, {args.gap:g} s apart", flush=True)
     t_start = time.perf_counter()
-    done = 0
     busy, waited = 0, 0.0
     runner = Runner(spawn_each=args.spawn)
     try:
         for r in range(repeats):
-            for model, size, mode in cases:
+            for case in cases:
+                model, size, mode = case
                 cs = list(contenders_for(model))
                 k = r % len(cs)
-                for contender in cs[k:] + cs[:k]:
-                    if args.wait_idle > 0:
-                        w = wait_until_idle(args.wait_idle)
-                        busy += w is None
-                        waited += w or args.wait_idle
-                    results[(contender, model, size, mode)].append(runner.measure(contender, model, size, mode, args.iters))
-                    done += 1
-            print(f"  round {r + 1}/{repeats} done ({done}/{n_runs} processes, {time.perf_counter() - t_start:.0f} s)",
-                  file=sys.stderr, flush=True)
+                order = cs[k:] + cs[:k]
+                live = Case(runner, model, size, mode, order)
+                this_round = {}
+                try:
+                    for contender in order:
+                        if args.wait_idle > 0:
+                            w = wait_until_idle(args.wait_idle)
+                            busy += w is None
+                            waited += w or args.wait_idle
+                        time.sleep(args.gap)  # let the last contender's spinning threads go to sleep
+                        this_round[contender] = statistics.median(live.time(contender, args.iters))
+                        results[(contender, *case)].append(this_round[contender])
+                finally:
+                    live.close()
+                if "torch" in this_round:
+                    ratios[(case, "xseq/torch")].append(this_round["xseq"] / this_round["torch"])
+                if "naive" in this_round:
+                    ratios[(case, "naive/xseq")].append(this_round["naive"] / this_round["xseq"])
+            print(f"  round {r + 1}/{repeats} done ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr, flush=True)
     finally:
         runner.close()
     if args.json:
@@ -866,40 +944,45 @@ def main(argv=None):
             indent=1))
 
     med = {key: statistics.median(v) for key, v in results.items()}
+    ratio = {key: statistics.median(v) for key, v in ratios.items() if v}
     spread = max(((max(v) - min(v)) / statistics.median(v), key) for key, v in results.items())
     print()
-    print(f"Median over {repeats} rounds of the per-process median of {args.iters} iterations, milliseconds")
+    print(f"Times: median over {repeats} rounds of each turn's median of {args.iters} iterations, milliseconds.")
+    print("Ratios: median over the rounds of the ratio within the round (the two contenders timed seconds apart).")
     print()
     print("| model | size (n_x, n_a, m, T_x) | mode | naive ms | xseq ms | torch ms | xseq/torch | naive/xseq |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
-    for model, size, mode in cases:
-        nv, xs, tc = (med.get((c, model, size, mode)) for c in ("naive", "xseq", "torch"))
-        print(f"| {model} | {size} | {mode} | {fmt_ms(nv)} | {fmt_ms(xs)} | {fmt_ms(tc)} | {fmt_ratio(xs, tc)} | {fmt_ratio(nv, xs)} |")
+    for case in cases:
+        model, size, mode = case
+        nv, xs, tc = (med.get((c, *case)) for c in ("naive", "xseq", "torch"))
+        print(f"| {model} | {size} | {mode} | {fmt_ms(nv)} | {fmt_ms(xs)} | {fmt_ms(tc)} "
+              f"| {fmt_x(ratio.get((case, 'xseq/torch')))} | {fmt_x(ratio.get((case, 'naive/xseq')))} |")
 
     print()
-    print("Targets (forward+backward)")
+    print("Targets (forward+backward; median per-round ratio, and the range over the rounds)")
     all_met = True
-    for model in models:
-        for size in sizes:
-            key = ("forward+backward", model, size)
-            xs, tc = med.get(("xseq", model, size, key[0])), med.get(("torch", model, size, key[0]))
-            if xs is None or tc is None:
+    for case in cases:
+        model, size, mode = case
+        if mode != "forward+backward":
+            continue
+        for kind, text, ok_if in (("xseq/torch", f"xseq <= {TARGET}x torch", lambda v: v <= TARGET),
+                                  ("naive/xseq", f"naive >= {TARGET}x xseq", lambda v: v >= TARGET)):
+            v = ratio.get((case, kind))
+            if v is None:
                 continue
-            ok = xs / tc <= TARGET
+            ok = ok_if(v)
             all_met &= ok
-            print(f"  {model} {size}: xseq <= {TARGET}x torch: {'met' if ok else 'NOT MET'} ({xs / tc:.2f}x)")
-            nv = med.get(("naive", model, size, key[0]))
-            if nv is not None:
-                ok = nv / xs >= TARGET
-                all_met &= ok
-                print(f"  {model} {size}: naive >= {TARGET}x xseq: {'met' if ok else 'NOT MET'} ({nv / xs:.2f}x)")
+            lo, hi = min(ratios[(case, kind)]), max(ratios[(case, kind)])
+            print(f"  {model} {size}: {text}: {'met' if ok else 'NOT MET'} ({v:.2f}x; rounds {lo:.2f}x-{hi:.2f}x)")
     print(f"all targets {'met' if all_met else 'NOT met'}")
     if repeats > 1:
         c, m_, sz, md = spread[1]
-        print(f"noise: widest spread over the rounds is {spread[0]:.0%} of the median ({c} {m_} {sz} {md})")
+        print(f"noise: widest spread of one contender's times over the rounds is {spread[0]:.0%} of its median "
+              f"({c} {m_} {sz} {md})")
     load_after = load_average()
     if args.wait_idle > 0:
-        print(f"waited {waited:.0f} s in all for idle CPUs; {busy} of {n_runs} measurements started on a busy machine")
+        n_turns = sum(len(v) for v in results.values())
+        print(f"waited {waited:.0f} s in all for idle CPUs; {busy} of {n_turns} turns started on a busy machine")
     if load_before is not None:
         print(f"load average (1 min) before {load_before:.2f}, after {load_after:.2f} (the run itself adds about 1-2)")
     print(f"timing took {time.perf_counter() - t_start:.0f} s")

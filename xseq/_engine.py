@@ -84,26 +84,35 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
     if reverse:
         X, mask = _flip(xp, X), _flip(xp, mask)
 
-    bias = _folded_bias(xp, kind, b_ih, b_hh, G * n_a, dtype, dev)
-    XW = xp.reshape(xp.matmul(xp.reshape(X, (T * m, n_x)), W_ih.T) + bias, (T, m, G * n_a))
+    # Every buffer comes from ops.empty: NumPy's reuses them between calls (xseq/_workspace.py).
+    def empty(*shape):
+        return ops.empty(shape, dtype, dev)
 
-    S = xp.empty((T + 1, m, n_a), dtype=dtype, device=dev)
+    # One row-major copy of the input (the course layout arrives as a permuted view); backward
+    # reads the same copy for dW_ih instead of transposing again.
+    X = ops.copy_into(empty(T, m, n_x), X)
+    bias = _folded_bias(xp, kind, b_ih, b_hh, G * n_a, dtype, dev)
+    XW = ops.matmul(xp.reshape(X, (T * m, n_x)), W_ih.T, empty(T * m, G * n_a))
+    XW = xp.reshape(ops.add_into(XW, bias), (T, m, G * n_a))
+
+    S = empty(T + 1, m, n_a)
     S[0, ...] = h0
     C = saved = b_hn = None
     if kind == "lstm":
-        C = xp.empty((T + 1, m, n_a), dtype=dtype, device=dev)
+        C = empty(T + 1, m, n_a)
         C[0, ...] = c0
         # Step t reads XW[t] once and then stores its activated gates, the same (m, 4*n_a) block,
         # in its place: one sequence-sized buffer fewer to allocate (and page in) per call.
         saved = XW
     elif kind == "gru":
-        saved = xp.empty((T, m, 4 * n_a), dtype=dtype, device=dev)
+        saved = empty(T, m, 4 * n_a)
         b_hn = b_hh[2 * n_a:] if b_hh is not None else xp.zeros((n_a,), dtype=dtype, device=dev)
 
     W_hhT = c_order(xp, W_hh.T)  # a contiguous right operand makes the per-step GEMM faster
+    hw_buffer = empty(m, G * n_a)
     h, c = S[0, ...], (C[0, ...] if C is not None else None)
     for t in range(T):
-        hw = xp.matmul(h, W_hhT)
+        hw = ops.matmul(h, W_hhT, hw_buffer)
         if kind == "rnn":
             ops.rnn_forward(XW[t, ...], hw, saved, S, t)
         elif kind == "lstm":
@@ -165,24 +174,31 @@ def sequence_backward(trace, dY=None, dh_T=None, dc_T=None):
     dtype, dev = X.dtype, device_of(X)
     zero = xp.zeros((), dtype=dtype, device=dev)
 
+    def empty(*shape):
+        return ops.empty(shape, dtype, dev)
+
     if dY is not None:
         # the course layout's da arrives as a strided view; each step reads one contiguous block
-        dY = c_order(xp, dY)
+        dY = ops.copy_into(empty(T, m, n_a), dY)
         if tr.reverse:
             dY = _flip(xp, dY)
         if mask is not None:
             dY = xp.where(mask, dY, zero)
-    dh = dh_T if dh_T is not None else xp.zeros((m, n_a), dtype=dtype, device=dev)
+    # dh is xseq's own array from here on (ops.add_into may update it in place), never the caller's.
+    dh = xp.zeros((m, n_a), dtype=dtype, device=dev)
+    if dh_T is not None:
+        dh = dh + dh_T
     dc = None
     if kind == "lstm":
         dc = dc_T if dc_T is not None else xp.zeros((m, n_a), dtype=dtype, device=dev)
 
-    dZ = xp.empty((T, m, G * n_a), dtype=dtype, device=dev)
-    dHW = xp.empty((T, m, G * n_a), dtype=dtype, device=dev) if kind == "gru" else dZ
+    dZ = empty(T, m, G * n_a)
+    dHW = empty(T, m, G * n_a) if kind == "gru" else dZ
     W_hh = tr.W_hh
+    dh_buffers = [empty(m, n_a) for _ in range(2)]
     for t in range(T - 1, -1, -1):
         if dY is not None:
-            dh = dh + dY[t, ...]
+            dh = ops.add_into(dh, dY[t, ...])
         dh_direct = dc_prev = None
         if kind == "rnn":
             ops.rnn_backward(S, t, dh, dZ)
@@ -199,7 +215,8 @@ def sequence_backward(trace, dY=None, dh_T=None, dc_T=None):
                 dh_direct = xp.where(mask[t, ...], zero, dh)
             if dc_prev is not None:
                 dc_prev = xp.where(mask[t, ...], dc_prev, dc)
-        dh_prev = xp.matmul(dHW[t, ...], W_hh)
+        # alternate two buffers: dh (this step's input) may be the other one, still read by dh_direct
+        dh_prev = ops.matmul(dHW[t, ...], W_hh, dh_buffers[t % 2])
         if dh_direct is not None:
             dh_prev = dh_prev + dh_direct
         dh, dc = dh_prev, dc_prev
@@ -207,13 +224,13 @@ def sequence_backward(trace, dY=None, dh_T=None, dc_T=None):
     dZ2 = xp.reshape(dZ, (T * m, G * n_a))
     dHW2 = xp.reshape(dHW, (T * m, G * n_a))
     X2 = xp.reshape(X, (T * m, n_x))
-    dX = xp.reshape(xp.matmul(dZ2, tr.W_ih), (T, m, n_x))
+    dX = xp.reshape(ops.matmul(dZ2, tr.W_ih, empty(T * m, n_x)), (T, m, n_x))
     if tr.reverse:
         dX = _flip(xp, dX)
     grads = {
         "dX": dX,
-        "dW_ih": xp.matmul(dZ2.T, X2),
-        "dW_hh": xp.matmul(dHW2.T, xp.reshape(S[:-1, ...], (T * m, n_a))),
+        "dW_ih": ops.matmul(dZ2.T, X2, empty(G * n_a, n_x)),
+        "dW_hh": ops.matmul(dHW2.T, xp.reshape(S[:-1, ...], (T * m, n_a)), empty(G * n_a, n_a)),
         "db_ih": xp.sum(dZ2, axis=0),
         "db_hh": xp.sum(dHW2, axis=0),
         "dh0": dh,

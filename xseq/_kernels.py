@@ -26,6 +26,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from ._pointwise import ArrayAPIOps
+
 # Helpers shared by every kernel. Templates rather than float/double
 # overloads so one source serves both dtypes; CuPy defines ``T`` as a typedef
 # before the preamble, and a template parameter may shadow it.
@@ -180,11 +182,12 @@ def kernel(name):
     )
 
 
-class FusedCupyOps:
+class FusedCupyOps(ArrayAPIOps):
     """Step implementation with one ``ElementwiseKernel`` launch per step and direction.
 
-    Same methods, arguments, results and buffer writes as
-    ``_pointwise.ArrayAPIOps``; the buffer views (``S[t+1]``, ``saved[t]`` ...)
+    Overrides the six step methods of ``_pointwise.ArrayAPIOps`` (the rest --
+    buffers, products, the output softmax -- is the reference's), with the same
+    arguments, results and buffer writes; the buffer views (``S[t+1]``, ``saved[t]`` ...)
     are passed to the kernel as its outputs, so nothing is copied. Launches
     go through the module-level :func:`kernel`, which is also what lets
     ``tests/test_kernels_exec.py`` run these methods with a host build of
@@ -192,9 +195,6 @@ class FusedCupyOps:
     """
 
     name = "fused-cupy"
-
-    def __init__(self, xp):
-        self.xp = xp
 
     def rnn_forward(self, xw, hw, saved, S, t):
         kernel("xseq_rnn_forward")(xw, hw, S[t + 1])

@@ -21,6 +21,7 @@ import functools
 import numpy as np
 
 from ._pointwise import ArrayAPIOps
+from ._workspace import WORKSPACE
 
 
 @functools.lru_cache(maxsize=32)
@@ -39,9 +40,51 @@ def _lstm_constants(n_a, dtype):
 
 
 class NumpyOps(ArrayAPIOps):
-    """In-place NumPy version of the RNN and LSTM steps (see the module docstring)."""
+    """In-place NumPy version of the RNN and LSTM steps (see the module docstring).
+
+    One instance serves one sequence call (``ops_for`` makes a new one each
+    time); its scratch arrays are allocated on the first step and reused by
+    the others, so the time loop allocates nothing.
+    """
 
     name = "numpy-inplace"
+
+    def __init__(self, xp):
+        super().__init__(xp)
+        self._scratch = {}
+
+    def _buffer(self, name, shape, dtype):
+        buf = self._scratch.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self._scratch[name] = WORKSPACE.empty(shape, dtype)
+        return buf
+
+    def empty(self, shape, dtype, device):
+        return WORKSPACE.empty(shape, dtype)
+
+    def matmul(self, a, b, out):
+        return np.matmul(a, b, out=out)
+
+    def add_into(self, acc, x):
+        acc += x
+        return acc
+
+    def copy_into(self, out, x):
+        # The course layout read time-major, (n, m, T) viewed as (T, m, n), copied in one go makes
+        # NumPy gather every element from a different cache line; one example (axis 1) at a time,
+        # a (T, n) block stays in cache: 1.8x faster for (256, 64, 100) here.
+        if x.ndim == 3 and not x.flags.c_contiguous:
+            for k in range(x.shape[1]):
+                out[:, k, :] = x[:, k, :]
+        else:
+            out[...] = x
+        return out
+
+    def softmax_rows(self, z):
+        z -= z.max(axis=-1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=-1, keepdims=True)
+        return z
 
     def rnn_forward(self, xw, hw, saved, S, t):
         h = S[t + 1]
@@ -64,8 +107,10 @@ class NumpyOps(ArrayAPIOps):
         gates *= scale
         gates += offset
         i, f, g, o = (gates[:, k * n_a:(k + 1) * n_a] for k in range(4))
+        ig = self._buffer("ig", c.shape, c.dtype)
         np.multiply(f, c_prev, out=c)
-        c += i * g
+        np.multiply(i, g, out=ig)
+        c += ig
         np.tanh(c, out=h)
         h *= o
 
@@ -74,8 +119,11 @@ class NumpyOps(ArrayAPIOps):
         _, _, shift = _lstm_constants(n_a, dh.dtype)
         gates, c_prev, dz = saved[t], C[t], dZ[t]
         i, f, g, o = (gates[:, k * n_a:(k + 1) * n_a] for k in range(4))
-        tanh_c = np.tanh(C[t + 1])
-        dc_total = np.multiply(tanh_c, tanh_c)
+        tanh_c = self._buffer("tanh_c", dh.shape, dh.dtype)
+        np.tanh(C[t + 1], out=tanh_c)
+        # dc_prev is returned and comes back as next step's dc: alternate two buffers
+        dc_total = self._buffer(f"dc{t % 2}", dh.shape, dh.dtype)
+        np.multiply(tanh_c, tanh_c, out=dc_total)
         np.subtract(1, dc_total, out=dc_total)
         dc_total *= o
         dc_total *= dh
@@ -85,8 +133,11 @@ class NumpyOps(ArrayAPIOps):
         np.multiply(dc_total, c_prev, out=dz[:, n_a:2 * n_a])
         np.multiply(dc_total, i, out=dz[:, 2 * n_a:3 * n_a])
         np.multiply(dh, tanh_c, out=dz[:, 3 * n_a:])
-        derivative = gates + shift
-        derivative *= 1 - gates
+        derivative = self._buffer("derivative", gates.shape, gates.dtype)
+        one_minus = self._buffer("one_minus", gates.shape, gates.dtype)
+        np.add(gates, shift, out=derivative)
+        np.subtract(1, gates, out=one_minus)
+        derivative *= one_minus
         dz *= derivative
         dc_total *= f
         return dc_total

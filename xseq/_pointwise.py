@@ -120,6 +120,30 @@ class ArrayAPIOps:
     def __init__(self, xp):
         self.xp = xp
 
+    # Memory and the non-pointwise operations. ``out`` is a buffer of the result's shape (from
+    # ``empty``) that an implementation may write into; callers use the returned array.
+    # ``add_into`` may likewise update ``acc`` in place, so it is only given the engine's own arrays.
+
+    def empty(self, shape, dtype, device):
+        return self.xp.empty(shape, dtype=dtype, device=device)
+
+    def matmul(self, a, b, out):
+        return self.xp.matmul(a, b)
+
+    def add_into(self, acc, x):
+        return acc + x
+
+    def copy_into(self, out, x):
+        """``x`` copied into the engine's buffer ``out`` (same shape); returns ``out``."""
+        out[...] = x
+        return out
+
+    def softmax_rows(self, z):
+        """Softmax over the last axis of the 2-D array ``z`` (the engine's own, may be overwritten)."""
+        from .activations import softmax_along
+
+        return softmax_along(self.xp, z, axis=-1)
+
     def rnn_forward(self, xw, hw, saved, S, t):
         S[t + 1, ...] = rnn_pointwise_forward(self.xp, xw, hw)
 

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from array_api_compat import device as device_of
+
 from . import _engine
+from ._pointwise import ops_for
 from ._validate import check_cache, check_ndim, check_shape, get_parameters, namespace_and_checks
 from .activations import softmax, softmax_along
 
@@ -137,9 +140,11 @@ def time_major(xp, x):
 def output_softmax(xp, Y, Wy, by):
     """softmax(Wy a<t> + by) for every step at once, one GEMM: Y (T_x, m, n_a) -> (n_y, m, T_x)."""
     T_x, m, n_a = Y.shape
-    logits = xp.matmul(xp.reshape(Y, (T_x * m, n_a)), Wy.T) + by[:, 0]
-    logits = xp.reshape(logits, (T_x, m, Wy.shape[0]))
-    return time_major(xp, softmax_along(xp, logits, axis=-1))
+    n_y = Wy.shape[0]
+    ops = ops_for(xp)
+    logits = ops.matmul(xp.reshape(Y, (T_x * m, n_a)), Wy.T, ops.empty((T_x * m, n_y), Y.dtype, device_of(Y)))
+    logits = ops.add_into(logits, by[:, 0])
+    return time_major(xp, xp.reshape(ops.softmax_rows(logits), (T_x, m, n_y)))
 
 
 def rnn_forward(x, a0, parameters):
