@@ -38,7 +38,8 @@ class Trace:
     """What a forward pass keeps for its backward pass (all time-major, in processing order)."""
 
     kind: str
-    X: Any  # (T, m, n_x) input, flipped in time when reverse
+    X: Any  # (T, m, n_x) input, flipped in time when reverse: a view of X1
+    X1: Any  # (T, m, n_x + 1) the input with a column of ones (the bias's "input")
     W_ih: Any  # (G*n_a, n_x)
     W_hh: Any  # (G*n_a, n_a)
     S: Any  # (T+1, m, n_a) hidden states, S[0, ...] = h0
@@ -88,12 +89,16 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
     def empty(*shape):
         return ops.empty(shape, dtype, dev)
 
-    # One row-major copy of the input (the course layout arrives as a permuted view); backward
-    # reads the same copy for dW_ih instead of transposing again.
-    X = ops.copy_into(empty(T, m, n_x), X)
+    # One row-major copy of the input (the course layout arrives as a permuted view), with a
+    # column of ones: the projection GEMM adds the biases (the last column of [W_ih b]) and the
+    # backward GEMM for dW_ih yields their gradient (its last column) without a pass of its own.
+    X1 = empty(T, m, n_x + 1)
+    X = ops.copy_into(X1[:, :, :n_x], X)
+    X1[:, :, n_x] = 1
     bias = _folded_bias(xp, kind, b_ih, b_hh, G * n_a, dtype, dev)
-    XW = ops.matmul(xp.reshape(X, (T * m, n_x)), W_ih.T, empty(T * m, G * n_a))
-    XW = xp.reshape(ops.add_into(XW, bias), (T, m, G * n_a))
+    W_ih1 = xp.concat([W_ih, xp.reshape(bias, (G * n_a, 1))], axis=1)
+    XW = ops.matmul(xp.reshape(X1, (T * m, n_x + 1)), W_ih1.T, empty(T * m, G * n_a))
+    XW = xp.reshape(XW, (T, m, G * n_a))
 
     S = empty(T + 1, m, n_a)
     S[0, ...] = h0
@@ -132,7 +137,7 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
         Y = xp.where(mask, Y, xp.zeros((), dtype=dtype, device=dev))
     if reverse:
         Y = _flip(xp, Y)
-    trace = Trace(kind, X, W_ih, W_hh, S, C, saved, mask, reverse)
+    trace = Trace(kind, X, X1, W_ih, W_hh, S, C, saved, mask, reverse)
     return Y, h, c, trace
 
 
@@ -223,16 +228,19 @@ def sequence_backward(trace, dY=None, dh_T=None, dc_T=None):
 
     dZ2 = xp.reshape(dZ, (T * m, G * n_a))
     dHW2 = xp.reshape(dHW, (T * m, G * n_a))
-    X2 = xp.reshape(X, (T * m, n_x))
     dX = xp.reshape(ops.matmul(dZ2, tr.W_ih, empty(T * m, n_x)), (T, m, n_x))
     if tr.reverse:
         dX = _flip(xp, dX)
+    dW_ih1 = ops.matmul(dZ2.T, xp.reshape(tr.X1, (T * m, n_x + 1)), empty(G * n_a, n_x + 1))
+    db_ih = dW_ih1[:, n_x]
+    # Without the GRU's split both biases get the same gradient (as a separate array).
+    db_hh = xp.sum(dHW2, axis=0) if kind == "gru" else xp.asarray(db_ih, copy=True)
     grads = {
         "dX": dX,
-        "dW_ih": ops.matmul(dZ2.T, X2, empty(G * n_a, n_x)),
+        "dW_ih": dW_ih1[:, :n_x],
         "dW_hh": ops.matmul(dHW2.T, xp.reshape(S[:-1, ...], (T * m, n_a)), empty(G * n_a, n_a)),
-        "db_ih": xp.sum(dZ2, axis=0),
-        "db_hh": xp.sum(dHW2, axis=0),
+        "db_ih": db_ih,
+        "db_hh": db_hh,
         "dh0": dh,
         "dc0": dc,
     }
