@@ -30,26 +30,30 @@ every contender of ``lstm``/``rnn`` but not back-propagated, as in the course).
 
 Method
 ------
-Every measurement runs in its own fresh process. By default the parent starts
-two servers -- one that has imported NumPy and xseq (for the naive and xseq
-contenders), one that has imported torch -- which compute nothing themselves
-and ``fork`` a new worker process for each measurement: each worker starts
+For every round of every (model, size, mode) the parent starts a fresh worker
+process per contender. By default the parent starts two servers -- one that
+has imported NumPy and xseq (for the naive and xseq contenders), one that has
+imported torch -- which compute nothing and ``fork`` the workers: each starts
 like a new interpreter that has just imported its library (no thread pool,
 allocator or cache state left by an earlier measurement) without paying the
-import again (about 2 s for torch, which would double the run time).
-``--spawn`` starts every measurement as a new interpreter instead
-(``bench_cpu.py --worker CONTENDER MODEL SIZE MODE``, also usable by hand,
-with ``--profile`` for a cProfile listing).
+import again (about 2 s for torch). ``--spawn`` starts every worker as a new
+interpreter instead (``bench_cpu.py --worker CONTENDER MODEL SIZE MODE``, also
+usable by hand, with ``--profile`` for a cProfile listing).
 
-A worker builds its inputs, runs one warm-up iteration, times ``--iters``
-iterations (default 3) with ``time.perf_counter`` and reports their median.
-The parent runs ``--repeats`` rounds (default 5); each round goes over every
-(model, size, mode) and runs the contenders one after another, rotating their
-order from round to round; the table shows the median over the rounds.
-Thread counts are left at the libraries' defaults (every core); a worker
-keeps only one numeric library busy (naive and xseq workers never import
-torch). On a machine shared with other work, ``--wait-idle SECONDS`` waits
-before each measurement until the CPUs are idle.
+A worker builds its inputs, runs one warm-up iteration and connects back to
+the parent (a Unix socket, JSON messages). The parent then asks the
+contenders in turn, order rotated from round to round, to time ``--iters``
+iterations (default 3; the turn's result is their median), pausing ``--gap``
+seconds (0.2) before each turn so that the previous worker's idle BLAS/OpenMP
+threads stop spinning. The table shows, over the ``--repeats`` rounds
+(default 7), the median time of each contender and the median of the ratios
+computed within each round: this machine's speed drifts over seconds and
+differs from process to process, and contenders timed seconds apart in
+fresh processes see the same conditions. Thread counts are left at the
+libraries' defaults (every core); a worker keeps only one numeric library
+busy (naive and xseq workers never import torch). On a machine shared with
+other work, ``--wait-idle SECONDS`` waits before each turn until the CPUs are
+idle.
 
 OpenBLAS environment: on some processors the machine sets
 ``OPENBLAS_CORETYPE`` (and ``OPENBLAS_L2_SIZE``) because older OpenBLAS
