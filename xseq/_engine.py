@@ -7,12 +7,14 @@ definitions; this module computes the same thing quickly:
   step's block ``X[t]`` is contiguous;
 * the gate matrices are stacked (``W_ih`` is ``(G*n_a, n_x)``, ``W_hh`` is
   ``(G*n_a, n_a)``, PyTorch's block order), so a step is one GEMM;
-* the input projection of all ``T_x`` steps is one GEMM before the loop, with
-  the biases folded into it;
+* the input projection of all ``T_x`` steps is one GEMM before the loop; the
+  biases ride along as one more column of ``W_ih`` against a column of ones
+  in ``X``, and their gradient comes out of the ``dW_ih`` GEMM the same way;
 * backward stores the pre-activation gradients of every step and computes
   each weight gradient with one GEMM after the loop;
-* the pointwise work of a step goes to an ops object (``_pointwise.ops_for``),
-  which is where the fused CuPy kernels plug in.
+* the pointwise work of a step, the buffers and the products go to an ops
+  object (``_pointwise.ops_for``), which is where the fused CuPy kernels and
+  NumPy's in-place steps and reused buffers (``_workspace``) plug in.
 
 Variable lengths are a boolean ``mask`` ``(T_x, m, 1)``: where it is False the
 step is skipped for that example (state carried unchanged, output zero,
@@ -107,7 +109,7 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
         C = empty(T + 1, m, n_a)
         C[0, ...] = c0
         # Step t reads XW[t] once and then stores its activated gates, the same (m, 4*n_a) block,
-        # in its place: one sequence-sized buffer fewer to allocate (and page in) per call.
+        # in its place: one sequence-sized buffer fewer.
         saved = XW
     elif kind == "gru":
         saved = empty(T, m, 4 * n_a)

@@ -9,6 +9,11 @@ lets the same math write straight into the buffers (``saved[t]``, ``C[t+1]``,
 ``sigmoid(z) = 0.5 * tanh(0.5 * z) + 0.5`` (overflow-free), so one
 ``tanh`` with a per-column scale and offset covers ``i f o`` and ``g`` alike.
 
+The step's scratch arrays, the per-step products (``matmul`` with ``out=``)
+and the engine's sequence buffers (``empty``) come from the reuse pool in
+``_workspace``, so a sequence allocates nothing per step and, from the second
+call of the same shapes on, nothing at all.
+
 Same methods, arguments, results and buffer writes as ``ArrayAPIOps``;
 ``tests/test_numpy_ops.py`` holds the two to agreement. The GRU steps are
 inherited from the reference.

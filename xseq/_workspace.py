@@ -22,12 +22,12 @@ request is a fresh ``numpy.empty``). :func:`clear` drops the free buffers.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
 
 import numpy as np
-
 
 
 def _calibrate():
@@ -84,7 +84,7 @@ class Workspace:
                 if sys.getrefcount(buf) == _FREE_REFCOUNT:
                     return buf
             buf = None  # the loop variable would make the last buffer look held to _trim
-            self._trim(limit - dtype.itemsize * _size(shape))
+            self._trim(limit - dtype.itemsize * math.prod(shape))
             buf = np.empty(shape, dtype=dtype)
             self.allocations += 1
             self._buffers.setdefault(key, []).append(buf)
@@ -123,13 +123,6 @@ class Workspace:
                     total -= buf.nbytes
         self._buffers = {key: kept for key, bufs in self._buffers.items()
                          if (kept := [buf for buf in bufs if id(buf) not in drop])}
-
-
-def _size(shape):
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 #: The process-wide pool used by the NumPy step implementation.
