@@ -222,7 +222,7 @@ def sequence_backward(trace, dY=None, dh_T=None, dc_T=None):
                 dh_direct = xp.where(mask[t, ...], zero, dh)
             if dc_prev is not None:
                 dc_prev = xp.where(mask[t, ...], dc_prev, dc)
-        # alternate two buffers: dh (this step's input) may be the other one, still read by dh_direct
+        # two buffers in turn: the product never lands in the array this step read as dh
         dh_prev = ops.matmul(dHW[t, ...], W_hh, dh_buffers[t % 2])
         if dh_direct is not None:
             dh_prev = dh_prev + dh_direct
