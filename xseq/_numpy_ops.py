@@ -120,10 +120,20 @@ class NumpyOps(ArrayAPIOps):
         h *= o
 
     def lstm_backward(self, saved, C, t, dh, dc, dZ):
+        # The saved gates and cell states were written long before (forward step t) and dZ[t] is a
+        # block of a sequence-sized buffer: all out of cache. So the gates are read first in one
+        # contiguous pass, the products go to a scratch block that stays in cache, and dZ[t] is
+        # written once, contiguously, at the end (measured 1.3x faster than writing dZ[t] gate by gate).
         n_a = dh.shape[1]
         _, _, shift = _lstm_constants(n_a, dh.dtype)
-        gates, c_prev, dz = saved[t], C[t], dZ[t]
+        gates, c_prev = saved[t], C[t]
         i, f, g, o = (gates[:, k * n_a:(k + 1) * n_a] for k in range(4))
+        # derivative of each activation from its output: a(1 - a), and (1 + a)(1 - a) for g
+        derivative = self._buffer("derivative", gates.shape, gates.dtype)
+        one_minus = self._buffer("one_minus", gates.shape, gates.dtype)
+        np.add(gates, shift, out=derivative)
+        np.subtract(1, gates, out=one_minus)
+        derivative *= one_minus
         tanh_c = self._buffer("tanh_c", dh.shape, dh.dtype)
         np.tanh(C[t + 1], out=tanh_c)
         # dc_prev is returned and comes back as next step's dc: alternate two buffers
@@ -134,15 +144,11 @@ class NumpyOps(ArrayAPIOps):
         dc_total *= dh
         dc_total += dc
         # gradients with respect to the activated gates, then through the activations
-        np.multiply(dc_total, g, out=dz[:, :n_a])
-        np.multiply(dc_total, c_prev, out=dz[:, n_a:2 * n_a])
-        np.multiply(dc_total, i, out=dz[:, 2 * n_a:3 * n_a])
-        np.multiply(dh, tanh_c, out=dz[:, 3 * n_a:])
-        derivative = self._buffer("derivative", gates.shape, gates.dtype)
-        one_minus = self._buffer("one_minus", gates.shape, gates.dtype)
-        np.add(gates, shift, out=derivative)
-        np.subtract(1, gates, out=one_minus)
-        derivative *= one_minus
-        dz *= derivative
+        d_gates = one_minus  # free again
+        np.multiply(dc_total, g, out=d_gates[:, :n_a])
+        np.multiply(dc_total, c_prev, out=d_gates[:, n_a:2 * n_a])
+        np.multiply(dc_total, i, out=d_gates[:, 2 * n_a:3 * n_a])
+        np.multiply(dh, tanh_c, out=d_gates[:, 3 * n_a:])
+        np.multiply(d_gates, derivative, out=dZ[t])
         dc_total *= f
         return dc_total
