@@ -10,6 +10,8 @@ drives the real ``FusedCupyOps`` methods with it on NumPy sequence buffers
 step writes is compared with what ``ArrayAPIOps`` (the definitions in
 ``xseq._pointwise``) writes, on random inputs and on extreme ones
 (pre-activations up to |z| = 100, where exp and tanh saturate or underflow).
+The last test runs whole sequences through the engine with ``FusedCupyOps``
+(masks, reversed direction, every cell): the CuPy path minus CuPy.
 """
 
 from __future__ import annotations
@@ -288,3 +290,41 @@ def test_sigmoid_is_stable_and_exact_at_the_ends(host_lib, launches):
         sig = saved[0, 0, :n_a]
         assert np.isfinite(sig).all() and (sig >= 0).all() and (sig <= 1).all()
         assert sig[-1] == 1 and sig[-2] == 1 and sig[3] == 0.5 and sig[0] == 0
+
+
+# ---------------------------------------------------------------- whole sequences through the engine
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.parametrize("kind", KINDS)
+def test_whole_sequences_through_the_fused_ops(monkeypatch, launches, kind, with_mask, reverse):
+    """The engine driving FusedCupyOps (host kernels, NumPy buffers) equals the engine on the reference.
+
+    This is the CuPy path minus CuPy: the same engine calls, the buffer and
+    product methods FusedCupyOps inherits, and one kernel launch per step and
+    direction -- so the engine's use of the fused ops is checked without a GPU.
+    """
+    from xseq import _engine
+
+    rng = np.random.default_rng(7)
+    T, m, n_x, n_a, G = 5, 3, 4, 6, GATES[kind]
+    draw = lambda *shape: rng.standard_normal(shape) * 0.5  # noqa: E731
+    args = dict(X=draw(T, m, n_x), W_ih=draw(G * n_a, n_x), W_hh=draw(G * n_a, n_a), b_ih=draw(G * n_a),
+                b_hh=draw(G * n_a), h0=draw(m, n_a), c0=draw(m, n_a) if kind == "lstm" else None)
+    mask = (np.arange(T)[:, None] < np.array([5, 2, 4])[None, :])[:, :, None] if with_mask else None
+    grads_in = dict(dY=draw(T, m, n_a), dh_T=draw(m, n_a), dc_T=draw(m, n_a) if kind == "lstm" else None)
+
+    def run(ops_class):
+        monkeypatch.setattr(_engine, "ops_for", lambda xp: ops_class(xp))
+        Y, h_T, c_T, trace = _engine.sequence_forward(kind, **args, mask=mask, reverse=reverse)
+        grads = _engine.sequence_backward(trace, **grads_in)
+        out = dict(Y=Y, h_T=h_T, c_T=c_T, **grads)
+        return {k: np.array(v) for k, v in out.items() if v is not None}
+
+    want = run(ArrayAPIOps)
+    assert launches == []
+    got = run(FusedCupyOps)
+    assert launches == [f"xseq_{kind}_forward"] * T + [f"xseq_{kind}_backward"] * T
+    assert got.keys() == want.keys()
+    for key in want:
+        assert_close(got[key], want[key], f"{kind} sequence: {key}")
