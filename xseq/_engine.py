@@ -99,8 +99,22 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
     X1[:, :, n_x] = 1
     bias = _folded_bias(xp, kind, b_ih, b_hh, G * n_a, dtype, dev)
     W_ih1 = xp.concat([W_ih, xp.reshape(bias, (G * n_a, 1))], axis=1)
-    XW = ops.matmul(xp.reshape(X1, (T * m, n_x + 1)), W_ih1.T, empty(T * m, G * n_a))
-    XW = xp.reshape(XW, (T, m, G * n_a))
+    X1_rows = xp.reshape(X1, (T * m, n_x + 1))
+    # The projection of every step, in chunks of ops.projection_steps steps (all of them for the
+    # GPU: one GEMM; a few for NumPy, each computed just before its steps read it, from cache).
+    chunk = min(T, ops.projection_steps)
+    XW_rows = empty(T * m, G * n_a)
+
+    def project(t0):
+        rows = slice(t0 * m, min(t0 + chunk, T) * m)
+        dest = XW_rows[rows, ...]
+        out = ops.matmul(X1_rows[rows, ...], W_ih1.T, dest)
+        if out is not dest:  # an ops that does not write into ``out``
+            dest[...] = out
+
+    if chunk == T:
+        XW_rows = ops.matmul(X1_rows, W_ih1.T, XW_rows)
+    XW = xp.reshape(XW_rows, (T, m, G * n_a))
 
     S = empty(T + 1, m, n_a)
     S[0, ...] = h0
@@ -119,6 +133,8 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
     hw_buffer = empty(m, G * n_a)
     h, c = S[0, ...], (C[0, ...] if C is not None else None)
     for t in range(T):
+        if chunk < T and t % chunk == 0:
+            project(t)
         hw = ops.matmul(h, W_hhT, hw_buffer)
         if kind == "rnn":
             ops.rnn_forward(XW[t, ...], hw, saved, S, t)

@@ -53,6 +53,7 @@ class NumpyOps(ArrayAPIOps):
     """
 
     name = "numpy-inplace"
+    projection_steps = 8
 
     def __init__(self, xp):
         super().__init__(xp)

@@ -117,6 +117,9 @@ class ArrayAPIOps:
 
     name = "array-api"
 
+    #: The input projection is computed this many steps at a time (one GEMM for the whole sequence).
+    projection_steps = 1 << 62
+
     def __init__(self, xp):
         self.xp = xp
 
