@@ -53,6 +53,8 @@ class NumpyOps(ArrayAPIOps):
     """
 
     name = "numpy-inplace"
+    # The projection of 8 steps (m = 64, 4 n_a = 1024: 2 MB) is still in cache when the steps read
+    # it; the whole sequence's is not (measured 1.05x for the LSTM at (64, 256, 64, 100)).
     projection_steps = 8
 
     def __init__(self, xp):

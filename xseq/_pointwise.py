@@ -117,7 +117,8 @@ class ArrayAPIOps:
 
     name = "array-api"
 
-    #: The input projection is computed this many steps at a time (one GEMM for the whole sequence).
+    #: The input projection is computed this many steps at a time, just before they run (here:
+    #: one GEMM for the whole sequence, the GPU's choice; NumPy's ops use a few steps).
     projection_steps = 1 << 62
 
     def __init__(self, xp):
