@@ -7,9 +7,11 @@ definitions; this module computes the same thing quickly:
   step's block ``X[t]`` is contiguous;
 * the gate matrices are stacked (``W_ih`` is ``(G*n_a, n_x)``, ``W_hh`` is
   ``(G*n_a, n_a)``, PyTorch's block order), so a step is one GEMM;
-* the input projection of all ``T_x`` steps is one GEMM before the loop; the
-  biases ride along as one more column of ``W_ih`` against a column of ones
-  in ``X``, and their gradient comes out of the ``dW_ih`` GEMM the same way;
+* the input projection is hoisted out of the recurrence: one GEMM for all
+  ``T_x`` steps before the loop (NumPy: one per 8 steps, just before they run,
+  so that it is read from cache); the biases ride along as one more column of
+  ``W_ih`` against a column of ones in ``X``, and their gradient comes out of
+  the ``dW_ih`` GEMM the same way;
 * backward stores the pre-activation gradients of every step and computes
   each weight gradient with one GEMM after the loop;
 * the pointwise work of a step, the buffers and the products go to an ops
