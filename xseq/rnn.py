@@ -21,7 +21,7 @@ from array_api_compat import device as device_of
 from . import _engine
 from ._pointwise import ops_for
 from ._validate import check_cache, check_ndim, check_shape, get_parameters, namespace_and_checks
-from .activations import softmax, softmax_along
+from .activations import softmax
 
 RNN_KEYS = ("Wax", "Waa", "Wya", "ba", "by")
 
