@@ -25,7 +25,7 @@ import pytest
 
 from xseq._kernels import KERNELS, KernelSource
 
-from .kernel_harness import elementwise_signature
+from xseq._host_kernels import elementwise_signature
 
 CTYPES = ("float", "double")
 

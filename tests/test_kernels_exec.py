@@ -12,6 +12,11 @@ step writes is compared with what ``ArrayAPIOps`` (the definitions in
 (pre-activations up to |z| = 100, where exp and tanh saturate or underflow).
 The last test runs whole sequences through the engine with ``FusedCupyOps``
 (masks, reversed direction, every cell): the CuPy path minus CuPy.
+
+Every test runs twice: with this file's strict build of the CUDA source
+(CuPy's flat loop, no fast math) and with the build xseq itself uses for
+NumPy arrays (``xseq._host_kernels``), so the kernels that run on the CPU
+meet the same checks.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from xseq import _kernels
 from xseq._kernels import KERNELS, FusedCupyOps
 from xseq._pointwise import ArrayAPIOps
 
-from .kernel_harness import elementwise_signature
+from xseq import _host_kernels
+from xseq._host_kernels import elementwise_signature
 
 CXX = next(
     (path for path in (shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++") if c) if path),
@@ -127,11 +133,36 @@ class HostKernel:
         self.launches.append(self.name)
 
 
-@pytest.fixture
-def launches(host_lib, monkeypatch):
-    """Route FusedCupyOps' launches to the host build; returns the list of kernels launched."""
+class Recording:
+    """A kernel of xseq's own host build (``xseq._host_kernels``), recording its launches."""
+
+    def __init__(self, kernel, name, launches):
+        self.kernel, self.name, self.launches = kernel, name, launches
+
+    def __call__(self, *args):
+        self.kernel(*args)
+        self.launches.append(self.name)
+
+
+@pytest.fixture(params=["cuda-source", "xseq-build"])
+def launches(request, host_lib, monkeypatch):
+    """Route FusedCupyOps' launches to a host build; returns the list of kernels launched.
+
+    ``cuda-source``: this test's strict build of the CUDA source as CuPy runs it (flat loop,
+    no fast math). ``xseq-build``: the build xseq itself uses for NumPy arrays
+    (``xseq._host_kernels``: row/column loops, -O3 -march=native -ffast-math), so that
+    every check below holds for the kernels that actually run on the CPU too.
+    """
     calls = []
-    monkeypatch.setattr(_kernels, "kernel", lambda name: HostKernel(host_lib, name, calls))
+    if request.param == "cuda-source":
+        monkeypatch.setattr(_kernels, "kernel", lambda name: HostKernel(host_lib, name, calls))
+    else:
+        built = _host_kernels.library()
+        if built.lib is None:
+            pytest.skip(f"xseq's host build is unavailable here: {built.reason}")
+        monkeypatch.setattr(
+            _kernels, "kernel", lambda name: Recording(_host_kernels.HostKernel(built.lib, name), name, calls)
+        )
     return calls
 
 
@@ -315,7 +346,7 @@ def test_whole_sequences_through_the_fused_ops(monkeypatch, launches, kind, with
     grads_in = dict(dY=draw(T, m, n_a), dh_T=draw(m, n_a), dc_T=draw(m, n_a) if kind == "lstm" else None)
 
     def run(ops_class):
-        monkeypatch.setattr(_engine, "ops_for", lambda xp: ops_class(xp))
+        monkeypatch.setattr(_engine, "ops_for", lambda xp, dtype=None: ops_class(xp))
         Y, h_T, c_T, trace = _engine.sequence_forward(kind, **args, mask=mask, reverse=reverse)
         grads = _engine.sequence_backward(trace, **grads_in)
         out = dict(Y=Y, h_T=h_T, c_T=c_T, **grads)

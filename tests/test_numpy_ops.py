@@ -1,17 +1,26 @@
-"""NumPy's in-place step implementation equals the array-API reference, and XSEQ_FUSED=0 selects the reference."""
+"""NumPy's step implementations (in place, and the host-compiled kernels) equal the array-API reference."""
 
 import numpy as np
 import pytest
 
 import xseq
-from xseq import _engine
+from xseq import _engine, _host_kernels
 from xseq._numpy_ops import NumpyOps
 from xseq._pointwise import ArrayAPIOps, ops_for
 
 NP = xseq.backend("numpy")
 
 
-def _run(kind, dtype, mask, reverse, weight_scale, seed=0):
+BUILT = _host_kernels.library()
+OPS = {
+    "numpy-inplace": NumpyOps,
+    "host-kernels": lambda xp: _host_kernels.HostFusedOps(xp, BUILT.lib),
+    "reference": ArrayAPIOps,
+}
+
+
+def _run(monkeypatch, ops_name, kind, dtype, mask, reverse, weight_scale, seed=0):
+    monkeypatch.setattr(_engine, "ops_for", lambda xp, dtype=None: OPS[ops_name](xp))
     rng = np.random.default_rng(seed)
     T, m, n_x, n_a = 6, 3, 4, 5
     G = _engine.GATES[kind]
@@ -28,27 +37,42 @@ def _run(kind, dtype, mask, reverse, weight_scale, seed=0):
     return {k: np.array(v) for k, v in results.items()}
 
 
-@pytest.mark.parametrize("kind", ["rnn", "lstm"])
+@pytest.mark.parametrize("ops_name", [
+    "numpy-inplace",
+    pytest.param("host-kernels", marks=pytest.mark.skipif(BUILT.lib is None, reason=f"no host build: {BUILT.reason}")),
+])
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("with_mask", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
 # Weight scale 8 saturates the gates. It runs in float64 only: in float32 the two sigmoid formulas
 # round 1 - a differently next to saturation, which is rounding noise, not a difference in the math.
 @pytest.mark.parametrize("dtype,weight_scale,tolerance", [
     (np.float64, 0.5, 1e-12), (np.float64, 8.0, 1e-12), (np.float32, 0.5, 2e-6)])
-def test_inplace_numpy_equals_reference(monkeypatch, kind, with_mask, reverse, dtype, weight_scale, tolerance):
+def test_fast_numpy_steps_equal_reference(monkeypatch, ops_name, kind, with_mask, reverse, dtype, weight_scale,
+                                          tolerance):
     lengths = np.array([6, 2, 4])
     mask = (np.arange(6)[:, None] < lengths[None, :])[:, :, None] if with_mask else None
-    monkeypatch.setenv("XSEQ_FUSED", "1")
-    assert isinstance(ops_for(NP), NumpyOps)
-    fast = _run(kind, dtype, mask, reverse, weight_scale)
-    monkeypatch.setenv("XSEQ_FUSED", "0")
-    assert type(ops_for(NP)) is ArrayAPIOps
-    reference = _run(kind, dtype, mask, reverse, weight_scale)
+    fast = _run(monkeypatch, ops_name, kind, dtype, mask, reverse, weight_scale)
+    reference = _run(monkeypatch, "reference", kind, dtype, mask, reverse, weight_scale)
     assert fast.keys() == reference.keys()
     for key in reference:
         assert fast[key].dtype == dtype
         scale = max(1.0, np.abs(reference[key]).max())
         np.testing.assert_allclose(fast[key], reference[key], rtol=0, atol=tolerance * scale, err_msg=key)
+
+
+def test_dispatch(monkeypatch):
+    """float32/float64 NumPy arrays get the host kernels where they built, other dtypes NumPy's in-place
+    steps, and XSEQ_FUSED=0 the reference."""
+    monkeypatch.setenv("XSEQ_FUSED", "1")
+    for dtype in (np.float32, np.float64):
+        expected = NumpyOps if BUILT.lib is None else _host_kernels.HostFusedOps
+        assert type(ops_for(NP, np.dtype(dtype))) is expected
+    assert type(ops_for(NP, np.dtype(np.float16))) is NumpyOps
+    assert type(ops_for(NP)) is NumpyOps  # no dtype given: nothing to build for
+    monkeypatch.setenv("XSEQ_FUSED", "0")
+    assert type(ops_for(NP, np.dtype(np.float32))) is ArrayAPIOps
+    assert _host_kernels.status().startswith("array-API reference steps")
 
 
 def test_other_backends_use_the_reference():

@@ -81,7 +81,7 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
     trace : Trace
     """
     xp = array_namespace(X)
-    ops = ops_for(xp)
+    ops = ops_for(xp, X.dtype)
     T, m, n_x = X.shape
     n_a = W_hh.shape[1]
     G = GATES[kind]
@@ -191,7 +191,7 @@ def sequence_backward(trace, dY=None, dh_T=None, dc_T=None):
     """
     tr = trace
     xp = array_namespace(tr.X)
-    ops = ops_for(xp)
+    ops = ops_for(xp, tr.X.dtype)
     kind, X, S, C, mask = tr.kind, tr.X, tr.S, tr.C, tr.mask
     T, m, n_x = X.shape
     n_a = tr.W_hh.shape[1]

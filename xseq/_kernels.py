@@ -32,6 +32,12 @@ from ._pointwise import ArrayAPIOps
 # overloads so one source serves both dtypes; CuPy defines ``T`` as a typedef
 # before the preamble, and a template parameter may shadow it.
 PREAMBLE = r"""
+// The row (example) of flat element i of an (m, n_a) state. The host build of
+// these kernels (xseq/_host_kernels.py) loops over rows and columns and
+// defines this as its row counter, so that the loop has no division.
+#ifndef XSEQ_ROW
+#define XSEQ_ROW(i, n_a) ((i) / (n_a))
+#endif
 template <typename T> __device__ __forceinline__ T sigmoid(T x) {
     // Same formula as _pointwise.sigmoid: exp of a non-positive number only,
     // so no overflow for any x, in float as in double.
@@ -77,7 +83,7 @@ dz = dh * grad_tanh(h);
 
 # ``at`` is gate i's offset: row*4*n_a + col with col = i - row*n_a.
 _LSTM_FORWARD = r"""
-const ptrdiff_t at = i + 3 * n_a * (i / n_a);
+const ptrdiff_t at = i + 3 * n_a * XSEQ_ROW(i, n_a);
 const T gate_i = sigmoid(xw[at] + hw[at]);
 const T gate_f = sigmoid(xw[at + n_a] + hw[at + n_a]);
 const T gate_g = tanh(xw[at + 2 * n_a] + hw[at + 2 * n_a]);
@@ -92,7 +98,7 @@ h = gate_o * tanh(c_new);
 """
 
 _LSTM_BACKWARD = r"""
-const ptrdiff_t at = i + 3 * n_a * (i / n_a);
+const ptrdiff_t at = i + 3 * n_a * XSEQ_ROW(i, n_a);
 const T gate_i = gates[at];
 const T gate_f = gates[at + n_a];
 const T gate_g = gates[at + 2 * n_a];
@@ -111,7 +117,7 @@ dc_prev = dc_total * gate_f;
 # hn (the recurrent part of n, before r scales it) is saved because the
 # backward pass needs it and cannot recover it from n.
 _GRU_FORWARD = r"""
-const ptrdiff_t row = i / n_a;
+const ptrdiff_t row = XSEQ_ROW(i, n_a);
 const ptrdiff_t at3 = i + 2 * n_a * row;
 const ptrdiff_t at4 = i + 3 * n_a * row;
 const T r = sigmoid(xw[at3] + hw[at3]);
@@ -127,7 +133,7 @@ h = n + z * (h_prev - n);
 
 # dxw and dhw differ only in the n block: r scales hn, not xw_n.
 _GRU_BACKWARD = r"""
-const ptrdiff_t row = i / n_a;
+const ptrdiff_t row = XSEQ_ROW(i, n_a);
 const ptrdiff_t at3 = i + 2 * n_a * row;
 const ptrdiff_t at4 = i + 3 * n_a * row;
 const T r = saved[at4];
@@ -182,42 +188,66 @@ def kernel(name):
     )
 
 
-class FusedCupyOps(ArrayAPIOps):
-    """Step implementation with one ``ElementwiseKernel`` launch per step and direction.
+class FusedSteps:
+    """The six step methods of ``_pointwise.ArrayAPIOps``, each one kernel launch.
 
-    Overrides the six step methods of ``_pointwise.ArrayAPIOps`` (the rest --
-    buffers, products, the output softmax -- is the reference's), with the same
-    arguments, results and buffer writes; the buffer views (``S[t+1]``, ``saved[t]`` ...)
-    are passed to the kernel as its outputs, so nothing is copied. Launches
-    go through the module-level :func:`kernel`, which is also what lets
+    Same arguments, results and buffer writes as the reference; the buffer
+    views (``S[t+1]``, ``saved[t]`` ...) are passed to the kernel as its
+    outputs, so nothing is copied. A subclass says how a kernel is launched
+    (``_launch``) and where an array a step returns lives (``_step_array``):
+    :class:`FusedCupyOps` on the GPU, ``xseq._host_kernels.HostFusedOps`` on
+    the CPU.
+    """
+
+    def _launch(self, name, *args):
+        raise NotImplementedError
+
+    def _step_array(self, key, like):
+        """An array shaped like ``like`` for a step's result; ``key`` names the role."""
+        raise NotImplementedError
+
+    def rnn_forward(self, xw, hw, saved, S, t):
+        self._launch("xseq_rnn_forward", xw, hw, S[t + 1])
+
+    def rnn_backward(self, S, t, dh, dZ):
+        self._launch("xseq_rnn_backward", S[t + 1], dh, dZ[t])
+
+    def lstm_forward(self, xw, hw, c_prev, saved, C, S, t):
+        n_a = c_prev.shape[1]
+        self._launch("xseq_lstm_forward", xw, hw, c_prev, n_a, saved[t], C[t + 1], S[t + 1])
+
+    def lstm_backward(self, saved, C, t, dh, dc, dZ):
+        n_a = dh.shape[1]
+        # returned, and read back as the next step's dc: two arrays in turn
+        dc_prev = self._step_array(f"dc{t % 2}", dh)
+        self._launch("xseq_lstm_backward", saved[t], C[t], C[t + 1], dh, dc, n_a, dZ[t], dc_prev)
+        return dc_prev
+
+    def gru_forward(self, xw, hw, b_hn, h_prev, saved, S, t):
+        n_a = h_prev.shape[1]
+        self._launch("xseq_gru_forward", xw, hw, b_hn, h_prev, n_a, saved[t], S[t + 1])
+
+    def gru_backward(self, saved, S, t, dh, dXW, dHW):
+        n_a = dh.shape[1]
+        dh_direct = self._step_array("dh_direct", dh)
+        self._launch("xseq_gru_backward", saved[t], S[t], dh, n_a, dXW[t], dHW[t], dh_direct)
+        return dh_direct
+
+
+class FusedCupyOps(FusedSteps, ArrayAPIOps):
+    """Step implementation for CuPy arrays: one ``ElementwiseKernel`` launch per step and direction.
+
+    The step methods are :class:`FusedSteps`'; the rest -- buffers, products,
+    the output softmax -- is the reference's. Launches go through the
+    module-level :func:`kernel`, which is also what lets
     ``tests/test_kernels_exec.py`` run these methods with a host build of
     the same sources.
     """
 
     name = "fused-cupy"
 
-    def rnn_forward(self, xw, hw, saved, S, t):
-        kernel("xseq_rnn_forward")(xw, hw, S[t + 1])
+    def _launch(self, name, *args):
+        kernel(name)(*args)
 
-    def rnn_backward(self, S, t, dh, dZ):
-        kernel("xseq_rnn_backward")(S[t + 1], dh, dZ[t])
-
-    def lstm_forward(self, xw, hw, c_prev, saved, C, S, t):
-        n_a = c_prev.shape[1]
-        kernel("xseq_lstm_forward")(xw, hw, c_prev, n_a, saved[t], C[t + 1], S[t + 1])
-
-    def lstm_backward(self, saved, C, t, dh, dc, dZ):
-        n_a = dh.shape[1]
-        dc_prev = self.xp.empty_like(dh)
-        kernel("xseq_lstm_backward")(saved[t], C[t], C[t + 1], dh, dc, n_a, dZ[t], dc_prev)
-        return dc_prev
-
-    def gru_forward(self, xw, hw, b_hn, h_prev, saved, S, t):
-        n_a = h_prev.shape[1]
-        kernel("xseq_gru_forward")(xw, hw, b_hn, h_prev, n_a, saved[t], S[t + 1])
-
-    def gru_backward(self, saved, S, t, dh, dXW, dHW):
-        n_a = dh.shape[1]
-        dh_direct = self.xp.empty_like(dh)
-        kernel("xseq_gru_backward")(saved[t], S[t], dh, n_a, dXW[t], dHW[t], dh_direct)
-        return dh_direct
+    def _step_array(self, key, like):
+        return self.xp.empty_like(like)

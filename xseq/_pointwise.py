@@ -7,10 +7,14 @@ each step's pointwise work to an *ops* object:
   standard; it runs on every backend.
 * ``xseq._kernels.FusedCupyOps`` -- one CuPy ``ElementwiseKernel`` per step
   and direction, used for CuPy arrays;
+* ``xseq._host_kernels.HostFusedOps`` -- the same kernels compiled for the
+  CPU with the system C++ compiler, used for float32/float64 NumPy arrays
+  where that build works;
 * ``xseq._numpy_ops.NumpyOps`` -- the same math with NumPy's ``out=``, in
-  place, used for NumPy arrays.
+  place, used for other NumPy arrays and where there is no host build.
 
-``XSEQ_FUSED=0`` turns both fast paths off, leaving the reference everywhere.
+``XSEQ_FUSED=0`` turns every fast path off, leaving the reference everywhere;
+``XSEQ_HOST_KERNELS=0`` only the host build.
 
 :func:`ops_for` is the only place that chooses between them.
 
@@ -182,8 +186,8 @@ def fused_enabled():
     return os.environ.get("XSEQ_FUSED", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def ops_for(xp):
-    """Pick the step implementation for namespace ``xp``: the single dispatch point."""
+def ops_for(xp, dtype=None):
+    """Pick the step implementation for namespace ``xp`` (and arrays of ``dtype``): the single dispatch point."""
     from ._backend import backend_name
 
     name = backend_name(xp)
@@ -192,7 +196,8 @@ def ops_for(xp):
 
         return FusedCupyOps(xp)
     if name == "numpy" and fused_enabled():
+        from ._host_kernels import host_ops
         from ._numpy_ops import NumpyOps
 
-        return NumpyOps(xp)
+        return host_ops(xp, dtype) or NumpyOps(xp)
     return ArrayAPIOps(xp)

@@ -141,7 +141,7 @@ def output_softmax(xp, Y, Wy, by):
     """softmax(Wy a<t> + by) for every step at once, one GEMM: Y (T_x, m, n_a) -> (n_y, m, T_x)."""
     T_x, m, n_a = Y.shape
     n_y = Wy.shape[0]
-    ops = ops_for(xp)
+    ops = ops_for(xp, Y.dtype)
     logits = ops.matmul(xp.reshape(Y, (T_x * m, n_a)), Wy.T, ops.empty((T_x * m, n_y), Y.dtype, device_of(Y)))
     logits = ops.add_into(logits, by[:, 0])
     return time_major(xp, xp.reshape(ops.softmax_rows(logits), (T_x, m, n_y)))
