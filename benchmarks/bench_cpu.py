@@ -720,6 +720,7 @@ def machine_info():
     info = json.loads(spawn(["--info"], "xseq").strip().splitlines()[-1])
     lines.append(f"numpy {info['numpy']}; BLAS: {info['blas']}")
     lines.append(f"torch {info['torch']}; {info['torch_threads']} intra-op threads; {info['torch_blas']}")
+    lines.append(f"xseq's NumPy steps: {info['xseq_steps']}")
     env_set = {v: os.environ[v] for v in OPENBLAS_VARS if v in os.environ}
     if env_set:
         lines.append(f"environment: {env_set} -- removed for the naive and xseq workers")
@@ -819,8 +820,14 @@ def run_info():
         par = torch.__config__.parallel_info().splitlines()
         found = [line.strip() for line in par if any(k in line for k in ("Math Kernel", "OpenBLAS", "MKL-DNN", "oneDNN"))]
         torch_blas = "; ".join(found) or ("MKL" if torch.backends.mkl.is_available() else "BLAS unknown")
+    try:
+        from xseq import _host_kernels
+
+        steps = _host_kernels.status()
+    except ImportError as exc:
+        steps = f"unknown ({exc})"
     print(json.dumps({"numpy": np.__version__, "blas": blas, "torch": torch_version,
-                      "torch_threads": torch_threads, "torch_blas": torch_blas}))
+                      "torch_threads": torch_threads, "torch_blas": torch_blas, "xseq_steps": steps}))
 
 
 # ---------------------------------------------------------------- parent: schedule, table, targets

@@ -215,8 +215,9 @@ def make_inputs(kind, dtype, regime, rng):
         # Pin the ends and the sigmoid's branch point exactly.
         xw.flat[:4], hw.flat[:4] = [100, -100, 0, -0.0], 0
         b_hn, state = uniform(-50, 50, (N_A,)), uniform(-20, 20, (M, N_A))
-    dh, dc = uniform(-1, 1, (M, N_A)), uniform(-1, 1, (M, N_A))
-    cast = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in dict(xw=xw, hw=hw, b_hn=b_hn, dh=dh, dc=dc).items()}
+    dh, dy, dc = uniform(-1, 1, (M, N_A)), uniform(-1, 1, (M, N_A)), uniform(-1, 1, (M, N_A))
+    arrays = dict(xw=xw, hw=hw, b_hn=b_hn, dh=dh, dy=dy, dc=dc)
+    cast = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in arrays.items()}
     cast["state"] = np.ascontiguousarray(state, dtype=dtype)
     return cast
 
@@ -249,13 +250,13 @@ def backward(ops, kind, bufs, inp):
     G = GATES[kind]
     dZ = np.full((T_STEPS, M, G * N_A), np.nan, dtype=S.dtype)
     if kind == "rnn":
-        ops.rnn_backward(S, t, inp["dh"], dZ)
+        ops.rnn_backward(S, t, inp["dh"], inp["dy"], dZ)
         return {"dZ": dZ}, None
     if kind == "lstm":
-        dc_prev = ops.lstm_backward(saved, C, t, inp["dh"], inp["dc"], dZ)
+        dc_prev = ops.lstm_backward(saved, C, t, inp["dh"], inp["dy"], inp["dc"], dZ)
         return {"dZ": dZ}, dc_prev
     dHW = np.full_like(dZ, np.nan)
-    dh_direct = ops.gru_backward(saved, S, t, inp["dh"], dZ, dHW)
+    dh_direct = ops.gru_backward(saved, S, t, inp["dh"], inp["dy"], dZ, dHW)
     return {"dXW": dZ, "dHW": dHW}, dh_direct
 
 

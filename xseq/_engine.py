@@ -209,7 +209,7 @@ def sequence_backward(trace, dY=None, dh_T=None, dc_T=None):
             dY = _flip(xp, dY)
         if mask is not None:
             dY = xp.where(mask, dY, zero)
-    # dh is xseq's own array from here on (ops.add_into may update it in place), never the caller's.
+    # dh is xseq's own array from here on, never the caller's.
     dh = xp.zeros((m, n_a), dtype=dtype, device=dev)
     if dh_T is not None:
         dh = dh + dh_T
@@ -221,16 +221,17 @@ def sequence_backward(trace, dY=None, dh_T=None, dc_T=None):
     dHW = empty(T, m, G * n_a) if kind == "gru" else dZ
     W_hh = tr.W_hh
     dh_buffers = [empty(m, n_a) for _ in range(2)]
+    no_dy = xp.zeros((m, n_a), dtype=dtype, device=dev) if dY is None else None
     for t in range(T - 1, -1, -1):
-        if dY is not None:
-            dh = ops.add_into(dh, dY[t, ...])
+        # The step adds dY[t] to dh itself; dh stays the part that came through W_hh.
+        dy = dY[t, ...] if dY is not None else no_dy
         dh_direct = dc_prev = None
         if kind == "rnn":
-            ops.rnn_backward(S, t, dh, dZ)
+            ops.rnn_backward(S, t, dh, dy, dZ)
         elif kind == "lstm":
-            dc_prev = ops.lstm_backward(tr.saved, C, t, dh, dc, dZ)
+            dc_prev = ops.lstm_backward(tr.saved, C, t, dh, dy, dc, dZ)
         else:
-            dh_direct = ops.gru_backward(tr.saved, S, t, dh, dZ, dHW)
+            dh_direct = ops.gru_backward(tr.saved, S, t, dh, dy, dZ, dHW)
         if mask is not None:
             dZ[t, ...] = xp.where(mask[t, ...], dZ[t, ...], zero)
             if kind == "gru":

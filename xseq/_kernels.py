@@ -77,8 +77,10 @@ _RNN_FORWARD = r"""
 h = tanh(xw + hw);
 """
 
+# dh is the gradient coming back from step t+1 (through W_hh), dy the upstream
+# gradient of this step's output: the hidden state's gradient is their sum.
 _RNN_BACKWARD = r"""
-dz = dh * grad_tanh(h);
+dz = (dh + dy) * grad_tanh(h);
 """
 
 # ``at`` is gate i's offset: row*4*n_a + col with col = i - row*n_a.
@@ -104,12 +106,13 @@ const T gate_f = gates[at + n_a];
 const T gate_g = gates[at + 2 * n_a];
 const T gate_o = gates[at + 3 * n_a];
 const T tanh_c = tanh(c);
+const T dh_total = dh + dy;
 // The cell gradient from the next step plus the part that flows through h.
-const T dc_total = dc + dh * gate_o * grad_tanh(tanh_c);
+const T dc_total = dc + dh_total * gate_o * grad_tanh(tanh_c);
 dz[at] = dc_total * gate_g * grad_sigmoid(gate_i);
 dz[at + n_a] = dc_total * c_prev * grad_sigmoid(gate_f);
 dz[at + 2 * n_a] = dc_total * gate_i * grad_tanh(gate_g);
-dz[at + 3 * n_a] = dh * tanh_c * grad_sigmoid(gate_o);
+dz[at + 3 * n_a] = dh_total * tanh_c * grad_sigmoid(gate_o);
 dc_prev = dc_total * gate_f;
 """
 
@@ -140,8 +143,9 @@ const T r = saved[at4];
 const T z = saved[at4 + n_a];
 const T n = saved[at4 + 2 * n_a];
 const T hn = saved[at4 + 3 * n_a];
-const T dn = dh * (T(1) - z) * grad_tanh(n);
-const T dz = dh * (h_prev - n) * grad_sigmoid(z);
+const T dh_total = dh + dy;
+const T dn = dh_total * (T(1) - z) * grad_tanh(n);
+const T dz = dh_total * (h_prev - n) * grad_sigmoid(z);
 const T dr = dn * hn * grad_sigmoid(r);
 dxw[at3] = dr;
 dxw[at3 + n_a] = dz;
@@ -149,24 +153,24 @@ dxw[at3 + 2 * n_a] = dn;
 dhw[at3] = dr;
 dhw[at3 + n_a] = dz;
 dhw[at3 + 2 * n_a] = dn * r;
-dh_direct = dh * z;
+dh_direct = dh_total * z;
 """
 
 #: Every fused kernel, by the name it is compiled under.
 KERNELS = {
     "xseq_rnn_forward": KernelSource("T xw, T hw", "T h", _RNN_FORWARD),
-    "xseq_rnn_backward": KernelSource("T h, T dh", "T dz", _RNN_BACKWARD),
+    "xseq_rnn_backward": KernelSource("T h, T dh, T dy", "T dz", _RNN_BACKWARD),
     "xseq_lstm_forward": KernelSource(
         "raw T xw, raw T hw, T c_prev, int32 n_a", "raw T gates, T c, T h", _LSTM_FORWARD
     ),
     "xseq_lstm_backward": KernelSource(
-        "raw T gates, T c_prev, T c, T dh, T dc, int32 n_a", "raw T dz, T dc_prev", _LSTM_BACKWARD
+        "raw T gates, T c_prev, T c, T dh, T dy, T dc, int32 n_a", "raw T dz, T dc_prev", _LSTM_BACKWARD
     ),
     "xseq_gru_forward": KernelSource(
         "raw T xw, raw T hw, raw T b_hn, T h_prev, int32 n_a", "raw T saved, T h", _GRU_FORWARD
     ),
     "xseq_gru_backward": KernelSource(
-        "raw T saved, T h_prev, T dh, int32 n_a", "raw T dxw, raw T dhw, T dh_direct", _GRU_BACKWARD
+        "raw T saved, T h_prev, T dh, T dy, int32 n_a", "raw T dxw, raw T dhw, T dh_direct", _GRU_BACKWARD
     ),
 }
 
@@ -209,28 +213,28 @@ class FusedSteps:
     def rnn_forward(self, xw, hw, saved, S, t):
         self._launch("xseq_rnn_forward", xw, hw, S[t + 1])
 
-    def rnn_backward(self, S, t, dh, dZ):
-        self._launch("xseq_rnn_backward", S[t + 1], dh, dZ[t])
+    def rnn_backward(self, S, t, dh, dy, dZ):
+        self._launch("xseq_rnn_backward", S[t + 1], dh, dy, dZ[t])
 
     def lstm_forward(self, xw, hw, c_prev, saved, C, S, t):
         n_a = c_prev.shape[1]
         self._launch("xseq_lstm_forward", xw, hw, c_prev, n_a, saved[t], C[t + 1], S[t + 1])
 
-    def lstm_backward(self, saved, C, t, dh, dc, dZ):
+    def lstm_backward(self, saved, C, t, dh, dy, dc, dZ):
         n_a = dh.shape[1]
         # returned, and read back as the next step's dc: two arrays in turn
         dc_prev = self._step_array(f"dc{t % 2}", dh)
-        self._launch("xseq_lstm_backward", saved[t], C[t], C[t + 1], dh, dc, n_a, dZ[t], dc_prev)
+        self._launch("xseq_lstm_backward", saved[t], C[t], C[t + 1], dh, dy, dc, n_a, dZ[t], dc_prev)
         return dc_prev
 
     def gru_forward(self, xw, hw, b_hn, h_prev, saved, S, t):
         n_a = h_prev.shape[1]
         self._launch("xseq_gru_forward", xw, hw, b_hn, h_prev, n_a, saved[t], S[t + 1])
 
-    def gru_backward(self, saved, S, t, dh, dXW, dHW):
+    def gru_backward(self, saved, S, t, dh, dy, dXW, dHW):
         n_a = dh.shape[1]
         dh_direct = self._step_array("dh_direct", dh)
-        self._launch("xseq_gru_backward", saved[t], S[t], dh, n_a, dXW[t], dHW[t], dh_direct)
+        self._launch("xseq_gru_backward", saved[t], S[t], dh, dy, n_a, dXW[t], dHW[t], dh_direct)
         return dh_direct
 
 

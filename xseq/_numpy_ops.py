@@ -99,11 +99,13 @@ class NumpyOps(ArrayAPIOps):
         np.add(xw, hw, out=h)
         np.tanh(h, out=h)
 
-    def rnn_backward(self, S, t, dh, dZ):
+    def rnn_backward(self, S, t, dh, dy, dZ):
         h, dz = S[t + 1], dZ[t]
+        dh_total = self._buffer("dh_total", dh.shape, dh.dtype)
+        np.add(dh, dy, out=dh_total)
         np.multiply(h, h, out=dz)
         np.subtract(1, dz, out=dz)
-        dz *= dh
+        dz *= dh_total
 
     def lstm_forward(self, xw, hw, c_prev, saved, C, S, t):
         n_a = c_prev.shape[1]
@@ -122,13 +124,16 @@ class NumpyOps(ArrayAPIOps):
         np.tanh(c, out=h)
         h *= o
 
-    def lstm_backward(self, saved, C, t, dh, dc, dZ):
+    def lstm_backward(self, saved, C, t, dh, dy, dc, dZ):
         # The saved gates and cell states were written long before (forward step t) and dZ[t] is a
         # block of a sequence-sized buffer: all out of cache. So the gates are read first in one
         # contiguous pass, the products go to a scratch block that stays in cache, and dZ[t] is
         # written once, contiguously, at the end (measured 1.3x faster than writing dZ[t] gate by gate).
         n_a = dh.shape[1]
         _, _, shift = _lstm_constants(n_a, dh.dtype)
+        dh_total = self._buffer("dh_total", dh.shape, dh.dtype)
+        np.add(dh, dy, out=dh_total)
+        dh = dh_total
         gates, c_prev = saved[t], C[t]
         i, f, g, o = (gates[:, k * n_a:(k + 1) * n_a] for k in range(4))
         # derivative of each activation from its output: a(1 - a), and (1 + a)(1 - a) for g

@@ -116,7 +116,10 @@ class ArrayAPIOps:
 
     Each method computes step ``t`` and writes its results into the sequence
     buffers: ``saved[t, ...]`` (what backward needs), ``S[t+1]`` (hidden state) and
-    ``C[t+1]`` (LSTM cell state); backward methods write ``dZ[t, ...]``.
+    ``C[t+1]`` (LSTM cell state); backward methods write ``dZ[t, ...]``. A backward
+    step gets the gradient of ``h<t>`` in two parts, ``dh`` (from step ``t+1``, through
+    ``W_hh``) and ``dy`` (the upstream gradient of output ``t``), and adds them itself:
+    one pass fewer than adding them first.
     """
 
     name = "array-api"
@@ -155,8 +158,8 @@ class ArrayAPIOps:
     def rnn_forward(self, xw, hw, saved, S, t):
         S[t + 1, ...] = rnn_pointwise_forward(self.xp, xw, hw)
 
-    def rnn_backward(self, S, t, dh, dZ):
-        dZ[t, ...] = rnn_pointwise_backward(self.xp, S[t + 1, ...], dh)
+    def rnn_backward(self, S, t, dh, dy, dZ):
+        dZ[t, ...] = rnn_pointwise_backward(self.xp, S[t + 1, ...], dh + dy)
 
     def lstm_forward(self, xw, hw, c_prev, saved, C, S, t):
         gates, c, h = lstm_pointwise_forward(self.xp, xw, hw, c_prev)
@@ -164,8 +167,8 @@ class ArrayAPIOps:
         C[t + 1, ...] = c
         S[t + 1, ...] = h
 
-    def lstm_backward(self, saved, C, t, dh, dc, dZ):
-        dz, dc_prev = lstm_pointwise_backward(self.xp, saved[t, ...], C[t, ...], C[t + 1, ...], dh, dc)
+    def lstm_backward(self, saved, C, t, dh, dy, dc, dZ):
+        dz, dc_prev = lstm_pointwise_backward(self.xp, saved[t, ...], C[t, ...], C[t + 1, ...], dh + dy, dc)
         dZ[t, ...] = dz
         return dc_prev
 
@@ -174,8 +177,8 @@ class ArrayAPIOps:
         saved[t, ...] = s
         S[t + 1, ...] = h
 
-    def gru_backward(self, saved, S, t, dh, dXW, dHW):
-        dxw, dhw, dh_direct = gru_pointwise_backward(self.xp, saved[t, ...], S[t, ...], dh)
+    def gru_backward(self, saved, S, t, dh, dy, dXW, dHW):
+        dxw, dhw, dh_direct = gru_pointwise_backward(self.xp, saved[t, ...], S[t, ...], dh + dy)
         dXW[t, ...] = dxw
         dHW[t, ...] = dhw
         return dh_direct
