@@ -189,6 +189,12 @@ def test_kernel_arguments_are_checked():
     kernel(xw, hw, h)
     np.testing.assert_allclose(h, np.tanh(xw + hw), rtol=1e-14)
 
+    read_only = np.ascontiguousarray(xw)
+    read_only.flags.writeable = False  # no writable buffer to take the address from
+    h2 = np.empty((4, 6))
+    kernel(read_only, hw, h2)
+    np.testing.assert_array_equal(h2, h)
+
     h_strided = np.empty((6, 4)).T
     with pytest.raises(ValueError, match="xseq_rnn_forward: output h is not C-contiguous"):
         kernel(xw, hw, h_strided)
