@@ -42,10 +42,11 @@ usable by hand, with ``--profile`` for a cProfile listing).
 
 A worker builds its inputs, runs one warm-up iteration and connects back to
 the parent (a Unix socket, JSON messages). The parent then asks the
-contenders in turn, order rotated from round to round, to time ``--iters``
-iterations (default 3; the turn's result is their median), pausing ``--gap``
-seconds (0.2) before each turn so that the previous worker's idle BLAS/OpenMP
-threads stop spinning. The table shows, over the ``--repeats`` rounds
+contenders in interleaved turns of one iteration each (A B C A B C ...), order
+rotated from round to round, until each has run ``--iters`` iterations
+(default 3; a contender's result for the round is their median), pausing
+``--gap`` seconds (0.2) before each turn so that the previous worker's idle
+BLAS/OpenMP threads stop spinning. The table shows, over the ``--repeats`` rounds
 (default 7), the median time of each contender and the median of the ratios
 computed within each round: this machine's speed drifts over seconds and
 differs from process to process, and contenders timed seconds apart in
@@ -918,7 +919,8 @@ def main(argv=None):
     if args.torch_no_mkldnn:
         how += "; torch with oneDNN turned off"
     print(f"{len(cases)} cases x {repeats} rounds; each round of a case starts a fresh worker process per "
-          f"contender ({how}), then times {args.iters} iterations of each in turn, {args.gap:g} s apart", flush=True)
+          f"contender ({how}), then times {args.iters} iterations of each in interleaved turns of one, "
+          f"{args.gap:g} s apart", flush=True)
     t_start = time.perf_counter()
     busy, waited = 0, 0.0
     runner = Runner(spawn_each=args.spawn)
@@ -930,18 +932,23 @@ def main(argv=None):
                 k = r % len(cs)
                 order = cs[k:] + cs[:k]
                 live = Case(runner, model, size, mode, order)
-                this_round = {}
+                turns = {contender: [] for contender in order}
                 try:
-                    for contender in order:
-                        if args.wait_idle > 0:
-                            w = wait_until_idle(args.wait_idle)
-                            busy += w is None
-                            waited += w or args.wait_idle
-                        time.sleep(args.gap)  # let the last contender's spinning threads go to sleep
-                        this_round[contender] = statistics.median(live.time(contender, args.iters))
-                        results[(contender, *case)].append(this_round[contender])
+                    # Interleaved turns of one iteration each (A B C A B C ...): the contenders'
+                    # iterations are as close in time as they can be, so drift hits all of them.
+                    for _ in range(args.iters):
+                        for contender in order:
+                            if args.wait_idle > 0:
+                                w = wait_until_idle(args.wait_idle)
+                                busy += w is None
+                                waited += w or args.wait_idle
+                            time.sleep(args.gap)  # let the last contender's spinning threads go to sleep
+                            turns[contender] += live.time(contender, 1)
                 finally:
                     live.close()
+                this_round = {contender: statistics.median(ms) for contender, ms in turns.items()}
+                for contender, ms in this_round.items():
+                    results[(contender, *case)].append(ms)
                 if "torch" in this_round:
                     ratios[(case, "xseq/torch")].append(this_round["xseq"] / this_round["torch"])
                 if "naive" in this_round:
@@ -958,7 +965,7 @@ def main(argv=None):
     ratio = {key: statistics.median(v) for key, v in ratios.items() if v}
     spread = max(((max(v) - min(v)) / statistics.median(v), key) for key, v in results.items())
     print()
-    print(f"Times: median over {repeats} rounds of each turn's median of {args.iters} iterations, milliseconds.")
+    print(f"Times: median over {repeats} rounds of each contender's median of {args.iters} interleaved iterations, milliseconds.")
     print("Ratios: median over the rounds of the ratio within the round (the two contenders timed seconds apart).")
     print()
     print("| model | size (n_x, n_a, m, T_x) | mode | naive ms | xseq ms | torch ms | xseq/torch | naive/xseq |")
