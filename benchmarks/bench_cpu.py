@@ -41,12 +41,13 @@ interpreter instead (``bench_cpu.py --worker CONTENDER MODEL SIZE MODE``, also
 usable by hand, with ``--profile`` for a cProfile listing).
 
 A worker builds its inputs, runs one warm-up iteration and connects back to
-the parent (a Unix socket, JSON messages). The parent then asks the
-contenders in interleaved turns of one iteration each (A B C A B C ...), order
-rotated from round to round, until each has run ``--iters`` iterations
-(default 3; a contender's result for the round is their median), pausing
-``--gap`` seconds (0.2) before each turn so that the previous worker's idle
-BLAS/OpenMP threads stop spinning. The table shows, over the ``--repeats`` rounds
+the parent (a Unix socket, JSON messages). The parent then times the
+contenders in interleaved turns (A B C A B C ...), order rotated from round
+to round, until each has ``--iters`` timed iterations (default 3; a
+contender's result for the round is their median). A turn runs two
+iterations and times the second, which finds the caches warm again after the
+other contenders' turns. Before each turn the parent pauses ``--gap`` seconds
+(0.2) so that the previous worker's idle BLAS/OpenMP threads stop spinning. The table shows, over the ``--repeats`` rounds
 (default 7), the median time of each contender and the median of the ratios
 computed within each round: this machine's speed drifts over seconds and
 differs from process to process, and contenders timed seconds apart in
@@ -919,8 +920,8 @@ def main(argv=None):
     if args.torch_no_mkldnn:
         how += "; torch with oneDNN turned off"
     print(f"{len(cases)} cases x {repeats} rounds; each round of a case starts a fresh worker process per "
-          f"contender ({how}), then times {args.iters} iterations of each in interleaved turns of one, "
-          f"{args.gap:g} s apart", flush=True)
+          f"contender ({how}), then times {args.iters} iterations of each in interleaved turns "
+          f"(two iterations a turn, the second timed), {args.gap:g} s apart", flush=True)
     t_start = time.perf_counter()
     busy, waited = 0, 0.0
     runner = Runner(spawn_each=args.spawn)
@@ -934,8 +935,11 @@ def main(argv=None):
                 live = Case(runner, model, size, mode, order)
                 turns = {contender: [] for contender in order}
                 try:
-                    # Interleaved turns of one iteration each (A B C A B C ...): the contenders'
-                    # iterations are as close in time as they can be, so drift hits all of them.
+                    # Interleaved turns (A B C A B C ...): the contenders' timed iterations are
+                    # as close in time as they can be, so drift hits all of them alike. A turn
+                    # runs two iterations and keeps the second: the first warms the caches the
+                    # other contenders just used, so what is timed is a warm iteration, as in a
+                    # training loop (timing the first instead made every contender 10-35% slower).
                     for _ in range(args.iters):
                         for contender in order:
                             if args.wait_idle > 0:
@@ -943,7 +947,7 @@ def main(argv=None):
                                 busy += w is None
                                 waited += w or args.wait_idle
                             time.sleep(args.gap)  # let the last contender's spinning threads go to sleep
-                            turns[contender] += live.time(contender, 1)
+                            turns[contender].append(live.time(contender, 2)[-1])
                 finally:
                     live.close()
                 this_round = {contender: statistics.median(ms) for contender, ms in turns.items()}
