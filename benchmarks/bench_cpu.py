@@ -939,7 +939,7 @@ def main(argv=None):
                     # as close in time as they can be, so drift hits all of them alike. A turn
                     # runs two iterations and keeps the second: the first warms the caches the
                     # other contenders just used, so what is timed is a warm iteration, as in a
-                    # training loop (timing the first instead made every contender 10-35% slower).
+                    # training loop.
                     for _ in range(args.iters):
                         for contender in order:
                             if args.wait_idle > 0:

@@ -26,7 +26,8 @@ Build and use
 * Anything missing (no compiler, a failed build, math not vectorized, a
   dtype other than float32/float64) leaves NumPy's in-place steps in charge;
   :func:`status` says which path is active and why. ``XSEQ_HOST_KERNELS=0``
-  turns the build off, ``XSEQ_FUSED=0`` every fast path.
+  (read once, at the first NumPy sequence call) turns the build off,
+  ``XSEQ_FUSED=0`` every fast path.
 
 Numerics: the reference's formulas in the same order, with the C library's
 ``exp``/``tanh`` and fast-math rounding: within a few ulps of the reference
@@ -270,7 +271,8 @@ def library():
     cached = directory / f"host_kernels_{key.hexdigest()[:20]}.so"
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        usable = directory.stat().st_uid == os.getuid() and os.access(directory, os.W_OK)
+        owned = not hasattr(os, "getuid") or directory.stat().st_uid == os.getuid()
+        usable = owned and os.access(directory, os.W_OK)
     except OSError:
         usable = False
     if usable and cached.is_file():
