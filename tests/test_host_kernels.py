@@ -109,6 +109,26 @@ def test_failed_build_says_why(fresh_library, monkeypatch, tmp_path):
     assert list(fresh_library.iterdir()) == []  # no half-built file left in the cache
 
 
+def test_unloadable_cached_file_is_reported_not_raised(fresh_library, monkeypatch):
+    """A file in the cache that is not a library this process can load (say, another machine's)."""
+    compiler = _host_kernels.find_compiler()
+    if compiler is None:
+        pytest.skip("no C++ compiler on PATH")
+    planted = _host_kernels.cached_path(compiler, _host_kernels.host_source())
+    assert planted.parent == fresh_library
+    fresh_library.mkdir(mode=0o700)
+    planted.write_bytes(b"not an ELF file, though it mentions _ZGV")
+    monkeypatch.setattr(_host_kernels, "_build", lambda *args: pytest.fail("built although the cache has the file"))
+    built = _host_kernels.library()
+    assert built.lib is None and "could not be loaded" in built.reason and planted.name in built.reason
+    assert type(ops_for(NP, np.dtype(np.float32))) is NumpyOps
+
+
+def test_a_compiler_that_cannot_start_is_a_failure_not_an_error(tmp_path):
+    ok, message = _host_kernels._run([str(tmp_path / "no-such-compiler"), "--version"], None)
+    assert not ok and "no-such-compiler" in message
+
+
 # ---------------------------------------------------------------- what loading it must not change
 
 @needs_build

@@ -15,8 +15,9 @@ definitions; this module computes the same thing quickly:
 * backward stores the pre-activation gradients of every step and computes
   each weight gradient with one GEMM after the loop;
 * the pointwise work of a step, the buffers and the products go to an ops
-  object (``_pointwise.ops_for``), which is where the fused CuPy kernels and
-  NumPy's in-place steps and reused buffers (``_workspace``) plug in.
+  object (``_pointwise.ops_for``), which is where the fused kernels (CuPy's,
+  and their host build for NumPy), NumPy's in-place steps and its reused
+  buffers (``_workspace``) plug in.
 
 Variable lengths are a boolean ``mask`` ``(T_x, m, 1)``: where it is False the
 step is skipped for that example (state carried unchanged, output zero,

@@ -220,7 +220,11 @@ def _cpu_description():
 
 
 def _run(cmd, cwd):
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    """``(succeeded, its output)``; a compiler that cannot be started or hangs is a failure, not an error."""
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, f"{cmd[0]}: {exc}"
     return proc.returncode == 0, (proc.stderr or proc.stdout).strip()
 
 
@@ -251,9 +255,19 @@ class _Library:
 
 
 def _load(path):
-    if b"_ZGV" not in path.read_bytes():
-        return _Library(reason=f"{path}: exp/tanh did not vectorize (no libmvec); NumPy's steps are faster")
-    return _Library(ctypes.CDLL(str(path)), path)
+    try:
+        if b"_ZGV" not in path.read_bytes():
+            return _Library(reason=f"{path}: exp/tanh did not vectorize (no libmvec); NumPy's steps are faster")
+        return _Library(ctypes.CDLL(str(path)), path)
+    except OSError as exc:  # unreadable, or not a library this process can load
+        return _Library(reason=f"{path} could not be loaded: {exc}")
+
+
+def cached_path(compiler, source):
+    """Where the cache keeps the build of ``source`` by ``compiler`` for this CPU."""
+    _, version = _run([compiler, "--version"], None)
+    key = hashlib.sha256("\n".join([source, repr(FLAG_SETS), compiler, version, _cpu_description()]).encode())
+    return cache_dir() / f"host_kernels_{key.hexdigest()[:20]}.so"
 
 
 @functools.cache
@@ -265,10 +279,8 @@ def library():
     if compiler is None:
         return _Library(reason="no C++ compiler ($CXX, g++, c++ or clang++) on PATH")
     source = host_source()
-    ok, version = _run([compiler, "--version"], None)
-    key = hashlib.sha256("\n".join([source, repr(FLAG_SETS), compiler, version, _cpu_description()]).encode())
     directory = cache_dir()
-    cached = directory / f"host_kernels_{key.hexdigest()[:20]}.so"
+    cached = cached_path(compiler, source)
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         owned = not hasattr(os, "getuid") or directory.stat().st_uid == os.getuid()
