@@ -209,6 +209,13 @@ def test_kernel_arguments_are_checked():
     kernel(xw, hw, h)
     np.testing.assert_allclose(h, np.tanh(xw + hw), rtol=1e-14)
 
+    # two strided inputs: each copy must live until the call (a freed first copy would have its
+    # memory handed to the second one, and the kernel would read hw twice)
+    hw_strided = np.asfortranarray(hw)
+    h3 = np.empty((4, 6))
+    kernel(xw, hw_strided, h3)
+    np.testing.assert_allclose(h3, np.tanh(xw + hw), rtol=1e-14)
+
     read_only = np.ascontiguousarray(xw)
     read_only.flags.writeable = False  # no writable buffer to take the address from
     h2 = np.empty((4, 6))

@@ -334,6 +334,7 @@ class HostKernel:
     def __call__(self, *args):
         dtype = args[self.size_from].dtype
         c_args = list(args)
+        copies = []  # contiguous copies of strided inputs, alive until the call returns
         for k, a in enumerate(args):
             if self.is_int[k]:
                 continue
@@ -345,7 +346,7 @@ class HostKernel:
                 if self.outputs[k]:
                     raise ValueError(f"{self.name}: output {self.names[k]} is not C-contiguous")
                 a = np.ascontiguousarray(a)
-                c_args[k] = a  # keeps the copy alive until the call returns
+                copies.append(a)
             c_args[k] = _address(a)
         self.functions[dtype](*c_args, args[self.size_from].size)
 
