@@ -47,11 +47,12 @@ to round, until each has ``--iters`` timed iterations (default 3; a
 contender's result for the round is their median). A turn runs two
 iterations and times the second, which finds the caches warm again after the
 other contenders' turns. Before each turn the parent pauses ``--gap`` seconds
-(0.2) so that the previous worker's idle BLAS/OpenMP threads stop spinning. The table shows, over the ``--repeats`` rounds
-(default 7), the median time of each contender and the median of the ratios
-computed within each round: this machine's speed drifts over seconds and
-differs from process to process, and contenders timed seconds apart in
-fresh processes see the same conditions. Thread counts are left at the
+(0.2) so that the previous worker's idle BLAS/OpenMP threads stop spinning.
+The table shows, over the ``--repeats`` rounds (default 7), the median time
+of each contender and the median of the ratios computed within each round:
+this machine's speed drifts over seconds and differs from process to
+process, and contenders timed seconds apart in fresh processes see the same
+conditions. Thread counts are left at the
 libraries' defaults (every core); a worker keeps only one numeric library
 busy (naive and xseq workers never import torch). On a machine shared with
 other work, ``--wait-idle SECONDS`` waits before each turn until the CPUs are

@@ -377,13 +377,9 @@ class HostFusedOps(FusedSteps, NumpyOps):
     def __init__(self, xp, lib):
         super().__init__(xp)
         self._lib = lib
-        self._kernels = {}
 
     def _launch(self, name, *args):
-        kernel = self._kernels.get(name)
-        if kernel is None:
-            kernel = self._kernels[name] = _kernel(self._lib, name)
-        kernel(*args)
+        _kernel(self._lib, name)(*args)
 
     def _step_array(self, key, like):
         return self._buffer(key, like.shape, like.dtype)
