@@ -3,13 +3,15 @@
 ``cupy.ElementwiseKernel`` compiles on first launch, so on a machine without
 a GPU a typo in ``xseq._kernels`` would go unnoticed until someone runs on
 one. NVRTC (``cupy.cuda.nvrtc``, from the ``nvidia-cuda-nvrtc-cu12`` wheel)
-needs no device, so this test wraps each kernel's preamble and operation in
-a standalone ``extern "C" __global__`` function that binds the parameters
-the way ElementwiseKernel does -- ``typedef <type> T`` before the preamble,
+needs no device, so this test compiles, for float and for double with the
+options CuPy uses, each kernel's preamble and operation wrapped in a
+standalone ``extern "C" __global__`` function that binds the parameters the
+way ElementwiseKernel does -- ``typedef <type> T`` before the preamble,
 ``ptrdiff_t i`` the element index of a grid-stride loop, ``raw`` arrays as
 pointers indexed with ``[]``, the others as references to element ``i``,
-inputs const -- and compiles it for float and for double with the options
-CuPy uses. Where CuPy's own code generator can be driven without a device
+inputs const (``xseq._kernels.raw_kernel_module``). That module is also
+exactly what the direct loop (``DirectSteps`` on ``CupyDevice``) launches
+with ``cupy.RawModule``; the whole of it compiles here too. Where CuPy's own code generator can be driven without a device
 (it can in CuPy 13/14), a second test also compiles exactly the source that
 ``cupy.ElementwiseKernel`` would generate, CuPy headers included.
 """
@@ -23,9 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from xseq._kernels import KERNELS, KernelSource
-
-from xseq._host_kernels import elementwise_signature
+from xseq._kernels import KERNELS, KernelSource, raw_kernel_module
 
 CTYPES = ("float", "double")
 
@@ -43,18 +43,8 @@ def nvrtc():
 
 
 def device_function(name, src, ctype):
-    """One kernel as the source ElementwiseKernel would generate for it, minus CuPy's headers."""
-    params, binding_lines = elementwise_signature(name, src)
-    return f"""typedef {ctype} T;
-{src.preamble}
-extern "C" __global__ void {name}({", ".join(params)}) {{
-    for (ptrdiff_t i = static_cast<ptrdiff_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < _n;
-         i += static_cast<ptrdiff_t>(blockDim.x) * gridDim.x) {{
-        {binding_lines}
-        {src.operation};
-    }}
-}}
-"""
+    """One kernel as a module of its own: exactly what the direct loop's ``cupy.RawModule`` compiles for it."""
+    return raw_kernel_module(ctype, {name: src})
 
 
 def compile_ptx(nvrtc, source, filename, extra_options=()):
@@ -86,6 +76,14 @@ def test_kernel_compiles(nvrtc, name, ctype):
         # A stray double literal or a double-only math call would silently
         # compute a float kernel in double, several times slower on most GPUs.
         assert ".f64" not in ptx, f"{name}: the float kernel does double-precision arithmetic"
+
+
+@pytest.mark.parametrize("ctype", CTYPES)
+def test_direct_module_compiles(nvrtc, ctype):
+    """The module CupyDevice compiles: all six kernels, one element type, one preamble."""
+    ptx = compile_ptx(nvrtc, raw_kernel_module(ctype), f"xseq_direct_{ctype}.cu")
+    for name in KERNELS:
+        assert f".entry {name}(" in ptx, name
 
 
 def cupy_generated_source(name, src, dtype):

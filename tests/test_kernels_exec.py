@@ -21,10 +21,13 @@ meet the same checks.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
 import subprocess
+import sys
+from types import SimpleNamespace
 
 import array_api_compat
 import numpy as np
@@ -276,7 +279,7 @@ def test_forward_matches_reference(kind, dtype, regime, launches):
     ref_bufs = make_buffers(kind, dtype, inp["state"])
     fused_bufs = copy_buffers(ref_bufs)
     forward(ArrayAPIOps(XP), kind, ref_bufs, inp)
-    forward(FusedCupyOps(XP), kind, fused_bufs, inp)
+    forward(FusedCupyOps(XP, direct=False), kind, fused_bufs, inp)
 
     assert launches == [f"xseq_{kind}_forward"], "one kernel launch per forward step"
     for key, want in ref_bufs.items():
@@ -294,7 +297,7 @@ def test_backward_matches_reference(kind, dtype, regime, launches):
     # Backward reads what forward saved; the reference forward provides it for both sides.
     forward(ArrayAPIOps(XP), kind, bufs, inp)
     want_bufs, want_ret = backward(ArrayAPIOps(XP), kind, copy_buffers(bufs), inp)
-    got_bufs, got_ret = backward(FusedCupyOps(XP), kind, copy_buffers(bufs), inp)
+    got_bufs, got_ret = backward(FusedCupyOps(XP, direct=False), kind, copy_buffers(bufs), inp)
 
     assert launches == [f"xseq_{kind}_backward"], "one kernel launch per backward step"
     for key, want in want_bufs.items():
@@ -318,7 +321,7 @@ def test_sigmoid_is_stable_and_exact_at_the_ends(host_lib, launches):
         S = np.zeros((2, 1, n_a), dtype=dtype)
         C = np.zeros_like(S)
         saved = np.zeros((1, 1, 4 * n_a), dtype=dtype)
-        FusedCupyOps(XP).lstm_forward(xw, np.zeros_like(xw), C[0], saved, C, S, 0)
+        FusedCupyOps(XP, direct=False).lstm_forward(xw, np.zeros_like(xw), C[0], saved, C, S, 0)
         sig = saved[0, 0, :n_a]
         assert np.isfinite(sig).all() and (sig >= 0).all() and (sig <= 1).all()
         assert sig[-1] == 1 and sig[-2] == 1 and sig[3] == 0.5 and sig[0] == 0
@@ -355,8 +358,338 @@ def test_whole_sequences_through_the_fused_ops(monkeypatch, launches, kind, with
 
     want = run(ArrayAPIOps)
     assert launches == []
-    got = run(FusedCupyOps)
+    got = run(lambda xp: FusedCupyOps(xp, direct=False))
     assert launches == [f"xseq_{kind}_forward"] * T + [f"xseq_{kind}_backward"] * T
     assert got.keys() == want.keys()
     for key in want:
         assert_close(got[key], want[key], f"{kind} sequence: {key}")
+
+
+# ---------------------------------------------------------------- the direct loop (DirectSteps)
+#
+# On CuPy, unmasked sequences run through ``DirectSteps``: per step one gemm and one launch of
+# ``raw_kernel_module``'s kernels, by address. Here the same loops drive a host "device": the very
+# module CupyDevice compiles with cupy.RawModule, compiled for the CPU with blockIdx/threadIdx as
+# globals that the launcher below steps through a small grid (so that the grid-stride loop wraps),
+# and a plain column-major gemm with BLAS's argument conventions, reached through the same
+# ``colmajor_gemm`` translation CupyDevice gives cuBLAS.
+
+RAW_PRELUDE = HOST_PRELUDE + r"""
+#define __global__
+struct xseq_dim3 { unsigned int x, y, z; };
+xseq_dim3 threadIdx, blockIdx, blockDim, gridDim;
+extern "C" void xseq_set_thread(unsigned int grid, unsigned int block, unsigned int b, unsigned int t) {
+    gridDim.x = grid; blockDim.x = block; blockIdx.x = b; threadIdx.x = t;
+}
+// BLAS's gemm('N', 'N', ...): column-major C = alpha*A@B + beta*C; with beta 0, C is not read.
+extern "C" void xseq_ref_gemm(int M, int N, int K, T alpha, const T* A, int lda, const T* B, int ldb,
+                              T beta, T* C, int ldc) {
+    for (int j = 0; j < N; ++j)
+        for (int i = 0; i < M; ++i) {
+            T sum = 0;
+            for (int l = 0; l < K; ++l) sum += A[i + l * lda] * B[l + j * ldb];
+            C[i + j * ldc] = beta == T(0) ? alpha * sum : alpha * sum + beta * C[i + j * ldc];
+        }
+}
+"""
+
+
+@pytest.fixture(scope="session")
+def raw_libs(tmp_path_factory):
+    """``raw_kernel_module`` for float and double, each compiled for the host into a library of its own."""
+    build = tmp_path_factory.mktemp("xseq_direct")
+    libs = {}
+    for dtype, ctype in CTYPES.items():
+        module = _kernels.raw_kernel_module(ctype)
+        head, body = module.split("\n", 1)  # "typedef <ctype> T;" first: the prelude's gemm uses T
+        source, library = build / f"direct_{ctype}.cpp", build / f"direct_{ctype}.so"
+        source.write_text(head + "\n" + RAW_PRELUDE + body)
+        cmd = [CXX, "-O2", "-shared", "-fPIC", "-std=c++17", "-ffp-contract=off", str(source), "-o", str(library)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.fail(f"host build of the direct module failed:\n{' '.join(cmd)}\n{proc.stderr}")
+        libs[dtype] = ctypes.CDLL(str(library))
+    return libs
+
+
+class HostDevice:
+    """``CupyDevice``'s interface on the host: the raw module's kernels and a reference gemm, by address."""
+
+    THREADS, MAX_BLOCKS = 4, 2  # a small grid: each thread's loop runs over several elements
+
+    def __init__(self, libs, dtype, calls):
+        self.dtype, self.lib, self.calls = np.dtype(dtype), libs[np.dtype(dtype)], calls
+        scalar = ctypes.c_float if self.dtype == np.float32 else ctypes.c_double
+        self.lib.xseq_set_thread.argtypes = [ctypes.c_uint] * 4
+        P, I = ctypes.c_void_p, ctypes.c_int
+        self.lib.xseq_ref_gemm.argtypes = [I, I, I, scalar, P, I, P, I, scalar, P, I]
+
+    @contextlib.contextmanager
+    def session(self):
+        self.calls.append("session")
+        yield self
+
+    def address(self, a):
+        return a.ctypes.data
+
+    def launch(self, name, n, args):
+        params = KERNELS[name].parameters()
+        assert len(args) == len(params), f"{name}: {len(args)} arguments for {len(params)} parameters"
+        assert all(type(a) is int for a in args), f"{name}: arguments must be Python ints"
+        fn = getattr(self.lib, name)
+        fn.argtypes = [ctypes.c_int if typ == "int32" else ctypes.c_void_p for _, typ, _, _ in params]
+        fn.argtypes += [ctypes.c_ssize_t]
+        grid = max(1, min(-(-n // self.THREADS), self.MAX_BLOCKS))
+        for b in range(grid):
+            for t in range(self.THREADS):
+                self.lib.xseq_set_thread(grid, self.THREADS, b, t)
+                fn(*args, n)
+        self.calls.append(name)
+
+    def gemm(self, m, n, k, a, lda, b, ldb, beta, c, ldc):
+        assert beta in (0, 1)
+        M, N, K, A, LDA, B, LDB, C, LDC = _kernels.colmajor_gemm(m, n, k, a, lda, b, ldb, c, ldc)
+        self.lib.xseq_ref_gemm(M, N, K, 1.0, A, LDA, B, LDB, float(beta), C, LDC)
+        self.calls.append("gemm" if beta == 0 else "gemm+")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_colmajor_gemm_computes_row_major_products(raw_libs, dtype):
+    """Row-major C = A @ B (+ C) through the column-major gemm, with row strides wider than the rows."""
+    rng = np.random.default_rng(3)
+    m, n, k = 5, 7, 3
+    A_wide, B_wide = rng.standard_normal((m, k + 2)).astype(dtype), rng.standard_normal((k, n + 1)).astype(dtype)
+    A, B = A_wide[:, :k], B_wide[:, :n]
+    device = HostDevice(raw_libs, dtype, [])
+    item = np.dtype(dtype).itemsize
+    for beta in (0, 1):
+        C_wide = np.full((m, n + 3), np.nan if beta == 0 else 0.5, dtype=dtype)
+        C = C_wide[:, :n]
+        want = A.astype(np.float64) @ B + (0.5 if beta else 0.0)
+        device.gemm(m, n, k, device.address(A), A_wide.strides[0] // item, device.address(B),
+                    B_wide.strides[0] // item, beta, device.address(C), C_wide.strides[0] // item)
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(C, want, rtol=tol, atol=tol * np.abs(want).max())
+        assert np.isnan(C_wide[:, n:]).all() == (beta == 0), "the gemm wrote outside C's rows"
+
+
+def run_sequence(kind, ops, reverse, with_dY, with_final, dtype=np.float64, mask=None):
+    from xseq import _engine
+
+    rng = np.random.default_rng(11)
+    T, m, n_x, n_a, G = 6, 3, 4, 5, GATES[kind]
+
+    def draw(*shape):
+        return (rng.standard_normal(shape) * 0.7).astype(dtype)
+
+    args = dict(X=draw(T, m, n_x), W_ih=draw(G * n_a, n_x), W_hh=draw(G * n_a, n_a), b_ih=draw(G * n_a),
+                b_hh=draw(G * n_a), h0=draw(m, n_a), c0=draw(m, n_a) if kind == "lstm" else None)
+    final = dict(dh_T=draw(m, n_a), dc_T=draw(m, n_a) if kind == "lstm" else None)
+    grads_in = dict(dY=draw(T, m, n_a) if with_dY else None, **(final if with_final else {}))
+    Y, h_T, c_T, trace = _engine.sequence_forward(kind, **args, mask=mask, reverse=reverse, ops=ops)
+    grads = _engine.sequence_backward(trace, **grads_in, ops=ops)
+    out = dict(Y=Y, h_T=h_T, c_T=c_T, **grads)
+    return {k: np.array(v) for k, v in out.items() if v is not None}, T
+
+
+@pytest.mark.parametrize("with_dY, with_final", [(True, False), (False, True), (True, True)],
+                         ids=["dY", "dh_T", "dY-dh_T"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward-time", "reverse"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_direct_loop_matches_reference(raw_libs, kind, dtype, reverse, with_dY, with_final):
+    """The engine on DirectSteps (two calls a step, by address) equals the engine on the reference."""
+    calls = []
+    got, T = run_sequence(kind, FusedCupyOps(XP, direct=HostDevice(raw_libs, dtype, calls)), reverse, with_dY,
+                          with_final, dtype)
+    want, _ = run_sequence(kind, ArrayAPIOps(XP), reverse, with_dY, with_final, dtype)
+    step_gemm = "gemm+" if kind == "gru" else "gemm"  # the GRU's gemm adds to the direct part of dh
+    assert calls == (["session"] + ["gemm", f"xseq_{kind}_forward"] * T
+                     + ["session"] + [f"xseq_{kind}_backward", step_gemm] * T)
+    assert got.keys() == want.keys()
+    for key in want:
+        assert_close(got[key], want[key], f"{kind} direct loop: {key}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_masked_sequences_keep_the_step_methods(raw_libs, launches, kind):
+    """With a mask the engine runs its own loop (the step methods); the direct device is never called."""
+    calls = []
+    T = 6
+    mask = (np.arange(T)[:, None] < np.array([6, 2, 4])[None, :])[:, :, None]
+    ops = FusedCupyOps(XP, direct=HostDevice(raw_libs, np.float64, calls))
+    got, _ = run_sequence(kind, ops, False, True, True, mask=mask)
+    want, _ = run_sequence(kind, ArrayAPIOps(XP), False, True, True, mask=mask)
+    assert calls == [] and launches == [f"xseq_{kind}_forward"] * T + [f"xseq_{kind}_backward"] * T
+    for key in want:
+        assert_close(got[key], want[key], f"{kind} masked: {key}")
+
+
+# Devices wrong the ways a change in CuPy's low-level bindings could make CupyDevice wrong: a
+# scalar read from the wrong place, beta ignored, launches lost (as to the wrong stream).
+
+class WrongScale(HostDevice):
+    def gemm(self, m, n, k, a, lda, b, ldb, beta, c, ldc):
+        M, N, K, A, LDA, B, LDB, C, LDC = _kernels.colmajor_gemm(m, n, k, a, lda, b, ldb, c, ldc)
+        self.lib.xseq_ref_gemm(M, N, K, 0.5, A, LDA, B, LDB, float(beta), C, LDC)
+
+
+class BetaIgnored(HostDevice):
+    def gemm(self, m, n, k, a, lda, b, ldb, beta, c, ldc):
+        super().gemm(m, n, k, a, lda, b, ldb, 0, c, ldc)
+
+
+class LostLaunches(HostDevice):
+    def launch(self, name, n, args):
+        self.count = getattr(self, "count", 0) + 1
+        if self.count % 2:
+            super().launch(name, n, args)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_self_check_accepts_the_right_device_and_rejects_wrong_ones(raw_libs, launches, dtype):
+    _kernels.check_direct(HostDevice(raw_libs, dtype, []), xp=XP)
+    for wrong in (WrongScale, BetaIgnored, LostLaunches):
+        with pytest.raises(RuntimeError, match="differs from the step methods"):
+            _kernels.check_direct(wrong(raw_libs, dtype, []), xp=XP)
+
+
+def test_a_device_that_fails_its_check_is_not_used(monkeypatch):
+    """cupy_direct_device: a failed build or check is remembered with its reason, warned about once, and gives None."""
+    monkeypatch.setattr(_kernels, "_DIRECT", {})
+    monkeypatch.setattr(_kernels, "_device_id", lambda: 0)
+    monkeypatch.delenv("XSEQ_DIRECT", raising=False)
+
+    class Broken:
+        def __init__(self, dtype):
+            raise ImportError("no cuBLAS binding here")
+
+    monkeypatch.setattr(_kernels, "CupyDevice", Broken)
+    with pytest.warns(RuntimeWarning, match="no cuBLAS binding here"):
+        assert _kernels.cupy_direct_device(np.float32) is None
+    assert _kernels.cupy_direct_device(np.float32) is None  # remembered: no second warning (pytest would fail on one)
+    assert "float32 on device 0: step methods (ImportError: no cuBLAS binding here)" in _kernels.direct_status()
+    assert FusedCupyOps(XP).direct_steps(np.float32) is None
+
+    class Good:
+        def __init__(self, dtype):
+            self.dtype = np.dtype(dtype)
+
+    monkeypatch.setattr(_kernels, "CupyDevice", Good)
+    monkeypatch.setattr(_kernels, "check_direct", lambda device: None)
+    assert isinstance(_kernels.cupy_direct_device(np.float64), Good)
+    assert isinstance(FusedCupyOps(XP).direct_steps(np.float64), _kernels.DirectSteps)
+    assert "float64 on device 0: direct launches" in _kernels.direct_status()
+    assert _kernels.cupy_direct_device(np.int32) is None  # no kernels for integers
+    monkeypatch.setenv("XSEQ_DIRECT", "0")
+    assert _kernels.cupy_direct_device(np.float64) is None
+    assert _kernels.direct_status() == "step methods (XSEQ_DIRECT=0)"
+
+
+class FakeCuda:
+    """Just enough of ``cupy`` and CuPy's cuBLAS binding for ``CupyDevice``, executing on the host.
+
+    ``RawModule`` must be given ``raw_kernel_module``'s source and returns the
+    host build of it; a kernel call checks every argument's NumPy type
+    against the parameter's C type (an address: uint64; int: int32; the
+    element count: int64) and runs the grid it is given. ``sgemm``/``dgemm``
+    check the handle, the stream, the pointer mode and the transposes, read
+    alpha and beta from the host addresses they are given, and run the
+    reference gemm.
+    """
+
+    HANDLE, STREAM = 77, 99
+    CUBLAS_OP_N, CUBLAS_POINTER_MODE_HOST, CUBLAS_POINTER_MODE_DEVICE = 0, 0, 1
+
+    def __init__(self, raw_libs):
+        self.raw_libs, self.log = raw_libs, []
+        self.stream, self.mode = None, self.CUBLAS_POINTER_MODE_DEVICE  # as another library might leave it
+        fake = self
+
+        class RawModule:
+            def __init__(self, code, options=()):
+                fake.log.append(("RawModule", options))
+                ctype = code.split("\n", 1)[0].split()[1]  # "typedef <ctype> T;"
+                self.dtype = {"float": np.dtype(np.float32), "double": np.dtype(np.float64)}[ctype]
+                assert code == _kernels.raw_kernel_module(ctype)
+
+            def get_function(self, name):
+                return fake.kernel(self.dtype, name)
+
+        self.cupy = SimpleNamespace(
+            RawModule=RawModule,
+            cuda=SimpleNamespace(device=SimpleNamespace(get_cublas_handle=lambda: self.HANDLE),
+                                 get_current_stream=lambda: SimpleNamespace(ptr=self.STREAM)),
+        )
+        self.cublas = SimpleNamespace(
+            CUBLAS_OP_N=self.CUBLAS_OP_N, CUBLAS_POINTER_MODE_HOST=self.CUBLAS_POINTER_MODE_HOST,
+            setStream=self.set_stream, getPointerMode=lambda h: self.mode, setPointerMode=self.set_mode,
+            sgemm=lambda *a: self.gemm(np.float32, *a), dgemm=lambda *a: self.gemm(np.float64, *a),
+        )
+
+    def install(self, monkeypatch):
+        libs = SimpleNamespace(cublas=self.cublas)
+        for name, module in (("cupy", self.cupy), ("cupy_backends", SimpleNamespace(cuda=SimpleNamespace(libs=libs))),
+                             ("cupy_backends.cuda", SimpleNamespace(libs=libs)), ("cupy_backends.cuda.libs", libs),
+                             ("cupy_backends.cuda.libs.cublas", self.cublas)):
+            monkeypatch.setitem(sys.modules, name, module)
+
+    def set_stream(self, handle, stream):
+        assert handle == self.HANDLE
+        self.stream = stream
+
+    def set_mode(self, handle, mode):
+        assert handle == self.HANDLE
+        self.mode = mode
+
+    def kernel(self, dtype, name):
+        lib, params = self.raw_libs[dtype], KERNELS[name].parameters()
+        fn = getattr(lib, name)
+        fn.argtypes = [ctypes.c_int if typ == "int32" else ctypes.c_void_p for _, typ, _, _ in params]
+        fn.argtypes += [ctypes.c_ssize_t]
+        lib.xseq_set_thread.argtypes = [ctypes.c_uint] * 4
+
+        def call(grid, block, args):
+            assert len(args) == len(params) + 1, name
+            for (pname, typ, _, _), a in zip(params, args):
+                assert type(a) is (np.int32 if typ == "int32" else np.uint64), f"{name}: {pname} passed as {type(a)}"
+            assert type(args[-1]) is np.int64, f"{name}: the element count passed as {type(args[-1])}"
+            n = int(args[-1])
+            assert block == (_kernels.THREADS,) and grid == (-(-n // _kernels.THREADS),), (grid, block)
+            for b in range(grid[0]):
+                for t in range(block[0]):
+                    lib.xseq_set_thread(grid[0], block[0], b, t)
+                    fn(*(int(a) for a in args))
+            self.log.append(name)
+
+        return call
+
+    def gemm(self, dtype, handle, transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc):
+        assert (handle, self.stream, self.mode) == (self.HANDLE, self.STREAM, self.CUBLAS_POINTER_MODE_HOST)
+        assert transa == transb == self.CUBLAS_OP_N
+        scalar = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+        alpha, beta = scalar.from_address(alpha).value, scalar.from_address(beta).value  # host memory
+        lib = self.raw_libs[np.dtype(dtype)]
+        P, I = ctypes.c_void_p, ctypes.c_int
+        lib.xseq_ref_gemm.argtypes = [I, I, I, scalar, P, I, P, I, scalar, P, I]
+        lib.xseq_ref_gemm(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+        self.log.append(("gemm", alpha, beta))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_cupy_device_drives_cupy_and_cublas_as_documented(raw_libs, launches, monkeypatch, dtype):
+    """CupyDevice itself, on host arrays: its module, launches, gemm calls and cuBLAS state, through its self-check."""
+    fake = FakeCuda(raw_libs)
+    fake.install(monkeypatch)
+
+    class HostArrays(_kernels.CupyDevice):
+        def address(self, a):  # NumPy arrays here; CuPy's have their address at .data.ptr
+            return a.ctypes.data
+
+    device = HostArrays(dtype)
+    assert fake.log == [("RawModule", ("-ftz=true",))]
+    _kernels.check_direct(device, xp=XP)
+    gemms = [entry for entry in fake.log if entry[0] == "gemm"]
+    assert {g[1] for g in gemms} == {1.0} and {g[2] for g in gemms} == {0.0, 1.0}  # GRU backward adds (beta 1)
+    assert len([entry for entry in fake.log if isinstance(entry, str)]) == 2 * 3 * 3  # 3 cells, T = 3, both ways
+    assert fake.mode == fake.CUBLAS_POINTER_MODE_DEVICE, "the handle's pointer mode was not restored"

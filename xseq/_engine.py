@@ -63,7 +63,7 @@ def _flip(xp, a):
     return None if a is None else xp.flip(a, axis=0)
 
 
-def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, reverse=False):
+def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, reverse=False, ops=None):
     """Run a whole sequence.
 
     Parameters
@@ -74,6 +74,7 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
     b_ih, b_hh : (G*n_a,) or None for zero
     h0, c0 : (m, n_a); c0 only for the LSTM
     mask : (T, m, 1) bool or None
+    ops : the step implementation; None for ``ops_for`` (the arrays' default)
 
     Returns
     -------
@@ -82,7 +83,7 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
     trace : Trace
     """
     xp = array_namespace(X)
-    ops = ops_for(xp, X.dtype)
+    ops = ops_for(xp, X.dtype) if ops is None else ops
     T, m, n_x = X.shape
     n_a = W_hh.shape[1]
     G = GATES[kind]
@@ -134,9 +135,29 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
 
     W_hhT = c_order(xp, W_hh.T)  # a contiguous right operand makes the per-step GEMM faster
     hw_buffer = empty(m, G * n_a)
+    # CuPy: the same loop with two host calls per step and no array views (_kernels.DirectSteps).
+    direct = ops.direct_steps(dtype) if mask is None and chunk == T else None
+    if direct is not None:
+        direct.forward(kind, XW, W_hhT, None if b_hn is None else c_order(xp, b_hn), saved, S, C, hw_buffer)
+    else:
+        _forward_steps(ops, xp, kind, XW, W_hhT, b_hn, saved, S, C, mask, hw_buffer,
+                       project if chunk < T else None, chunk)
+    h, c = S[T, ...], (C[T, ...] if C is not None else None)
+
+    Y = S[1:, ...]
+    if mask is not None:
+        Y = xp.where(mask, Y, xp.zeros((), dtype=dtype, device=dev))
+    if reverse:
+        Y = _flip(xp, Y)
+    trace = Trace(kind, X, X1, W_ih, W_hh, S, C, saved, mask, reverse)
+    return Y, h, c, trace
+
+
+def _forward_steps(ops, xp, kind, XW, W_hhT, b_hn, saved, S, C, mask, hw_buffer, project, chunk):
+    """The forward time loop through the ops' step methods (any ops, masks included)."""
     h, c = S[0, ...], (C[0, ...] if C is not None else None)
-    for t in range(T):
-        if chunk < T and t % chunk == 0:
+    for t in range(XW.shape[0]):
+        if project is not None and t % chunk == 0:
             project(t)
         hw = ops.matmul(h, W_hhT, hw_buffer)
         if kind == "rnn":
@@ -153,14 +174,6 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
         if C is not None:
             c = C[t + 1, ...]
 
-    Y = S[1:, ...]
-    if mask is not None:
-        Y = xp.where(mask, Y, xp.zeros((), dtype=dtype, device=dev))
-    if reverse:
-        Y = _flip(xp, Y)
-    trace = Trace(kind, X, X1, W_ih, W_hh, S, C, saved, mask, reverse)
-    return Y, h, c, trace
-
 
 def _folded_bias(xp, kind, b_ih, b_hh, size, dtype, dev):
     """The bias added to the hoisted input projection (GRU keeps b_hn out: r multiplies it)."""
@@ -176,7 +189,7 @@ def _folded_bias(xp, kind, b_ih, b_hh, size, dtype, dev):
     return bias
 
 
-def sequence_backward(trace, dY=None, dh_T=None, dc_T=None):
+def sequence_backward(trace, dY=None, dh_T=None, dc_T=None, ops=None):
     """Back-propagate through a whole sequence.
 
     Parameters
@@ -184,6 +197,7 @@ def sequence_backward(trace, dY=None, dh_T=None, dc_T=None):
     trace : Trace from :func:`sequence_forward`
     dY : (T, m, n_a) gradient of the outputs Y, or None
     dh_T, dc_T : (m, n_a) gradients of the final states, or None
+    ops : the step implementation; None for ``ops_for`` (the arrays' default)
 
     Returns
     -------
@@ -192,7 +206,7 @@ def sequence_backward(trace, dY=None, dh_T=None, dc_T=None):
     """
     tr = trace
     xp = array_namespace(tr.X)
-    ops = ops_for(xp, tr.X.dtype)
+    ops = ops_for(xp, tr.X.dtype) if ops is None else ops
     kind, X, S, C, mask = tr.kind, tr.X, tr.S, tr.C, tr.mask
     T, m, n_x = X.shape
     n_a = tr.W_hh.shape[1]
@@ -221,32 +235,12 @@ def sequence_backward(trace, dY=None, dh_T=None, dc_T=None):
     dZ = empty(T, m, G * n_a)
     dHW = empty(T, m, G * n_a) if kind == "gru" else dZ
     W_hh = tr.W_hh
-    dh_buffers = [empty(m, n_a) for _ in range(2)]
-    no_dy = xp.zeros((m, n_a), dtype=dtype, device=dev) if dY is None else None
-    for t in range(T - 1, -1, -1):
-        # The step adds dY[t] to dh itself; dh stays the part that came through W_hh.
-        dy = dY[t, ...] if dY is not None else no_dy
-        dh_direct = dc_prev = None
-        if kind == "rnn":
-            ops.rnn_backward(S, t, dh, dy, dZ)
-        elif kind == "lstm":
-            dc_prev = ops.lstm_backward(tr.saved, C, t, dh, dy, dc, dZ)
-        else:
-            dh_direct = ops.gru_backward(tr.saved, S, t, dh, dy, dZ, dHW)
-        if mask is not None:
-            dZ[t, ...] = xp.where(mask[t, ...], dZ[t, ...], zero)
-            if kind == "gru":
-                dHW[t, ...] = xp.where(mask[t, ...], dHW[t, ...], zero)
-                dh_direct = xp.where(mask[t, ...], dh_direct, dh)
-            else:
-                dh_direct = xp.where(mask[t, ...], zero, dh)
-            if dc_prev is not None:
-                dc_prev = xp.where(mask[t, ...], dc_prev, dc)
-        # two buffers in turn: the product never lands in the array this step read as dh
-        dh_prev = ops.matmul(dHW[t, ...], W_hh, dh_buffers[t % 2])
-        if dh_direct is not None:
-            dh_prev = dh_prev + dh_direct
-        dh, dc = dh_prev, dc_prev
+    direct = ops.direct_steps(dtype) if mask is None else None
+    if direct is not None:
+        dh, dc = direct.backward(kind, tr.saved, S, C, c_order(xp, W_hh), dY, c_order(xp, dh),
+                                 None if dc is None else c_order(xp, dc), dZ, dHW, empty)
+    else:
+        dh, dc = _backward_steps(ops, xp, kind, tr.saved, S, C, W_hh, dY, dh, dc, dZ, dHW, mask, empty)
 
     dZ2 = xp.reshape(dZ, (T * m, G * n_a))
     dHW2 = xp.reshape(dHW, (T * m, G * n_a))
@@ -267,3 +261,37 @@ def sequence_backward(trace, dY=None, dh_T=None, dc_T=None):
         "dc0": dc,
     }
     return grads
+
+
+def _backward_steps(ops, xp, kind, saved, S, C, W_hh, dY, dh, dc, dZ, dHW, mask, empty):
+    """The backward time loop through the ops' step methods (any ops, masks included); returns (dh0, dc0)."""
+    T, m, _ = dZ.shape
+    n_a = S.shape[2]
+    zero = xp.zeros((), dtype=dZ.dtype, device=device_of(dZ))
+    dh_buffers = [empty(m, n_a) for _ in range(2)]
+    no_dy = xp.zeros((m, n_a), dtype=dZ.dtype, device=device_of(dZ)) if dY is None else None
+    for t in range(T - 1, -1, -1):
+        # The step adds dY[t] to dh itself; dh stays the part that came through W_hh.
+        dy = dY[t, ...] if dY is not None else no_dy
+        dh_direct = dc_prev = None
+        if kind == "rnn":
+            ops.rnn_backward(S, t, dh, dy, dZ)
+        elif kind == "lstm":
+            dc_prev = ops.lstm_backward(saved, C, t, dh, dy, dc, dZ)
+        else:
+            dh_direct = ops.gru_backward(saved, S, t, dh, dy, dZ, dHW)
+        if mask is not None:
+            dZ[t, ...] = xp.where(mask[t, ...], dZ[t, ...], zero)
+            if kind == "gru":
+                dHW[t, ...] = xp.where(mask[t, ...], dHW[t, ...], zero)
+                dh_direct = xp.where(mask[t, ...], dh_direct, dh)
+            else:
+                dh_direct = xp.where(mask[t, ...], zero, dh)
+            if dc_prev is not None:
+                dc_prev = xp.where(mask[t, ...], dc_prev, dc)
+        # two buffers in turn: the product never lands in the array this step read as dh
+        dh_prev = ops.matmul(dHW[t, ...], W_hh, dh_buffers[t % 2])
+        if dh_direct is not None:
+            dh_prev = dh_prev + dh_direct
+        dh, dc = dh_prev, dc_prev
+    return dh, dc

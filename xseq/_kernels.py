@@ -23,7 +23,10 @@ first launched: ``import xseq`` never touches CUDA.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import warnings
 from dataclasses import dataclass
 
 from ._pointwise import ArrayAPIOps
@@ -239,19 +242,391 @@ class FusedSteps:
 
 
 class FusedCupyOps(FusedSteps, ArrayAPIOps):
-    """Step implementation for CuPy arrays: one ``ElementwiseKernel`` launch per step and direction.
+    """Step implementation for CuPy arrays: one kernel launch per step and direction.
 
     The step methods are :class:`FusedSteps`'; the rest -- buffers, products,
     the output softmax -- is the reference's. Launches go through the
     module-level :func:`kernel`, which is also what lets
     ``tests/test_kernels_exec.py`` run these methods with a host build of
     the same sources.
+
+    Where a whole unmasked sequence runs, the engine takes the time loop from
+    :meth:`direct_steps` instead: the same kernels launched by address
+    (:class:`DirectSteps`), without the step methods' array views.
+    ``direct`` picks the device that launches them: None for the checked
+    CuPy device of :func:`cupy_direct_device` (``XSEQ_DIRECT=0`` turns it
+    off), False for never, or a device object (the tests' host build).
     """
 
     name = "fused-cupy"
+
+    def __init__(self, xp, direct=None):
+        super().__init__(xp)
+        self._direct = direct
 
     def _launch(self, name, *args):
         kernel(name)(*args)
 
     def _step_array(self, key, like):
         return self.xp.empty_like(like)
+
+    def direct_steps(self, dtype):
+        device = cupy_direct_device(dtype) if self._direct is None else self._direct
+        return DirectSteps(device) if device else None
+
+
+# ---------------------------------------------------------------- direct launches
+#
+# At the sizes a GPU finishes a step in a few microseconds, the fused path is bound by the host:
+# per step, the engine slices half a dozen step views out of the sequence buffers, CuPy's matmul
+# checks and dispatches its operands, and ElementwiseKernel analyses seven arguments -- tens of
+# microseconds of Python and CuPy per step for microseconds of GPU work. The direct loop below does
+# the same work with two host calls per step: cuBLAS's gemm and the raw kernel, both given
+# addresses computed from each buffer's base address and its stride per step.
+
+#: Threads per block of a direct launch (ElementwiseKernel's default too).
+THREADS = 128
+
+
+def raw_kernel_function(name, src):
+    """One kernel as a standalone ``extern "C" __global__`` function.
+
+    Binds the parameters the way ``cupy.ElementwiseKernel`` does (``raw``
+    arrays as pointers indexed by hand, the others as references to element
+    ``i``, inputs const; ``xseq._host_kernels.elementwise_signature``) inside
+    a grid-stride loop over the ``_n`` elements, the last parameter.
+    """
+    from ._host_kernels import elementwise_signature
+
+    params, bindings = elementwise_signature(name, src)
+    return f"""
+extern "C" __global__ void {name}({", ".join(params)}) {{
+    for (ptrdiff_t i = static_cast<ptrdiff_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < _n;
+         i += static_cast<ptrdiff_t>(blockDim.x) * gridDim.x) {{
+        {bindings}
+        {src.operation}
+    }}
+}}
+"""
+
+
+def raw_kernel_module(ctype, kernels=None):
+    """The CUDA module of every kernel in ``kernels`` (default :data:`KERNELS`) for one element type.
+
+    What the direct loop compiles with ``cupy.RawModule``, what
+    ``tests/test_kernels_compile.py`` compiles with NVRTC and what
+    ``tests/test_direct_steps.py`` runs on the host.
+    """
+    kernels = KERNELS if kernels is None else kernels
+    preambles = {src.preamble for src in kernels.values()}
+    if len(preambles) != 1:
+        raise ValueError("the kernels of one module must share their preamble")
+    functions = "".join(raw_kernel_function(name, src) for name, src in kernels.items())
+    return f"typedef {ctype} T;\n{preambles.pop()}{functions}"
+
+
+def colmajor_gemm(m, n, k, a, lda, b, ldb, c, ldc):
+    """BLAS arguments (column-major, no transposes) for the row-major product ``C = A @ B``.
+
+    ``A`` is ``(m, k)``, ``B`` is ``(k, n)``, ``C`` is ``(m, n)``, each given by
+    address and row stride in elements. Read column-major, a row-major matrix
+    is its transpose, so the call computes ``C.T = B.T @ A.T``: returns
+    ``(M, N, K, A', lda', B', ldb', C', ldc')`` for ``gemm('N', 'N', ...)``.
+    """
+    return n, m, k, b, ldb, a, lda, c, ldc
+
+
+def _c_contiguous(shape, strides, itemsize):
+    expected = itemsize
+    for size, stride in zip(reversed(shape), reversed(strides)):
+        if size > 1 and stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def block_address(device, a):
+    """The address of ``a``, which the kernels and the gemm read as one C-contiguous block of the device's dtype."""
+    if a.dtype != device.dtype or not _c_contiguous(a.shape, a.strides, a.itemsize):
+        raise ValueError(f"direct steps need C-contiguous {device.dtype} blocks; got {a.dtype} "
+                         f"of shape {a.shape} with strides {a.strides}")
+    return device.address(a)
+
+
+def step_blocks(device, a):
+    """``(address of a[0], bytes from a[t] to a[t+1])`` for a ``(T, rows, cols)`` buffer.
+
+    Each step's block must be C-contiguous; the stride between steps may be
+    anything, negative for a view flipped in time.
+    """
+    return block_address(device, a[0, ...]), a.strides[0]
+
+
+class DirectSteps:
+    """The time loops of ``_engine`` with one gemm and one kernel launch per step, by address.
+
+    ``device`` launches, inside its ``session()`` context: ``address(array)``, ``launch(name, n, args)`` (kernel
+    ``name`` of :data:`KERNELS` over ``n`` elements; ``args`` its parameters
+    as Python ints: addresses, and ``n_a``) and ``gemm(m, n, k, a, lda, b,
+    ldb, beta, c, ldc)`` (row-major ``C = A @ B + beta*C`` by address, ``beta``
+    0 or 1). :class:`CupyDevice` is the GPU's; the tests drive the same loops
+    with a host build. Same arithmetic and buffer writes as the engine's
+    loops over the :class:`FusedSteps` methods.
+    """
+
+    def __init__(self, device):
+        self.device = device
+
+    def forward(self, kind, XW, W_hhT, b_hn, saved, S, C, hw):
+        """Steps ``0..T-1`` of an unmasked forward pass: writes ``S[1:]``, ``C[1:]``, ``saved``."""
+        with self.device.session() as dev:
+            self._forward(dev, kind, XW, W_hhT, b_hn, saved, S, C, hw)
+
+    @staticmethod
+    def _forward(dev, kind, XW, W_hhT, b_hn, saved, S, C, hw):
+        T, m, GN = XW.shape
+        if T == 0:
+            return
+        n_a = S.shape[2]
+        n = m * n_a
+        xw0, xw_step = step_blocks(dev, XW)
+        s0, s_step = step_blocks(dev, S)
+        hw_p, w_p = block_address(dev, hw), block_address(dev, W_hhT)
+        if kind == "lstm":
+            c0, c_step = step_blocks(dev, C)
+            g0, g_step = step_blocks(dev, saved)
+        elif kind == "gru":
+            g0, g_step = step_blocks(dev, saved)
+            b_hn_p = block_address(dev, b_hn)
+        for t in range(T):
+            h = s0 + t * s_step
+            dev.gemm(m, GN, n_a, h, n_a, w_p, GN, 0, hw_p, GN)  # hw = h @ W_hh.T
+            xw = xw0 + t * xw_step
+            if kind == "rnn":
+                dev.launch("xseq_rnn_forward", n, (xw, hw_p, h + s_step))
+            elif kind == "lstm":
+                c = c0 + t * c_step
+                dev.launch("xseq_lstm_forward", n, (xw, hw_p, c, n_a, g0 + t * g_step, c + c_step, h + s_step))
+            else:
+                dev.launch("xseq_gru_forward", n, (xw, hw_p, b_hn_p, h, n_a, g0 + t * g_step, h + s_step))
+
+    def backward(self, kind, saved, S, C, W_hh, dY, dh, dc, dZ, dHW, empty):
+        """Steps ``T-1..0`` of an unmasked backward pass: writes ``dZ`` (and ``dHW``); returns ``(dh0, dc0)``.
+
+        ``dY`` is ``(T, m, n_a)`` or None, ``dh``/``dc`` the gradients of the
+        final states (C-contiguous, ``dc`` None but for the LSTM), ``empty(*shape)``
+        allocates the loop's own buffers.
+        """
+        with self.device.session() as dev:
+            return self._backward(dev, kind, saved, S, C, W_hh, dY, dh, dc, dZ, dHW, empty)
+
+    @staticmethod
+    def _backward(dev, kind, saved, S, C, W_hh, dY, dh, dc, dZ, dHW, empty):
+        T, m, GN = dZ.shape
+        if T == 0:
+            return dh, dc
+        n_a = S.shape[2]
+        n = m * n_a
+        s0, s_step = step_blocks(dev, S)
+        z0, z_step = step_blocks(dev, dZ)
+        hw0, hw_step = step_blocks(dev, dHW)
+        w_p = block_address(dev, W_hh)
+        if dY is None:  # no output gradient: every step reads one block of zeros
+            dY = empty(1, m, n_a)
+            dY[...] = 0
+            dy0, dy_step = block_address(dev, dY), 0
+        else:
+            dy0, dy_step = step_blocks(dev, dY)
+        if kind != "rnn":
+            g0, g_step = step_blocks(dev, saved)
+        if kind == "lstm":
+            c0, c_step = step_blocks(dev, C)
+            dc_buffers = [empty(m, n_a) for _ in range(2)]
+            dc_p = block_address(dev, dc)
+        dh_buffers = [empty(m, n_a) for _ in range(2)]
+        dh_p = block_address(dev, dh)
+        # Two buffers in turn for dh (and dc): a step never writes the array it reads.
+        for t in range(T - 1, -1, -1):
+            dh_prev = dh_buffers[t % 2]
+            dh_prev_p, dy, dz = dev.address(dh_prev), dy0 + t * dy_step, z0 + t * z_step
+            beta = 0
+            if kind == "rnn":
+                dev.launch("xseq_rnn_backward", n, (s0 + (t + 1) * s_step, dh_p, dy, dz))
+            elif kind == "lstm":
+                dc = dc_buffers[t % 2]
+                c = c0 + t * c_step
+                args = (g0 + t * g_step, c, c + c_step, dh_p, dy, dc_p, n_a, dz, dev.address(dc))
+                dev.launch("xseq_lstm_backward", n, args)
+                dc_p = dev.address(dc)
+            else:
+                # the kernel writes the direct part of dh_prev; the gemm adds the part through W_hh
+                args = (g0 + t * g_step, s0 + t * s_step, dh_p, dy, n_a, dz, hw0 + t * hw_step, dh_prev_p)
+                dev.launch("xseq_gru_backward", n, args)
+                beta = 1
+            dev.gemm(m, n_a, GN, hw0 + t * hw_step, GN, w_p, n_a, beta, dh_prev_p, n_a)  # dh_prev (+)= dHW[t] @ W_hh
+            dh, dh_p = dh_prev, dh_prev_p
+        return dh, dc
+
+
+class CupyDevice:
+    """Direct launches on the current CUDA device for one dtype: raw kernels and cuBLAS's gemm.
+
+    The kernels are :func:`raw_kernel_module` compiled by ``cupy.RawModule``
+    (with ``-ftz=true``, as ElementwiseKernel compiles); the gemm is CuPy's
+    binding of ``cublas<S|D>gemm`` on CuPy's handle for the device, alpha and
+    beta in host memory. Use inside :meth:`session`, which binds the handle
+    to the current stream and to host pointers, and restores the mode after.
+    """
+
+    def __init__(self, dtype):
+        import cupy
+        import numpy
+        from cupy_backends.cuda.libs import cublas
+
+        self.dtype = numpy.dtype(dtype)
+        ctype = {"float32": "float", "float64": "double"}[self.dtype.name]
+        module = cupy.RawModule(code=raw_kernel_module(ctype), options=("-ftz=true",))
+        self._kernels = {
+            name: (module.get_function(name), [typ == "int32" for _, typ, _, _ in src.parameters()])
+            for name, src in KERNELS.items()
+        }
+        self._int32, self._address_type, self._size_type = numpy.int32, numpy.uint64, numpy.int64
+        self._cupy, self._cublas = cupy, cublas
+        self._gemm = cublas.sgemm if ctype == "float" else cublas.dgemm
+        self._handle = cupy.cuda.device.get_cublas_handle()
+        self._scalars = numpy.array([0, 1], dtype=self.dtype)  # beta = 0, alpha = beta = 1
+        self._zero = self._scalars.ctypes.data
+        self._one = self._zero + self.dtype.itemsize
+
+    @contextlib.contextmanager
+    def session(self):
+        cublas = self._cublas
+        cublas.setStream(self._handle, self._cupy.cuda.get_current_stream().ptr)
+        mode = cublas.getPointerMode(self._handle)
+        cublas.setPointerMode(self._handle, cublas.CUBLAS_POINTER_MODE_HOST)
+        try:
+            yield self
+        finally:
+            cublas.setPointerMode(self._handle, mode)
+
+    def address(self, a):
+        return a.data.ptr
+
+    def launch(self, name, n, args):
+        function, is_int = self._kernels[name]
+        typed = [self._int32(v) if i else self._address_type(v) for i, v in zip(is_int, args)]
+        typed.append(self._size_type(n))
+        function(((n + THREADS - 1) // THREADS,), (THREADS,), tuple(typed))
+
+    def gemm(self, m, n, k, a, lda, b, ldb, beta, c, ldc):
+        M, N, K, A, LDA, B, LDB, C, LDC = colmajor_gemm(m, n, k, a, lda, b, ldb, c, ldc)
+        op_n = self._cublas.CUBLAS_OP_N
+        self._gemm(self._handle, op_n, op_n, M, N, K, self._one, A, LDA, B, LDB,
+                   self._one if beta else self._zero, C, LDC)
+
+
+def direct_enabled():
+    """Whether CuPy arrays may take the direct loop (``XSEQ_DIRECT=0`` turns it off)."""
+    return os.environ.get("XSEQ_DIRECT", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+#: ``(dtype name, device id) -> (CupyDevice or None, reason)``: built and checked once each.
+_DIRECT = {}
+
+
+def cupy_direct_device(dtype):
+    """The checked :class:`CupyDevice` for ``dtype`` on the current device, or None.
+
+    Built on first use and checked once per process, dtype and device: a
+    small RNN, LSTM and GRU, forward and backward, through the direct loop
+    and through the step methods must agree (:func:`check_direct`). The
+    cuBLAS binding it calls is CuPy's low-level one, not its documented API;
+    if that ever changes, or anything else fails, the engine keeps the step
+    methods (same results, more host time per step), the reason is in
+    :func:`direct_status` and a ``RuntimeWarning`` says so once.
+    """
+    if not direct_enabled():
+        return None
+    import numpy
+
+    dtype = numpy.dtype(dtype)
+    if dtype.name not in ("float32", "float64"):
+        return None
+    key = (dtype.name, _device_id())
+    if key not in _DIRECT:
+        _DIRECT[key] = (None, "being checked")  # a check that re-enters gets the step methods
+        try:
+            device = CupyDevice(dtype)
+            check_direct(device)
+            _DIRECT[key] = (device, "")
+        except Exception as exc:  # any failure is a reason to keep the step methods
+            reason = f"{type(exc).__name__}: {exc}"
+            _DIRECT[key] = (None, reason)
+            warnings.warn(f"xseq: direct CuPy launches disabled for {dtype.name}, using the step methods ({reason})",
+                          RuntimeWarning, stacklevel=3)
+    return _DIRECT[key][0]
+
+
+def _device_id():
+    import cupy
+
+    return cupy.cuda.Device().id
+
+
+def direct_status():
+    """How CuPy's time loops run, and why: a line for humans (bench_gpu.py prints it)."""
+    if not direct_enabled():
+        return "step methods (XSEQ_DIRECT=0)"
+    if not _DIRECT:
+        return "direct launches (not used yet in this process)"
+    return "; ".join(
+        f"{dtype} on device {dev}: " + ("direct launches" if device else f"step methods ({reason})")
+        for (dtype, dev), (device, reason) in sorted(_DIRECT.items())
+    )
+
+
+def check_direct(device, xp=None):
+    """Run a small sequence of each cell through ``device``'s direct loop and the step methods; raise if they differ.
+
+    Both sides launch the same kernel source and differ only in the gemm's
+    implementation (rounding); a wrong address, stride or gemm argument
+    differs by the size of the values. ``xp`` is the arrays' namespace
+    (CuPy's by default).
+    """
+    import numpy
+
+    from . import _engine
+
+    if xp is None:
+        import array_api_compat.cupy as xp
+    dtype = device.dtype
+    tol = 1e-4 if dtype == numpy.float32 else 1e-10
+    rng = numpy.random.default_rng(12345)
+    T, m, n_x, n_a = 3, 4, 3, 5
+
+    def draw(*shape):
+        return xp.asarray(rng.standard_normal(shape).astype(dtype))
+
+    for kind, G in _engine.GATES.items():
+        args = (kind, draw(T, m, n_x), draw(G * n_a, n_x), draw(G * n_a, n_a), draw(G * n_a), draw(G * n_a),
+                draw(m, n_a), draw(m, n_a) if kind == "lstm" else None)
+        grads = dict(dY=draw(T, m, n_a), dh_T=draw(m, n_a), dc_T=draw(m, n_a) if kind == "lstm" else None)
+        results = []
+        for ops in (FusedCupyOps(xp, direct=False), FusedCupyOps(xp, direct=device)):
+            Y, h, c, trace = _engine.sequence_forward(*args, ops=ops)
+            back = _engine.sequence_backward(trace, **grads, ops=ops)
+            results.append(dict(Y=Y, h=h, c=c, **back))
+        for key, want in results[0].items():
+            if want is None:
+                continue
+            want = numpy.asarray(_to_host(want), dtype=numpy.float64)
+            got = numpy.asarray(_to_host(results[1][key]), dtype=numpy.float64)
+            scale = max(float(numpy.max(numpy.abs(want), initial=0.0)), 1.0)
+            err = float(numpy.max(numpy.abs(got - want), initial=0.0))
+            if not err <= tol * scale:
+                raise RuntimeError(f"self-check: {kind} {key} differs from the step methods by {err:.3g}")
+
+
+def _to_host(a):
+    get = getattr(a, "get", None)  # CuPy arrays copy to the host with .get()
+    return get() if callable(get) else a

@@ -149,6 +149,10 @@ class ArrayAPIOps:
         out[...] = x
         return out
 
+    def direct_steps(self, dtype):
+        """An object that runs whole unmasked time loops (``_kernels.DirectSteps``), or None: the engine's loops."""
+        return None
+
     def softmax_rows(self, z):
         """Softmax over the last axis of the 2-D array ``z`` (the engine's own, may be overwritten)."""
         from .activations import softmax_along
