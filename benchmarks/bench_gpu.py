@@ -2,11 +2,15 @@
 
 What is timed
 -------------
-A one-layer LSTM in float32, time-major, over a whole sequence, three ways:
+A one-layer LSTM in float32, time-major, over a whole sequence, four ways:
 
 * ``fused``: ``xseq._engine.sequence_forward`` / ``sequence_backward`` on CuPy
-  arrays, with the per-step pointwise work in one fused ``ElementwiseKernel``
-  per step (the default for CuPy);
+  arrays as dispatched by default: the direct loop (``_kernels.DirectSteps``
+  on ``CupyDevice``), per step one cuBLAS gemm and one launch of the fused
+  kernel, by address;
+* ``fused-steps``: the same with ``XSEQ_DIRECT=0``: the engine's own loop over
+  the fused step methods (one ``ElementwiseKernel`` and one ``cupy.matmul``
+  per step on array views; the default before the direct loop);
 * ``array-api``: the same calls with ``XSEQ_FUSED=0``, so the pointwise work
   is the array-API reference (``xseq._pointwise.ArrayAPIOps``);
 * ``cudnn``: ``torch.nn.LSTM`` on CUDA, which PyTorch runs with cuDNN.
@@ -23,7 +27,7 @@ runs with autograd on) and ``forward+backward`` (gradients of the input,
 the weights, the biases and the initial state for an upstream gradient
 ``dY`` of every output; torch: ``y.backward(dY)`` with ``x.requires_grad``).
 
-TF32 is off for torch (``--tf32`` turns it on), so that all three do
+TF32 is off for torch (``--tf32`` turns it on), so that all four do
 float32 GEMMs; CuPy does not use TF32 unless ``CUPY_TF32=1``.
 
 Sizes (``--sizes``): ``small`` I=123, H=320, N=64, T=100 and ``deepbench``
@@ -43,12 +47,13 @@ The table shows the median of all timed iterations of all rounds (at least
 5 per cell by default: 3 rounds of 5).
 
 Before timing, a check process (``--no-check`` skips it) verifies on a small
-size that xseq (fused and array-API) and cuDNN compute the same outputs and
-gradients from the same weights.
+size that xseq (all three ways) and cuDNN compute the same outputs and
+gradients from the same weights, and that the direct loop is in use (not
+fallen back to the step methods after a failed self-check).
 
 Usage::
 
-    python benchmarks/bench_gpu.py                      # both sizes, all three contenders
+    python benchmarks/bench_gpu.py                      # both sizes, all four contenders
     python benchmarks/bench_gpu.py --sizes small --rounds 5
     python benchmarks/bench_gpu.py --contenders fused array-api   # without PyTorch
     python benchmarks/bench_gpu.py --worker fused deepbench       # one worker, prints JSON
@@ -70,7 +75,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 SIZES = {"small": (123, 320, 64, 100), "deepbench": (1024, 1024, 128, 25)}
-CONTENDERS = ("fused", "array-api", "cudnn")
+CONTENDERS = ("fused", "fused-steps", "array-api", "cudnn")
+XSEQ_ENV = {  # the switches each xseq contender runs under
+    "fused": {"XSEQ_FUSED": "1", "XSEQ_DIRECT": "1"},
+    "fused-steps": {"XSEQ_FUSED": "1", "XSEQ_DIRECT": "0"},
+    "array-api": {"XSEQ_FUSED": "0", "XSEQ_DIRECT": "1"},
+}
 MODES = ("forward", "forward+backward")
 CHECK_SIZE = (13, 24, 5, 9)
 
@@ -142,7 +152,7 @@ def lstm_weights(size, seed=0):
 
 
 def xseq_runner(size):
-    """(forward, forward_backward, sync, which ops run) for xseq on CuPy; XSEQ_FUSED is set by the parent."""
+    """(forward, forward_backward, sync, which ops run) for xseq on CuPy; XSEQ_FUSED/XSEQ_DIRECT are set by the caller."""
     import array_api_compat
     import cupy
 
@@ -162,7 +172,13 @@ def xseq_runner(size):
     def sync():
         cupy.cuda.Device().synchronize()
 
-    return forward, forward_backward, sync, type(ops_for(xp)).__name__
+    def describe():  # after a first run: whether the direct loop passed its self-check
+        from xseq._kernels import direct_status
+
+        ops = type(ops_for(xp)).__name__
+        return f"{ops}, {direct_status()}" if ops == "FusedCupyOps" else ops
+
+    return forward, forward_backward, sync, describe
 
 
 def torch_lstm(size, tf32):
@@ -201,7 +217,7 @@ def cudnn_runner(size, tf32=False):
         y, _ = lstm(x, (h0, c0))
         y.backward(dY)
 
-    return forward, forward_backward, torch.cuda.synchronize, "torch.nn.LSTM (cuDNN)"
+    return forward, forward_backward, torch.cuda.synchronize, lambda: "torch.nn.LSTM (cuDNN)"
 
 
 def worker(contender, size, warmup, iters, tf32):
@@ -210,7 +226,7 @@ def worker(contender, size, warmup, iters, tf32):
         forward, forward_backward, sync, ops = cudnn_runner(size, tf32)
     else:
         forward, forward_backward, sync, ops = xseq_runner(size)
-    result = {"ops": ops}
+    result = {}
     for mode, fn in (("forward", forward), ("forward+backward", forward_backward)):
         for _ in range(warmup):
             fn()
@@ -223,11 +239,12 @@ def worker(contender, size, warmup, iters, tf32):
             sync()
             times.append((time.perf_counter() - t0) * 1e3)
         result[mode] = times
+    result["ops"] = ops()
     print(json.dumps(result))
 
 
 def check(tf32):
-    """Fused, array-API and cuDNN agree on a small problem (outputs and every gradient)."""
+    """xseq's three ways and cuDNN agree on a small problem (outputs and every gradient); the direct loop is in use."""
     import cupy
     import numpy as np
 
@@ -235,14 +252,17 @@ def check(tf32):
 
     size = CHECK_SIZE
     results = {}
-    for contender in ("fused", "array-api"):
-        os.environ["XSEQ_FUSED"] = "1" if contender == "fused" else "0"
+    for contender, env in XSEQ_ENV.items():
+        os.environ.update(env)
         forward, _, _, ops = xseq_runner(size)
         Y, _, _, trace = forward()
         g = _engine.sequence_backward(trace, dY=cupy.asarray(lstm_weights(size)["dY"]))
         got = dict(Y=Y, dX=g["dX"], dW_ih=g["dW_ih"], dW_hh=g["dW_hh"], db=g["db_ih"], dh0=g["dh0"], dc0=g["dc0"])
         results[contender] = {k: cupy.asnumpy(v) for k, v in got.items()}
-        print(f"check: {contender} runs {ops}")
+        status = ops()
+        print(f"check: {contender} runs {status}")
+        if contender == "fused" and ": direct launches" not in status:
+            sys.exit("check failed: the direct loop is not in use (see the reason above)")
     lstm, x, h0, c0, dY = torch_lstm(size, tf32)
     y, _ = lstm(x, (h0, c0))
     y.backward(dY)
@@ -250,21 +270,19 @@ def check(tf32):
                db=lstm.bias_ih_l0.grad, dh0=h0.grad[0], dc0=c0.grad[0])
     results["cudnn"] = {k: v.detach().cpu().numpy() for k, v in got.items()}
     worst = 0.0
-    for other in ("array-api", "cudnn"):
+    for other in ("fused-steps", "array-api", "cudnn"):
         for key, want in results[other].items():
             diff = np.max(np.abs(results["fused"][key] - want)) / max(float(np.max(np.abs(want))), 1e-30)
             worst = max(worst, float(diff))
             if diff > 1e-4:
                 sys.exit(f"check failed: fused and {other} differ in {key} by {diff:.2e} of its largest value")
-    print(f"check: fused, array-API and cuDNN agree (largest difference {worst:.1e} of a result's largest value)")
+    print(f"check: fused, fused-steps, array-API and cuDNN agree (largest difference {worst:.1e} of a result's largest value)")
 
 
 # ---------------------------------------------------------------- parent
 
 def run_worker(contender, size, args):
-    env = dict(os.environ)
-    if contender != "cudnn":
-        env["XSEQ_FUSED"] = "1" if contender == "fused" else "0"
+    env = {**os.environ, **XSEQ_ENV.get(contender, {})}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", contender, "x".join(map(str, size)),
            "--warmup", str(args.warmup), "--iters", str(args.iters)] + (["--tf32"] if args.tf32 else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
@@ -283,7 +301,8 @@ def ratio(a, b):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        description="Time xseq's fused CuPy LSTM against its array-API path (XSEQ_FUSED=0) and torch.nn.LSTM (cuDNN).",
+        description="Time xseq's fused CuPy LSTM (direct loop; step methods with XSEQ_DIRECT=0) against its "
+                    "array-API path (XSEQ_FUSED=0) and torch.nn.LSTM (cuDNN).",
         epilog="Needs a CUDA GPU, CuPy and (for the cudnn contender) PyTorch with CUDA.",
     )
     parser.add_argument("--sizes", nargs="+", type=parse_size, default=list(SIZES.values()),
@@ -332,12 +351,13 @@ def main(argv=None):
                     print(f"  {size_label(size)}: {contender} runs {result['ops']}", flush=True)
 
     med = {key: statistics.median(v) for key, v in times.items()}
-    header = ["size", "mode", "fused ms", "array-API ms", "cuDNN ms", "fused/cuDNN", "array-API/cuDNN", "array-API/fused"]
+    header = ["size", "mode", "fused ms", "fused-steps ms", "array-API ms", "cuDNN ms", "fused/cuDNN",
+              "fused-steps/fused", "array-API/fused"]
     rows = []
     for size in args.sizes:
         for mode in MODES:
-            f, a, c = (med.get((size, k, mode)) for k in CONTENDERS)
-            rows.append([size_label(size), mode, fmt(f), fmt(a), fmt(c), ratio(f, c), ratio(a, c), ratio(a, f)])
+            f, s, a, c = (med.get((size, k, mode)) for k in CONTENDERS)
+            rows.append([size_label(size), mode, fmt(f), fmt(s), fmt(a), fmt(c), ratio(f, c), ratio(s, f), ratio(a, f)])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     print()
     for row in [header, ["-" * w for w in widths], *rows]:

@@ -1,9 +1,11 @@
 """The fused CuPy kernels against the array-API path, on a GPU.
 
 Runs whole sequences through ``xseq._engine.sequence_forward`` and
-``sequence_backward`` twice on the same CuPy arrays: once as dispatched by
-default (``FusedCupyOps``) and once with ``XSEQ_FUSED=0`` (``ArrayAPIOps``,
-the reference), and compares every output and gradient. Skipped where CuPy
+``sequence_backward`` on the same CuPy arrays: as dispatched by default
+(``FusedCupyOps``; unmasked sequences take the direct loop, ``DirectSteps``
+on ``CupyDevice``), with ``XSEQ_DIRECT=0`` (the engine's loop over the fused
+step methods) and with ``XSEQ_FUSED=0`` (``ArrayAPIOps``, the reference),
+and compares every output and gradient. Skipped where CuPy
 has no usable GPU; ``tests/test_kernels_compile.py`` and
 ``tests/test_kernels_exec.py`` check the kernels' source without one.
 """
@@ -27,7 +29,7 @@ pytestmark = pytest.mark.skipif(_gpu_missing() is not None, reason=str(_gpu_miss
 
 import array_api_compat  # noqa: E402
 
-from xseq import _engine  # noqa: E402
+from xseq import _engine, _kernels  # noqa: E402
 from xseq._kernels import FusedCupyOps  # noqa: E402
 from xseq._pointwise import ArrayAPIOps, ops_for  # noqa: E402
 
@@ -73,9 +75,10 @@ def make_case(kind, dtype, masked, weight_scale, seed=0):
     return case
 
 
-def run(kind, case, fused, monkeypatch, fortran_grads=False):
+def run(kind, case, fused, monkeypatch, fortran_grads=False, direct=True):
     """One forward and backward pass on the GPU; returns every result as a host array."""
     monkeypatch.setenv("XSEQ_FUSED", "1" if fused else "0")
+    monkeypatch.setenv("XSEQ_DIRECT", "1" if direct else "0")
     g = {k: (None if v is None else cupy.asarray(v)) for k, v in case.items()}
     if fortran_grads:
         # Non-contiguous final-state gradients reach the kernels' elementwise
@@ -109,26 +112,39 @@ def assert_same(fused, ref, dtype, what):
         np.testing.assert_allclose(got, want, rtol=tol["rtol"], atol=atol, err_msg=f"{what}: {key}")
 
 
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "step-methods"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward-time", "reverse"])
 @pytest.mark.parametrize("masked", [False, True], ids=["full", "masked"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
-def test_fused_matches_array_api(kind, dtype, masked, reverse, monkeypatch):
+def test_fused_matches_array_api(kind, dtype, masked, reverse, direct, monkeypatch):
     for weight_scale in (0.5, 2.0):
         case = make_case(kind, dtype, masked, weight_scale)
         case["reverse"] = reverse
         ref = run(kind, case, fused=False, monkeypatch=monkeypatch)
-        fused = run(kind, case, fused=True, monkeypatch=monkeypatch)
-        assert_same(fused, ref, dtype, f"{kind} {np.dtype(dtype).name} masked={masked} reverse={reverse} scale={weight_scale}")
+        fused = run(kind, case, fused=True, monkeypatch=monkeypatch, direct=direct)
+        what = f"{kind} {np.dtype(dtype).name} masked={masked} reverse={reverse} direct={direct} scale={weight_scale}"
+        assert_same(fused, ref, dtype, what)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_direct_loop_is_in_use(dtype, monkeypatch):
+    """On a GPU the direct loop must pass its self-check: a fallback would keep every other test green, only slower."""
+    monkeypatch.delenv("XSEQ_DIRECT", raising=False)
+    device = _kernels.cupy_direct_device(dtype)
+    assert device is not None, _kernels.direct_status()
+    xp = array_api_compat.array_namespace(cupy.empty(0))
+    assert isinstance(FusedCupyOps(xp).direct_steps(dtype), _kernels.DirectSteps)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "masked"])
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
-def test_fused_handles_strided_state_gradients(kind, monkeypatch):
-    case = make_case(kind, np.float64, masked=True, weight_scale=1.0)
+def test_fused_handles_strided_state_gradients(kind, masked, monkeypatch):
+    case = make_case(kind, np.float64, masked=masked, weight_scale=1.0)
     case["reverse"] = False
     ref = run(kind, case, fused=False, monkeypatch=monkeypatch)
     fused = run(kind, case, fused=True, monkeypatch=monkeypatch, fortran_grads=True)
-    assert_same(fused, ref, np.float64, f"{kind} with Fortran-ordered dh_T/dc_T")
+    assert_same(fused, ref, np.float64, f"{kind} masked={masked} with Fortran-ordered dh_T/dc_T")
 
 
 def test_fused_sigmoid_saturates_cleanly(monkeypatch):
