@@ -579,6 +579,8 @@ def test_a_device_that_fails_its_check_is_not_used(monkeypatch):
     monkeypatch.setattr(_kernels, "check_direct", lambda device: None)
     assert isinstance(_kernels.cupy_direct_device(np.float64), Good)
     assert isinstance(FusedCupyOps(XP).direct_steps(np.float64), _kernels.DirectSteps)
+    assert isinstance(FusedCupyOps(XP).direct_steps(np.float64, SimpleNamespace(id=0)), _kernels.DirectSteps)
+    assert FusedCupyOps(XP).direct_steps(np.float64, SimpleNamespace(id=1)) is None  # not the current device
     assert "float64 on device 0: direct launches" in _kernels.direct_status()
     assert _kernels.cupy_direct_device(np.int32) is None  # no kernels for integers
     monkeypatch.setenv("XSEQ_DIRECT", "0")

@@ -136,7 +136,7 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
     W_hhT = c_order(xp, W_hh.T)  # a contiguous right operand makes the per-step GEMM faster
     hw_buffer = empty(m, G * n_a)
     # CuPy: the same loop with two host calls per step and no array views (_kernels.DirectSteps).
-    direct = ops.direct_steps(dtype) if mask is None and chunk == T else None
+    direct = ops.direct_steps(dtype, dev) if mask is None and chunk == T else None
     if direct is not None:
         direct.forward(kind, XW, W_hhT, None if b_hn is None else c_order(xp, b_hn), saved, S, C, hw_buffer)
     else:
@@ -235,7 +235,7 @@ def sequence_backward(trace, dY=None, dh_T=None, dc_T=None, ops=None):
     dZ = empty(T, m, G * n_a)
     dHW = empty(T, m, G * n_a) if kind == "gru" else dZ
     W_hh = tr.W_hh
-    direct = ops.direct_steps(dtype) if mask is None else None
+    direct = ops.direct_steps(dtype, dev) if mask is None else None
     if direct is not None:
         dh, dc = direct.backward(kind, tr.saved, S, C, c_order(xp, W_hh), dY, c_order(xp, dh),
                                  None if dc is None else c_order(xp, dc), dZ, dHW, empty)

@@ -270,9 +270,16 @@ class FusedCupyOps(FusedSteps, ArrayAPIOps):
     def _step_array(self, key, like):
         return self.xp.empty_like(like)
 
-    def direct_steps(self, dtype):
-        device = cupy_direct_device(dtype) if self._direct is None else self._direct
-        return DirectSteps(device) if device else None
+    def direct_steps(self, dtype, device=None):
+        """:class:`DirectSteps` for arrays of ``dtype`` on ``device``, or None for the engine's loop."""
+        if self._direct is not None:
+            return DirectSteps(self._direct) if self._direct else None
+        # The kernels launch, and cuBLAS runs, on the current device: arrays elsewhere take the step
+        # methods, where CuPy checks the device itself.
+        if device is not None and getattr(device, "id", None) != _device_id():
+            return None
+        launcher = cupy_direct_device(dtype)
+        return DirectSteps(launcher) if launcher else None
 
 
 # ---------------------------------------------------------------- direct launches

@@ -149,7 +149,7 @@ class ArrayAPIOps:
         out[...] = x
         return out
 
-    def direct_steps(self, dtype):
+    def direct_steps(self, dtype, device=None):
         """An object that runs whole unmasked time loops (``_kernels.DirectSteps``), or None: the engine's loops."""
         return None
 
