@@ -19,6 +19,12 @@ The CUDA source lives in :data:`KERNELS`, a registry of plain strings, so
 that the tests can compile it with NVRTC and run it on the host with a C++
 compiler where there is no GPU. Nothing here imports CuPy until a kernel is
 first launched: ``import xseq`` never touches CUDA.
+
+Unmasked sequences skip the step methods altogether: :class:`DirectSteps`
+runs the engine's time loops with one cuBLAS gemm and one ``RawKernel``
+launch of the same source per step, by address (see "direct launches"
+below), because at small sizes the host's time per call, not the GPU's,
+sets the pace.
 """
 
 from __future__ import annotations
@@ -322,7 +328,7 @@ def raw_kernel_module(ctype, kernels=None):
 
     What the direct loop compiles with ``cupy.RawModule``, what
     ``tests/test_kernels_compile.py`` compiles with NVRTC and what
-    ``tests/test_direct_steps.py`` runs on the host.
+    ``tests/test_kernels_exec.py`` runs on the host.
     """
     kernels = KERNELS if kernels is None else kernels
     preambles = {src.preamble for src in kernels.values()}
@@ -372,13 +378,14 @@ def step_blocks(device, a):
 class DirectSteps:
     """The time loops of ``_engine`` with one gemm and one kernel launch per step, by address.
 
-    ``device`` launches, inside its ``session()`` context: ``address(array)``, ``launch(name, n, args)`` (kernel
-    ``name`` of :data:`KERNELS` over ``n`` elements; ``args`` its parameters
-    as Python ints: addresses, and ``n_a``) and ``gemm(m, n, k, a, lda, b,
-    ldb, beta, c, ldc)`` (row-major ``C = A @ B + beta*C`` by address, ``beta``
-    0 or 1). :class:`CupyDevice` is the GPU's; the tests drive the same loops
-    with a host build. Same arithmetic and buffer writes as the engine's
-    loops over the :class:`FusedSteps` methods.
+    ``device`` has ``dtype``, and inside its ``session()`` context it offers
+    ``address(array)``, ``launch(name, n, args)`` (kernel ``name`` of
+    :data:`KERNELS` over ``n`` elements; ``args`` its parameters as Python
+    ints: addresses, and ``n_a``) and ``gemm(m, n, k, a, lda, b, ldb, beta,
+    c, ldc)`` (row-major ``C = A @ B + beta*C`` by address, ``beta`` 0 or 1).
+    :class:`CupyDevice` is the GPU's; the tests drive the same loops with a
+    host build. Same arithmetic and buffer writes as the engine's loops over
+    the :class:`FusedSteps` methods.
     """
 
     def __init__(self, device):
@@ -460,11 +467,11 @@ class DirectSteps:
             if kind == "rnn":
                 dev.launch("xseq_rnn_backward", n, (s0 + (t + 1) * s_step, dh_p, dy, dz))
             elif kind == "lstm":
-                dc = dc_buffers[t % 2]
-                c = c0 + t * c_step
-                args = (g0 + t * g_step, c, c + c_step, dh_p, dy, dc_p, n_a, dz, dev.address(dc))
+                dc_prev = dc_buffers[t % 2]
+                dc_prev_p, c = dev.address(dc_prev), c0 + t * c_step
+                args = (g0 + t * g_step, c, c + c_step, dh_p, dy, dc_p, n_a, dz, dc_prev_p)
                 dev.launch("xseq_lstm_backward", n, args)
-                dc_p = dev.address(dc)
+                dc, dc_p = dc_prev, dc_prev_p
             else:
                 # the kernel writes the direct part of dh_prev; the gemm adds the part through W_hh
                 args = (g0 + t * g_step, s0 + t * s_step, dh_p, dy, n_a, dz, hw0 + t * hw_step, dh_prev_p)
