@@ -34,11 +34,10 @@ import numpy as np
 import pytest
 
 from xseq import _kernels
-from xseq._kernels import KERNELS, FusedCupyOps
+from xseq._kernels import KERNELS, FusedCupyOps, elementwise_signature
 from xseq._pointwise import ArrayAPIOps
 
 from xseq import _host_kernels
-from xseq._host_kernels import elementwise_signature
 
 CXX = next(
     (path for path in (shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++") if c) if path),

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._kernels import KERNELS, FusedSteps
+from ._kernels import KERNELS, FusedSteps, elementwise_signature
 from ._numpy_ops import NumpyOps
 
 CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -77,29 +77,6 @@ FLAG_SETS = (
     ("-O3", "-march=native", "-ffast-math", "-mrecip=none"),
     ("-O3", "-march=native", "-ffast-math"),
 )
-
-
-def elementwise_signature(name, src):
-    """``(parameters, bindings)`` of a ``KernelSource`` as ``cupy.ElementwiseKernel`` binds them.
-
-    ``raw`` parameters are plain pointers indexed by hand; every other parameter
-    is a pointer ``_raw_NAME`` with a reference ``NAME`` bound to element ``i``.
-    Inputs are const. ``bindings`` is the C++ that goes at the top of the loop body.
-    """
-    params, bindings = [], []
-    for pname, typ, raw, is_output in src.parameters():
-        const = "" if is_output else "const "
-        if typ == "int32":
-            params.append(f"const int {pname}")
-        elif typ != "T":
-            raise ValueError(f"kernel {name}: parameter type {typ!r}; the host build knows only T and int32")
-        elif raw:
-            params.append(f"{const}T* {pname}")
-        else:
-            params.append(f"{const}T* _raw_{pname}")
-            bindings.append(f"{const}T &{pname} = _raw_{pname}[i];")
-    params.append("const ptrdiff_t _n")
-    return params, "\n            ".join(bindings)
 
 
 def host_function(name, src, ctype):

@@ -78,6 +78,29 @@ class KernelSource:
         return params
 
 
+def elementwise_signature(name, src):
+    """``(parameters, bindings)`` of a ``KernelSource`` as ``cupy.ElementwiseKernel`` binds them.
+
+    ``raw`` parameters are plain pointers indexed by hand; every other parameter
+    is a pointer ``_raw_NAME`` with a reference ``NAME`` bound to element ``i``.
+    Inputs are const. ``bindings`` is the C++ that goes at the top of the loop body.
+    """
+    params, bindings = [], []
+    for pname, typ, raw, is_output in src.parameters():
+        const = "" if is_output else "const "
+        if typ == "int32":
+            params.append(f"const int {pname}")
+        elif typ != "T":
+            raise ValueError(f"kernel {name}: parameter type {typ!r}; the standalone builds (host, direct) know only T and int32")
+        elif raw:
+            params.append(f"{const}T* {pname}")
+        else:
+            params.append(f"{const}T* _raw_{pname}")
+            bindings.append(f"{const}T &{pname} = _raw_{pname}[i];")
+    params.append("const ptrdiff_t _n")
+    return params, "\n            ".join(bindings)
+
+
 # Operations. Expressions keep the association order of the reference
 # functions in _pointwise.py, so that the host test can demand agreement to a
 # few ulps. ``i`` is CuPy's flat index over the (m, n_a) elements.
@@ -306,11 +329,9 @@ def raw_kernel_function(name, src):
 
     Binds the parameters the way ``cupy.ElementwiseKernel`` does (``raw``
     arrays as pointers indexed by hand, the others as references to element
-    ``i``, inputs const; ``xseq._host_kernels.elementwise_signature``) inside
+    ``i``, inputs const; :func:`elementwise_signature`) inside
     a grid-stride loop over the ``_n`` elements, the last parameter.
     """
-    from ._host_kernels import elementwise_signature
-
     params, bindings = elementwise_signature(name, src)
     return f"""
 extern "C" __global__ void {name}({", ".join(params)}) {{
