@@ -407,21 +407,34 @@ def raw_libs(tmp_path_factory):
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             pytest.fail(f"host build of the direct module failed:\n{' '.join(cmd)}\n{proc.stderr}")
-        libs[dtype] = ctypes.CDLL(str(library))
+        lib = libs[dtype] = ctypes.CDLL(str(library))
+        P, I = ctypes.c_void_p, ctypes.c_int
+        scalar = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+        lib.xseq_set_thread.argtypes = [ctypes.c_uint] * 4
+        lib.xseq_ref_gemm.argtypes = [I, I, I, scalar, P, I, P, I, scalar, P, I]
+        for name, src in KERNELS.items():
+            getattr(lib, name).argtypes = [I if typ == "int32" else P for _, typ, _, _ in src.parameters()] + [
+                ctypes.c_ssize_t]
     return libs
+
+
+def run_grid(lib, name, grid, block, args, n):
+    """Kernel ``name`` of a host-built direct module over ``grid`` blocks of ``block`` threads, one thread at a time."""
+    fn = getattr(lib, name)
+    for b in range(grid):
+        for t in range(block):
+            lib.xseq_set_thread(grid, block, b, t)
+            fn(*args, n)
 
 
 class HostDevice:
     """``CupyDevice``'s interface on the host: the raw module's kernels and a reference gemm, by address."""
 
     THREADS, MAX_BLOCKS = 4, 2  # a small grid: each thread's loop runs over several elements
+    ALPHA = 1.0
 
     def __init__(self, libs, dtype, calls):
         self.dtype, self.lib, self.calls = np.dtype(dtype), libs[np.dtype(dtype)], calls
-        scalar = ctypes.c_float if self.dtype == np.float32 else ctypes.c_double
-        self.lib.xseq_set_thread.argtypes = [ctypes.c_uint] * 4
-        P, I = ctypes.c_void_p, ctypes.c_int
-        self.lib.xseq_ref_gemm.argtypes = [I, I, I, scalar, P, I, P, I, scalar, P, I]
 
     @contextlib.contextmanager
     def session(self):
@@ -435,20 +448,13 @@ class HostDevice:
         params = KERNELS[name].parameters()
         assert len(args) == len(params), f"{name}: {len(args)} arguments for {len(params)} parameters"
         assert all(type(a) is int for a in args), f"{name}: arguments must be Python ints"
-        fn = getattr(self.lib, name)
-        fn.argtypes = [ctypes.c_int if typ == "int32" else ctypes.c_void_p for _, typ, _, _ in params]
-        fn.argtypes += [ctypes.c_ssize_t]
-        grid = max(1, min(-(-n // self.THREADS), self.MAX_BLOCKS))
-        for b in range(grid):
-            for t in range(self.THREADS):
-                self.lib.xseq_set_thread(grid, self.THREADS, b, t)
-                fn(*args, n)
+        run_grid(self.lib, name, max(1, min(-(-n // self.THREADS), self.MAX_BLOCKS)), self.THREADS, args, n)
         self.calls.append(name)
 
     def gemm(self, m, n, k, a, lda, b, ldb, beta, c, ldc):
         assert beta in (0, 1)
         M, N, K, A, LDA, B, LDB, C, LDC = _kernels.colmajor_gemm(m, n, k, a, lda, b, ldb, c, ldc)
-        self.lib.xseq_ref_gemm(M, N, K, 1.0, A, LDA, B, LDB, float(beta), C, LDC)
+        self.lib.xseq_ref_gemm(M, N, K, self.ALPHA, A, LDA, B, LDB, float(beta), C, LDC)
         self.calls.append("gemm" if beta == 0 else "gemm+")
 
 
@@ -528,9 +534,7 @@ def test_masked_sequences_keep_the_step_methods(raw_libs, launches, kind):
 # scalar read from the wrong place, beta ignored, launches lost (as to the wrong stream).
 
 class WrongScale(HostDevice):
-    def gemm(self, m, n, k, a, lda, b, ldb, beta, c, ldc):
-        M, N, K, A, LDA, B, LDB, C, LDC = _kernels.colmajor_gemm(m, n, k, a, lda, b, ldb, c, ldc)
-        self.lib.xseq_ref_gemm(M, N, K, 0.5, A, LDA, B, LDB, float(beta), C, LDC)
+    ALPHA = 0.5
 
 
 class BetaIgnored(HostDevice):
@@ -645,10 +649,6 @@ class FakeCuda:
 
     def kernel(self, dtype, name):
         lib, params = self.raw_libs[dtype], KERNELS[name].parameters()
-        fn = getattr(lib, name)
-        fn.argtypes = [ctypes.c_int if typ == "int32" else ctypes.c_void_p for _, typ, _, _ in params]
-        fn.argtypes += [ctypes.c_ssize_t]
-        lib.xseq_set_thread.argtypes = [ctypes.c_uint] * 4
 
         def call(grid, block, args):
             assert len(args) == len(params) + 1, name
@@ -657,10 +657,7 @@ class FakeCuda:
             assert type(args[-1]) is np.int64, f"{name}: the element count passed as {type(args[-1])}"
             n = int(args[-1])
             assert block == (_kernels.THREADS,) and grid == (-(-n // _kernels.THREADS),), (grid, block)
-            for b in range(grid[0]):
-                for t in range(block[0]):
-                    lib.xseq_set_thread(grid[0], block[0], b, t)
-                    fn(*(int(a) for a in args))
+            run_grid(lib, name, grid[0], block[0], [int(a) for a in args[:-1]], n)
             self.log.append(name)
 
         return call
@@ -670,10 +667,7 @@ class FakeCuda:
         assert transa == transb == self.CUBLAS_OP_N
         scalar = ctypes.c_float if dtype == np.float32 else ctypes.c_double
         alpha, beta = scalar.from_address(alpha).value, scalar.from_address(beta).value  # host memory
-        lib = self.raw_libs[np.dtype(dtype)]
-        P, I = ctypes.c_void_p, ctypes.c_int
-        lib.xseq_ref_gemm.argtypes = [I, I, I, scalar, P, I, P, I, scalar, P, I]
-        lib.xseq_ref_gemm(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+        self.raw_libs[np.dtype(dtype)].xseq_ref_gemm(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
         self.log.append(("gemm", alpha, beta))
 
 
