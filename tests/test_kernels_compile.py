@@ -25,9 +25,10 @@ from pathlib import Path
 
 import pytest
 
+from xseq._kernels import CTYPES as KERNEL_CTYPES
 from xseq._kernels import KERNELS, KernelSource, raw_kernel_module
 
-CTYPES = ("float", "double")
+CTYPES = tuple(KERNEL_CTYPES.values())  # "float", "double"
 
 
 @pytest.fixture(scope="module")

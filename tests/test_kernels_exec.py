@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 from xseq import _kernels
-from xseq._kernels import KERNELS, FusedCupyOps, elementwise_signature
+from xseq._kernels import CTYPES, KERNELS, FusedCupyOps, elementwise_signature
 from xseq._pointwise import ArrayAPIOps
 
 from xseq import _host_kernels
@@ -45,7 +45,6 @@ CXX = next(
 )
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++ or c++) found on PATH")
 
-CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 DTYPES = [np.float32, np.float64]
 
 # NVRTC declares the CUDA qualifiers and float/double overloads of the math

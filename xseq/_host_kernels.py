@@ -49,10 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._kernels import KERNELS, FusedSteps, elementwise_signature
+from ._kernels import CTYPES, KERNELS, FusedSteps, elementwise_signature
 from ._numpy_ops import NumpyOps
-
-CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 # NVRTC declares the CUDA qualifiers and the float/double overloads of the math
 # functions implicitly; on the host the qualifiers mean nothing and the overloads

@@ -35,7 +35,12 @@ import os
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
+
 from ._pointwise import ArrayAPIOps
+
+#: The element types the kernels are built for, and their C names (``T`` in the source).
+CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 # Helpers shared by every kernel. Templates rather than float/double
 # overloads so one source serves both dtypes; CuPy defines ``T`` as a typedef
@@ -515,21 +520,20 @@ class CupyDevice:
 
     def __init__(self, dtype):
         import cupy
-        import numpy
         from cupy_backends.cuda.libs import cublas
 
-        self.dtype = numpy.dtype(dtype)
-        ctype = {"float32": "float", "float64": "double"}[self.dtype.name]
+        self.dtype = np.dtype(dtype)
+        ctype = CTYPES[self.dtype]
         module = cupy.RawModule(code=raw_kernel_module(ctype), options=("-ftz=true",))
         self._kernels = {
             name: (module.get_function(name), [typ == "int32" for _, typ, _, _ in src.parameters()])
             for name, src in KERNELS.items()
         }
-        self._int32, self._address_type, self._size_type = numpy.int32, numpy.uint64, numpy.int64
+        self._int32, self._address_type, self._size_type = np.int32, np.uint64, np.int64
         self._cupy, self._cublas = cupy, cublas
         self._gemm = cublas.sgemm if ctype == "float" else cublas.dgemm
         self._handle = cupy.cuda.device.get_cublas_handle()
-        self._scalars = numpy.array([0, 1], dtype=self.dtype)  # beta = 0, alpha = beta = 1
+        self._scalars = np.array([0, 1], dtype=self.dtype)  # beta = 0, alpha = beta = 1
         self._zero = self._scalars.ctypes.data
         self._one = self._zero + self.dtype.itemsize
 
@@ -582,10 +586,8 @@ def cupy_direct_device(dtype):
     """
     if not direct_enabled():
         return None
-    import numpy
-
-    dtype = numpy.dtype(dtype)
-    if dtype.name not in ("float32", "float64"):
+    dtype = np.dtype(dtype)
+    if dtype not in CTYPES:
         return None
     key = (dtype.name, _device_id())
     if key not in _DIRECT:
@@ -628,15 +630,13 @@ def check_direct(device, xp=None):
     differs by the size of the values. ``xp`` is the arrays' namespace
     (CuPy's by default).
     """
-    import numpy
-
     from . import _engine
 
     if xp is None:
         import array_api_compat.cupy as xp
     dtype = device.dtype
-    tol = 1e-4 if dtype == numpy.float32 else 1e-10
-    rng = numpy.random.default_rng(12345)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    rng = np.random.default_rng(12345)
     T, m, n_x, n_a = 3, 4, 3, 5
 
     def draw(*shape):
@@ -654,10 +654,10 @@ def check_direct(device, xp=None):
         for key, want in results[0].items():
             if want is None:
                 continue
-            want = numpy.asarray(_to_host(want), dtype=numpy.float64)
-            got = numpy.asarray(_to_host(results[1][key]), dtype=numpy.float64)
-            scale = max(float(numpy.max(numpy.abs(want), initial=0.0)), 1.0)
-            err = float(numpy.max(numpy.abs(got - want), initial=0.0))
+            want = np.asarray(_to_host(want), dtype=np.float64)
+            got = np.asarray(_to_host(results[1][key]), dtype=np.float64)
+            scale = max(float(np.max(np.abs(want), initial=0.0)), 1.0)
+            err = float(np.max(np.abs(got - want), initial=0.0))
             if not err <= tol * scale:
                 raise RuntimeError(f"self-check: {kind} {key} differs from the step methods by {err:.3g}")
 
