@@ -310,9 +310,10 @@ class FusedCupyOps(FusedSteps, ArrayAPIOps):
             return DirectSteps(self._direct) if self._direct else None
         # The kernels launch, and cuBLAS runs, on the current device: arrays elsewhere take the step
         # methods, where CuPy checks the device itself.
-        if device is not None and getattr(device, "id", None) != _device_id():
+        current = _device_id()
+        if device is not None and getattr(device, "id", None) != current:
             return None
-        launcher = cupy_direct_device(dtype)
+        launcher = cupy_direct_device(dtype, current)
         return DirectSteps(launcher) if launcher else None
 
 
@@ -573,8 +574,8 @@ def direct_enabled():
 _DIRECT = {}
 
 
-def cupy_direct_device(dtype):
-    """The checked :class:`CupyDevice` for ``dtype`` on the current device, or None.
+def cupy_direct_device(dtype, device_id=None):
+    """The checked :class:`CupyDevice` for ``dtype`` on the current device (id ``device_id``), or None.
 
     Built on first use and checked once per process, dtype and device: a
     small RNN, LSTM and GRU, forward and backward, through the direct loop
@@ -589,7 +590,7 @@ def cupy_direct_device(dtype):
     dtype = np.dtype(dtype)
     if dtype not in CTYPES:
         return None
-    key = (dtype.name, _device_id())
+    key = (dtype.name, _device_id() if device_id is None else device_id)
     if key not in _DIRECT:
         _DIRECT[key] = (None, "being checked")  # a check that re-enters gets the step methods
         try:
