@@ -1,10 +1,31 @@
 """Test helpers: random course-shaped problems and central finite differences."""
 
 import numpy as np
+import pytest
 
 import xseq
 
+from .gpu import cuda_verdict, driver_gpu_count
+
 EPS = 1e-6
+
+
+def namespace_or_skip(name):
+    """The namespace of backend ``name``, or a skip that says why it cannot run here.
+
+    CuPy skips only where no GPU is present; where one is and CUDA does not start, the test fails
+    (``tests/gpu.py``).
+    """
+    if name == "cupy":
+        verdict, detail = cuda_verdict(driver_gpu_count())
+        if verdict == "skip":
+            pytest.skip(detail)
+        if verdict == "fail":
+            pytest.fail(detail)
+    try:
+        return xseq.backend(name)
+    except xseq.BackendUnavailableError as exc:
+        pytest.skip(str(exc))
 
 
 def random_parameters(kind, n_x, n_a, n_y, seed=0):

@@ -5,9 +5,11 @@ Runs whole sequences through ``xseq._engine.sequence_forward`` and
 (``FusedCupyOps``; unmasked sequences take the direct loop, ``DirectSteps``
 on ``CupyDevice``), with ``XSEQ_DIRECT=0`` (the engine's loop over the fused
 step methods) and with ``XSEQ_FUSED=0`` (``ArrayAPIOps``, the reference),
-and compares every output and gradient. Skipped where CuPy
-has no usable GPU; ``tests/test_kernels_compile.py`` and
-``tests/test_kernels_exec.py`` check the kernels' source without one.
+and compares every output and gradient. Skipped, with the reason, where
+there is no GPU (``tests/test_kernels_compile.py`` and
+``tests/test_kernels_exec.py`` check the kernels' source without one); on a
+machine with a GPU where CUDA does not start, every test fails
+(``tests/gpu.py`` decides which).
 """
 
 from __future__ import annotations
@@ -15,23 +17,26 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-cupy = pytest.importorskip("cupy", reason="CuPy is not installed: the fused kernels need it and a GPU")
+from .gpu import cuda_verdict, driver_gpu_count
 
-
-def _gpu_missing():
-    try:
-        return None if cupy.is_available() else "CuPy is installed but finds no usable CUDA GPU"
-    except Exception as exc:  # a broken driver raises from deep inside CuPy
-        return f"CuPy cannot initialise CUDA: {exc}"
-
-
-pytestmark = pytest.mark.skipif(_gpu_missing() is not None, reason=str(_gpu_missing()))
+VERDICT, DETAIL = cuda_verdict(driver_gpu_count())
+if VERDICT == "skip":
+    pytest.skip(DETAIL, allow_module_level=True)
 
 import array_api_compat  # noqa: E402
+import cupy  # noqa: E402  (importable: CuPy counted the devices)
 
 from xseq import _engine, _kernels  # noqa: E402
 from xseq._kernels import FusedCupyOps  # noqa: E402
 from xseq._pointwise import ArrayAPIOps, ops_for  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def cuda_started():
+    """A GPU is present here: if CUDA does not start on it, every test fails with the reason."""
+    if VERDICT == "fail":
+        pytest.fail(DETAIL, pytrace=False)
+
 
 T_STEPS, M, N_X, N_A = 7, 5, 4, 6
 LENGTHS = [7, 5, 1, 6, 3]  # per example, for the masked cases (one example runs the full length)

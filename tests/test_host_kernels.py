@@ -47,8 +47,10 @@ def test_built_once_into_the_cache_then_loaded_without_compiling(fresh_library, 
     assert first.lib is not None, first.reason
     assert first.path.parent == fresh_library
     assert stat.S_IMODE(os.stat(fresh_library).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(first.path).st_mode) == 0o600
     # the temporary build directory is gone; only the finished library is left
     assert sorted(p.name for p in fresh_library.iterdir()) == [first.path.name]
+    written = os.stat(first.path)
 
     _host_kernels.library.cache_clear()
 
@@ -58,7 +60,9 @@ def test_built_once_into_the_cache_then_loaded_without_compiling(fresh_library, 
     monkeypatch.setattr(_host_kernels, "_build", no_build)
     again = _host_kernels.library()
     assert again.lib is not None and again.path == first.path
-    assert "host kernels" in _host_kernels.status()
+    reused = os.stat(again.path)
+    assert (reused.st_ino, reused.st_mtime_ns) == (written.st_ino, written.st_mtime_ns)  # not written again
+    assert _host_kernels.status() == f"host kernels (fused C++ steps) from {first.path}"  # nothing to report
 
 
 @needs_build

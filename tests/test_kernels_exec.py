@@ -27,6 +27,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from types import SimpleNamespace
 
 import array_api_compat
@@ -562,14 +563,22 @@ def test_a_device_that_fails_its_check_is_not_used(monkeypatch):
     monkeypatch.setattr(_kernels, "_device_id", lambda: 0)
     monkeypatch.delenv("XSEQ_DIRECT", raising=False)
 
+    builds = []
+
     class Broken:
         def __init__(self, dtype):
+            builds.append(dtype)
             raise ImportError("no cuBLAS binding here")
 
     monkeypatch.setattr(_kernels, "CupyDevice", Broken)
-    with pytest.warns(RuntimeWarning, match="no cuBLAS binding here"):
+    with pytest.warns(RuntimeWarning, match="no cuBLAS binding here") as first:
         assert _kernels.cupy_direct_device(np.float32) is None
-    assert _kernels.cupy_direct_device(np.float32) is None  # remembered: no second warning (pytest would fail on one)
+    assert len(first) == 1
+    with warnings.catch_warnings(record=True) as second:
+        warnings.simplefilter("always")  # so that a repeated warning would be recorded, not filtered as a duplicate
+        assert _kernels.cupy_direct_device(np.float32) is None
+    assert [str(w.message) for w in second] == [], "the failure is remembered: no second warning"
+    assert builds == [np.float32], "the failure is remembered: no second build"
     assert "float32 on device 0: step methods (ImportError: no cuBLAS binding here)" in _kernels.direct_status()
     assert FusedCupyOps(XP).direct_steps(np.float32) is None
 

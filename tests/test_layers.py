@@ -378,6 +378,64 @@ def test_no_dropout_after_the_last_layer(xp):
     np.testing.assert_array_equal(xseq.to_numpy(train), xseq.to_numpy(evaluate))
 
 
+def pass_through_top_layer(parameters, top, num_directions, n_a, to_array):
+    """Make layer ``top`` of an RNN stack output ``tanh`` of its input, so ``arctanh`` of its output is its input.
+
+    Each direction's ``W_ih`` passes on its own half of the input (the identity
+    there, zeros elsewhere); ``W_hh`` and the biases are zero.
+    """
+    D = num_directions
+    for direction in range(D):
+        suffix = f"_l{top}" + ("_reverse" if direction else "")
+        w_ih = np.zeros((n_a, D * n_a))
+        w_ih[:, direction * n_a:(direction + 1) * n_a] = np.eye(n_a)
+        parameters[f"weight_ih{suffix}"] = to_array(w_ih)
+        parameters[f"weight_hh{suffix}"] = to_array(np.zeros((n_a, n_a)))
+        parameters[f"bias_ih{suffix}"] = to_array(np.zeros(n_a))
+        parameters[f"bias_hh{suffix}"] = to_array(np.zeros(n_a))
+
+
+def assert_inverted_dropout(dropped, undropped, p):
+    """Each unit of ``dropped`` is 0 or exactly ``undropped / (1 - p)``, kept with probability ``1 - p``."""
+    kept = dropped != 0
+    np.testing.assert_allclose(dropped[kept], undropped[kept] / (1 - p), rtol=1e-9, atol=1e-12)
+    assert kept.mean() == pytest.approx(1 - p, abs=0.02)
+    # What the 1/(1 - p) is for: on average over many units, a unit passes on its input unchanged.
+    assert np.mean(dropped / undropped) == pytest.approx(1, abs=0.03)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_dropout_zeroes_units_and_scales_the_others_by_1_over_1_minus_p(xp, bidirectional):
+    """What the second layer receives, read through a pass-through second layer, in training and in evaluation."""
+    p, n_a, m, T_x = 0.3, 64, 16, 8
+    layer = xseq.RNN(N_X, n_a, num_layers=2, bidirectional=bidirectional, dropout=p,
+                     backend=backend_name(xp), dtype="float64", seed=4)
+    pass_through_top_layer(layer.parameters, 1, layer.num_directions, n_a, lambda a: to_xp(xp, a))
+    x = to_xp(xp, np.random.default_rng(5).standard_normal((N_X, m, T_x)))
+    undropped = np.arctanh(xseq.to_numpy(layer.forward(x)[0]))
+    dropped = np.arctanh(xseq.to_numpy(layer.forward(x, training=True)[0]))
+    assert dropped.shape == (layer.num_directions * n_a, m, T_x)
+    assert_inverted_dropout(dropped, undropped, p)
+
+
+def test_the_character_models_dropout_is_inverted_dropout():
+    """CharLM(dropout=p) in training: its logits are the second layer's outputs (Wy = [I; 0]), read as above."""
+    p, n_a = 0.3, 16
+    vocab = xseq.Vocabulary.from_text(["abcdefghijklmnopqrstuvwxyz"])
+    V = len(vocab)
+    model = xseq.CharLM(vocab, n_a, cell="rnn", num_layers=2, dropout=p, dtype="float64", seed=4)
+    params = model.parameters()
+    pass_through_top_layer(params, 1, 1, n_a, lambda a: to_xp(model.xp, a))
+    params["Wy"] = to_xp(model.xp, np.eye(V, n_a))
+    params["by"] = to_xp(model.xp, np.zeros((V, 1)))
+    rng = np.random.default_rng(6)
+    letters = list("abcdefghijklmnopqrstuvwxyz")
+    X, _, _ = model.batch([vocab.encode("".join(rng.choice(letters, 20))) for _ in range(64)])
+    undropped = np.arctanh(xseq.to_numpy(model.forward(X)[0])[:n_a])
+    dropped = np.arctanh(xseq.to_numpy(model.forward(X, training=True)[0])[:n_a])
+    assert_inverted_dropout(dropped, undropped, p)
+
+
 # ---------------------------------------------------------------- saving
 
 @pytest.mark.parametrize("kind", CLASSES)

@@ -125,3 +125,29 @@ def test_resume_refuses_another_corpus_and_a_model_without_training_state(tmp_pa
     CharLM(xseq.Vocabulary.from_text(LINES), 4).save(tmp_path / "bare.npz")
     with pytest.raises(CheckpointError, match="no training state"):
         Trainer.resume(tmp_path / "bare.npz", LINES, backend="numpy")
+
+
+@pytest.mark.parametrize("clip_mode", ["norm", "value"])
+def test_a_step_applies_the_clipped_gradients(clip_mode):
+    """With a threshold far below the gradients, an SGD step moves every weight by -lr times the clipped gradient."""
+    clip, lr = 1e-3, 0.5
+    t = trainer(optimizer="sgd", lr=lr, momentum=0.0, clip=clip, clip_mode=clip_mode, dtype="float64")
+    batch = t.train_ids[:SMALL["batch_size"]]
+    # No dropout, so this backward gives the very gradients learn() is about to clip.
+    t.model.loss_and_backward(*t.model.batch(batch))
+    grads = {k: xseq.to_numpy(g).copy() for k, g in t.model.grads().items()}
+    before = t.model.state_dict()
+    t.learn(batch)
+    after = t.model.state_dict()
+
+    if clip_mode == "norm":
+        norm = np.sqrt(sum(np.sum(g * g) for g in grads.values()))
+        assert norm > 50 * clip, "premise: the gradients are far longer than the threshold"
+        clipped = {k: g * (clip / norm) for k, g in grads.items()}
+    else:
+        entries = np.concatenate([g.ravel() for g in grads.values()])
+        assert np.mean(np.abs(entries) > clip) > 0.1, "premise: many entries are beyond the threshold"
+        clipped = {k: np.clip(g, -clip, clip) for k, g in grads.items()}
+    assert after.keys() == clipped.keys()
+    for k, p in after.items():
+        np.testing.assert_allclose(p - before[k], -lr * clipped[k], rtol=1e-9, atol=1e-15, err_msg=k)

@@ -115,6 +115,7 @@ def asarray(obj, backend="numpy", dtype=None):
     to keep what ``obj`` has. Arrays already on another device are moved
     explicitly through host memory.
     """
+    refuse_masked("obj", obj)
     xp = _backend_named(backend)
     if _is_array(obj) and not _same_library(obj, xp):
         obj = to_numpy(obj)
@@ -138,6 +139,14 @@ def to_numpy(x):
         return np.asarray(x)
 
 
+def refuse_masked(name, value):
+    """TypeError for a NumPy masked array: every conversion drops its mask, so its hidden entries would count."""
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a NumPy masked array; xseq does not read masks, so its masked entries would "
+                        f"be used as data. Pass an ordinary array ({name}.filled(...)); for sequences of "
+                        "different lengths use lengths= (layers) or mask= (softmax_cross_entropy)")
+
+
 def _is_array(obj):
     return array_api_compat.is_array_api_obj(obj)
 
@@ -156,6 +165,7 @@ def namespace_of(**arrays):
     for name, value in arrays.items():
         if value is None:
             continue
+        refuse_masked(name, value)
         if not _is_array(value):
             raise TypeError(f"{name} must be an array (NumPy, CuPy, PyTorch, ...); got {type(value).__name__}")
         xp = array_api_compat.array_namespace(value)

@@ -20,9 +20,18 @@ Build and use
   libmvec's ``_ZGV`` functions): scalar ``tanhf`` is 40x slower than NumPy's.
 * Cached by a hash of the source, the flags, the compiler's version and the
   CPU in ``$XSEQ_CACHE_DIR`` (default ``$XDG_CACHE_HOME/xseq`` or
-  ``~/.cache/xseq``), written atomically (built in a temporary directory,
-  then renamed), and loaded only from a directory the user owns; elsewhere
-  it is built in a temporary directory for this process.
+  ``~/.cache/xseq``). The name is no secret, so the cache is trusted only as
+  far as it is checked: the directory is opened once (not through a symbolic
+  link) and must belong to the user with no one else allowed to write it (one
+  of the user's own that others could write is made 0700); the library is
+  opened once inside it (not through a symbolic link) and must be a regular
+  file of the user's, with one name, that no one else can write; and the
+  file loaded is that open file (``/proc/self/fd``, or a private copy where
+  there is none), so a path swapped after the checks changes nothing.
+  Anything else is built in a private temporary directory for this process,
+  and :func:`status` says why. Builds go to a private temporary directory
+  and are copied into the cache atomically, the library 0600 and new
+  directories 0700 whatever the umask.
 * Anything missing (no compiler, a failed build, math not vectorized, a
   dtype other than float32/float64) leaves NumPy's in-place steps in charge;
   :func:`status` says which path is active and why. ``XSEQ_HOST_KERNELS=0``
@@ -37,12 +46,15 @@ subnormals are kept.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
 import os
 import platform
+import secrets
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -223,19 +235,58 @@ def _build(compiler, source, directory):
 
 
 class _Library:
-    """The loaded shared library (or why there is none)."""
+    """The loaded shared library, or why there is none; with a library, what happened to the cache, if anything."""
 
     def __init__(self, lib=None, path=None, reason=""):
         self.lib, self.path, self.reason = lib, path, reason
 
 
-def _load(path):
+def _join(*notes):
+    return "; ".join(note for note in notes if note)
+
+
+# Opened as /proc/self/fd/N, a file is loaded through the descriptor that was checked.
+PROC_FD = "/proc/self/fd"
+
+# What the checks need (POSIX); without it the cache is not used.
+CACHE_CHECKABLE = (
+    hasattr(os, "geteuid") and hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY")
+    and os.open in os.supports_dir_fd
+)
+
+
+def _load(fd, path, note=""):
+    """Load the library open as ``fd``, which this function takes over; ``path`` names it in messages."""
+    kept = False
     try:
-        if b"_ZGV" not in path.read_bytes():
-            return _Library(reason=f"{path}: exp/tanh did not vectorize (no libmvec); NumPy's steps are faster")
-        return _Library(ctypes.CDLL(str(path)), path)
-    except OSError as exc:  # unreadable, or not a library this process can load
-        return _Library(reason=f"{path} could not be loaded: {exc}")
+        with open(fd, "rb", closefd=False) as f:
+            f.seek(0)  # _install hands over the descriptor it has just written
+            data = f.read()
+        if b"_ZGV" not in data:
+            slow = f"{path}: exp/tanh did not vectorize (no libmvec); NumPy's steps are faster"
+            return _Library(reason=_join(slow, note))
+        if os.path.isdir(PROC_FD):
+            lib = ctypes.CDLL(f"{PROC_FD}/{fd}")
+            # glibc knows a loaded library by the name it was opened under and hands it back for
+            # that name: the descriptor stays open so that its number never names another file here
+            kept = True
+        else:
+            lib = _load_private_copy(data, path.name)
+        return _Library(lib, path, note)
+    except OSError as exc:  # not a library this process can load
+        return _Library(reason=_join(f"{path} could not be loaded: {exc}", note))
+    finally:
+        if not kept:
+            os.close(fd)
+
+
+def _load_private_copy(data, name):
+    """Load the bytes of a checked file from a copy in a directory only this user can reach."""
+    with tempfile.TemporaryDirectory(prefix="xseq_load_") as private:
+        copy = os.path.join(private, name)
+        with open(os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+            f.write(data)
+        return ctypes.CDLL(copy)  # the mapping outlives the file
 
 
 def cached_path(compiler, source):
@@ -243,6 +294,140 @@ def cached_path(compiler, source):
     _, version = _run([compiler, "--version"], None)
     key = hashlib.sha256("\n".join([source, repr(FLAG_SETS), compiler, version, _cpu_description()]).encode())
     return cache_dir() / f"host_kernels_{key.hexdigest()[:20]}.so"
+
+
+def _make_directories(directory):
+    """Create ``directory`` and its missing parents, each 0700 (the umask can only narrow that)."""
+    missing = []
+    while not os.path.lexists(directory) and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another process
+            os.mkdir(path, 0o700)
+
+
+def _refusal(exc, name, dir_fd=None):
+    """Why an ``os.open`` of ``name`` with ``O_NOFOLLOW`` failed, for a message (the open decided).
+
+    A symbolic link fails with ELOOP, or with ENOTDIR where ``O_DIRECTORY`` is asked too.
+    """
+    try:
+        is_link = stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
+    except OSError:
+        is_link = False
+    return "is a symbolic link" if is_link else f"cannot be opened: {exc.strerror}"
+
+
+def _open_cache_dir(directory):
+    """The cache directory, opened once, if it is this user's and no one else can write it.
+
+    Returns
+    -------
+    (int or None, str)
+        A descriptor of the directory and a note (what was changed), or None and
+        why the directory is not used. Everything after this goes through the
+        descriptor, so renaming or swapping a directory on the path afterwards
+        changes nothing.
+    """
+    if not CACHE_CHECKABLE:
+        return None, "this platform cannot check the cache directory (no O_NOFOLLOW, O_DIRECTORY or dir_fd)"
+    try:
+        _make_directories(directory)
+    except OSError as exc:
+        return None, f"the cache directory {directory} cannot be created: {exc.strerror}"
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        return None, f"the cache directory {directory} {_refusal(exc, directory)}"
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            problem = f"belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()})"
+        elif st.st_mode & 0o022:
+            # no one else can add a file from now on; what others planted before is not the
+            # user's (or has a second name) and is refused file by file
+            os.fchmod(fd, 0o700)
+            mode = stat.S_IMODE(st.st_mode)
+            return fd, f"the cache directory {directory} was writable by others (mode {mode:04o}); made it 0700"
+        else:
+            return fd, ""
+    except OSError as exc:
+        problem = f"cannot be made private: {exc.strerror}"
+    os.close(fd)
+    return None, f"the cache directory {directory} {problem}"
+
+
+def _open_cached(dir_fd, name):
+    """The cached library ``name`` in the open cache directory, opened once and checked as opened.
+
+    Returns
+    -------
+    (int or None, str)
+        A descriptor and ``""``; None and ``""`` where there is no such file;
+        None and why not where there is one that must not be loaded.
+    """
+    try:
+        # O_NONBLOCK: opening a FIFO planted under the name would otherwise wait for a writer
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None, ""
+    except OSError as exc:
+        return None, _refusal(exc, name, dir_fd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        problem = "is not a regular file"
+    elif st.st_uid != os.geteuid():
+        problem = f"belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()})"
+    elif st.st_mode & 0o022:
+        problem = f"is writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
+    elif st.st_nlink != 1:
+        # xseq writes it with one name; a second may be a link to another of the user's files
+        problem = f"has {st.st_nlink} names (hard links)"
+    else:
+        return fd, ""
+    os.close(fd)
+    return None, problem
+
+
+def _install(built, dir_fd, name):
+    """Copy the library ``built`` into the open cache directory as ``name``, 0600, atomically.
+
+    Returns a descriptor of the installed file, for :func:`_load`: what was
+    written is what is loaded.
+    """
+    temporary = f".{name}.{secrets.token_hex(8)}"
+    fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        with open(built, "rb") as src, open(fd, "wb", closefd=False) as dst:
+            shutil.copyfileobj(src, dst)
+        os.fsync(fd)
+        # atomic: another process sees the old state or the whole file
+        os.replace(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(temporary, dir_fd=dir_fd)
+        raise
+    return fd
+
+
+def _build_and_load(compiler, source, cached, dir_fd, note):
+    """Build in a private temporary directory; install into the cache open as ``dir_fd`` (None: none) and load."""
+    with tempfile.TemporaryDirectory(prefix="xseq_build_") as tmp:
+        built, error = _build(compiler, source, Path(tmp))
+        if built is None:
+            return _Library(reason=_join(f"the host build with {compiler} failed: {error}", note))
+        if dir_fd is not None:
+            try:
+                fd = _install(built, dir_fd, cached.name)
+            except OSError as exc:
+                note = _join(note, f"{cached} could not be written: {exc.strerror}")
+            else:
+                return _load(fd, cached, note)
+        # loaded before the temporary directory goes: the mapping outlives the file
+        return _load(os.open(built, os.O_RDONLY), built, f"built for this process only: {note}")
 
 
 @functools.cache
@@ -254,25 +439,20 @@ def library():
     if compiler is None:
         return _Library(reason="no C++ compiler ($CXX, g++, c++ or clang++) on PATH")
     source = host_source()
-    directory = cache_dir()
     cached = cached_path(compiler, source)
+    dir_fd, note = _open_cache_dir(cached.parent)
+    if dir_fd is None:
+        return _build_and_load(compiler, source, cached, None, note)
     try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        owned = not hasattr(os, "getuid") or directory.stat().st_uid == os.getuid()
-        usable = owned and os.access(directory, os.W_OK)
-    except OSError:
-        usable = False
-    if usable and cached.is_file():
-        return _load(cached)
-    with tempfile.TemporaryDirectory(prefix="xseq_build_", dir=directory if usable else None) as tmp:
-        built, error = _build(compiler, source, Path(tmp))
-        if built is None:
-            return _Library(reason=f"the host build with {compiler} failed: {error}")
-        if not usable:
-            # loaded before the temporary directory goes: the mapping outlives the file
-            return _load(built)
-        os.replace(built, cached)  # atomic: another process sees the old state or the whole file
-    return _load(cached)
+        fd, problem = _open_cached(dir_fd, cached.name)
+        if fd is not None:
+            return _load(fd, cached, note)
+        if problem:
+            refused = f"{cached} {problem}, so it is not loaded (remove it to let xseq build it again)"
+            return _build_and_load(compiler, source, cached, None, _join(note, refused))
+        return _build_and_load(compiler, source, cached, dir_fd, note)
+    finally:
+        os.close(dir_fd)
 
 
 def status():
@@ -284,7 +464,8 @@ def status():
     lib = library()
     if lib.lib is None:
         return f"NumPy in-place steps; host kernels unavailable: {lib.reason}"
-    return f"host kernels (fused C++ steps) from {lib.path}"
+    loaded = f"host kernels (fused C++ steps) from {lib.path}"
+    return f"{loaded} ({lib.reason})" if lib.reason else loaded
 
 
 class HostKernel:

@@ -6,9 +6,12 @@ letters (n_x, n_a, n_y, m, T_x). Nothing is broadcast or cast silently.
 
 from __future__ import annotations
 
-import numpy as np
+import numbers
 
-from ._backend import namespace_of
+import numpy as np
+from array_api_compat import is_array_api_obj
+
+from ._backend import namespace_of, refuse_masked, to_numpy
 
 
 def _dtype_name(dtype):
@@ -89,3 +92,31 @@ def check_cache(cache, expected_type, function, producer):
         made_by = getattr(type(cache), "made_by", None)
         got = f"a cache from {made_by}" if made_by else f"a {type(cache).__name__}"
         raise TypeError(f"{function} needs the cache returned by {producer}; got {got}")
+
+
+def host_lengths(lengths, m, T_x):
+    """Validate the per-example ``lengths`` of a sequence batch; return them as a host int64 array ``(m,)``.
+
+    ``lengths`` is a 1-D integer array of any backend or a sequence of ints;
+    bools (``True`` is not a length of 1), floats and masked arrays are
+    refused with a TypeError, shapes and values outside ``1 <= L <= T_x``
+    with a ValueError.
+    """
+    refuse_masked("lengths", lengths)
+    if is_array_api_obj(lengths):
+        host = to_numpy(lengths)
+        if not np.issubdtype(host.dtype, np.integer):
+            raise TypeError(f"lengths must be integers; got dtype {host.dtype}: {host.tolist()}")
+    elif isinstance(lengths, (str, bytes)) or not hasattr(lengths, "__iter__"):
+        raise TypeError(f"lengths must be a sequence of int or a 1-D integer array; got {type(lengths).__name__}")
+    else:
+        items = list(lengths)
+        for i, value in enumerate(items):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"lengths must be integers; lengths[{i}] is {type(value).__name__} {value!r}")
+        host = np.array([int(value) for value in items], dtype=object)  # object: no int64 overflow yet
+    if host.ndim != 1 or host.shape[0] != m:
+        raise ValueError(f"lengths has shape {host.shape}; expected (m,) = ({m},), one length per example of x")
+    if ((host < 1) | (host > T_x)).any():
+        raise ValueError(f"lengths must satisfy 1 <= L <= T_x = {T_x}; got {host.tolist()}")
+    return host.astype(np.int64)

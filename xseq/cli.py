@@ -5,19 +5,28 @@
     xseq train [CORPUS] [--cell lstm|gru|rnn] [--hidden 128] [--layers 1] [--epochs N | --steps N]
                [--batch 32] [--lr LR] [--optimizer adam|sgd] [--clip 5] [--backend auto|numpy|cupy|torch]
                [--dtype float32|float64] [--out model.npz] [--resume model.npz] [--plot loss.png] [--seed 0]
+               [--max-seq-len 256]
     xseq sample MODEL [-n 10] [--temperature 0.8] [--top-k K] [--prefix TEXT] [--max-len 50] [--seed 0]
-    xseq evaluate MODEL CORPUS
+    xseq evaluate MODEL CORPUS [--max-seq-len 256]
     xseq info MODEL
 
 Also ``python -m xseq``. Bad input (a missing, empty or binary corpus, an
 unwritable output, a corrupt model, an unknown or unusable backend, bad
-option values) prints one line on stderr and exits with status 2. Ctrl-C
-during training saves a checkpoint, then exits with status 130.
+option values) prints one line on stderr and exits with status 2. So do
+sizes and counts the machine cannot serve: before any work, the memory a
+command will need (model, one batch, the samples, the loss history) is
+estimated from its options and compared with the memory available (see
+:mod:`xseq._resources`), and ``--layers`` and the run's total step count
+have fixed maxima (``MAX_LAYERS``, ``MAX_STEPS``). Ctrl-C during training
+saves a checkpoint, then exits with status 130. When the reader of the
+output goes away (``xseq sample m.npz | head -1``) the command stops
+quietly with status 141, as a program killed by SIGPIPE does.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import shlex
@@ -26,23 +35,43 @@ import tempfile
 
 import numpy as np
 
-from ._backend import BackendUnavailableError
+from . import _resources
+from ._backend import BackendUnavailableError, backend_name
 from ._backend import backend as backend_named
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, DestinationError, atomic_write, load_checkpoint, resolve_destination
 from .corpus import CorpusError, builtin_corpus, read_corpus
 from .model import CELLS, CharLM
-from .train import CLIP_MODES, DEFAULT_EPOCHS, OPTIMIZERS, Trainer, TrainConfig, evaluate
+from .train import (
+    DivergedError,
+    CLIP_MODES,
+    DEFAULT_EPOCHS,
+    DEFAULT_MAX_SEQ_LEN,
+    EVALUATION_BATCH,
+    OPTIMIZERS,
+    Trainer,
+    TrainConfig,
+    evaluate,
+    split_sequences,
+)
+from .vocab import SPECIALS
 
 CLI_BACKENDS = ("auto", "numpy", "cupy", "torch")
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a program killed by a closed pipe
+MAX_LAYERS = 64  # far deeper than a plain recurrent stack trains; each layer is a loop over time steps
+MAX_STEPS = 10**9  # optimiser steps of one run: weeks at a millisecond each
 TEMPERATURE = 0.8  # of xseq sample, and of the samples printed after training
+MAX_LEN = 50  # characters of a sample, of xseq sample and after training
+SAMPLES = 10  # of xseq sample
+SAMPLES_AFTER_TRAINING = 5
 BUILTIN = "the built-in corpus (1990 US Census first names)"
 # Options that fix the recipe: on --resume they come from the checkpoint.
 RECIPE_OPTIONS = {"cell": "--cell", "hidden_size": "--hidden", "num_layers": "--layers", "dropout": "--dropout",
                   "batch_size": "--batch", "optimizer": "--optimizer", "lr": "--lr", "momentum": "--momentum",
                   "clip": "--clip", "clip_mode": "--clip-mode", "val_fraction": "--val-fraction",
-                  "seed": "--seed", "dtype": "--dtype"}
+                  "max_seq_len": "--max-seq-len", "seed": "--seed", "dtype": "--dtype"}
+DEFAULTS = TrainConfig()
 
 
 class UsageError(Exception):
@@ -123,19 +152,24 @@ def build_parser():
     option("--resume", metavar="CHECKPOINT", help="continue the run saved in CHECKPOINT")
     option("--plot", metavar="PNG", help="write training and validation loss curves (needs matplotlib)")
     option("--seed", type=_non_negative_int, help="seeds weights, split, shuffling, dropout (default 0)")
-    option("--samples", type=_non_negative_int, default=5, metavar="N", help="samples printed at the end (default 5)")
+    option("--samples", type=_non_negative_int, default=SAMPLES_AFTER_TRAINING, metavar="N",
+           help=f"samples printed at the end (default {SAMPLES_AFTER_TRAINING})")
+    option("--max-seq-len", type=_positive_int, dest="max_seq_len", metavar="N",
+           help=f"split longer lines into pieces of N characters, each learned as a sequence of its own "
+                f"(default {DEFAULT_MAX_SEQ_LEN})")
     train.set_defaults(func=cmd_train)
 
     sample = commands.add_parser("sample", help="print samples of a trained model, one per line")
     sample.add_argument("model", metavar="MODEL", help="checkpoint written by xseq train")
-    sample.add_argument("-n", type=_positive_int, default=10, metavar="N", help="number of samples (default 10)")
+    sample.add_argument("-n", type=_positive_int, default=SAMPLES, metavar="N",
+                        help=f"number of samples (default {SAMPLES})")
     sample.add_argument("--temperature", type=_finite_float, default=TEMPERATURE, metavar="T",
                         help=f"below 1: safer, above 1: more varied (default {TEMPERATURE})")
     sample.add_argument("--top-k", type=_positive_int, dest="top_k", metavar="K",
                         help="draw only among the K likeliest tokens")
     sample.add_argument("--prefix", default="", metavar="TEXT", help="text every sample starts with")
-    sample.add_argument("--max-len", type=_positive_int, dest="max_len", default=50, metavar="N",
-                        help="longest sample in characters, prefix included (default 50)")
+    sample.add_argument("--max-len", type=_positive_int, dest="max_len", default=MAX_LEN, metavar="N",
+                        help=f"longest sample in characters, prefix included (default {MAX_LEN})")
     sample.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
     sample.add_argument("--backend", choices=CLI_BACKENDS, default="auto", help="array library (default auto)")
     sample.set_defaults(func=cmd_sample)
@@ -144,6 +178,9 @@ def build_parser():
     evaluate_.add_argument("model", metavar="MODEL", help="checkpoint written by xseq train")
     evaluate_.add_argument("corpus", metavar="CORPUS", help="UTF-8 text file, one sequence per line")
     evaluate_.add_argument("--backend", choices=CLI_BACKENDS, default="auto", help="array library (default auto)")
+    evaluate_.add_argument("--max-seq-len", type=_positive_int, dest="max_seq_len", default=DEFAULT_MAX_SEQ_LEN,
+                           metavar="N", help="split longer lines into pieces of N characters, as training does "
+                                             f"(default {DEFAULT_MAX_SEQ_LEN}; give the model's training value)")
     evaluate_.set_defaults(func=cmd_evaluate)
 
     info = commands.add_parser("info", help="configuration, vocabulary, size and training history of a model")
@@ -153,7 +190,32 @@ def build_parser():
 
 
 def main(argv=None):
-    """Run the ``xseq`` command line; returns the exit status (0, 2 for bad input, 130 when interrupted)."""
+    """Run the ``xseq`` command line; returns the exit status.
+
+    0 on success, 2 for bad input, 130 when interrupted, 141 when the reader
+    of stdout went away (``xseq info m.npz | head -1``): then the command
+    stops at once and quietly, as a program killed by SIGPIPE does.
+    """
+    try:
+        status = _run(argv)
+        sys.stdout.flush()  # output to a pipe is buffered: a closed pipe shows here, not at exit
+    except BrokenPipeError:
+        return _stdout_closed()
+    return status
+
+
+def _stdout_closed():
+    # Point stdout at devnull, so that the interpreter's own flush at exit
+    # does not fail again on what is left in the buffer (the recipe of the
+    # Python documentation, "Note on SIGPIPE").
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # an in-process stdout without a file descriptor
+        pass
+    return EXIT_BROKEN_PIPE
+
+
+def _run(argv):
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -164,6 +226,10 @@ def main(argv=None):
     except (UsageError, CorpusError, CheckpointError, BackendUnavailableError) as exc:
         print(f"xseq {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except DivergedError as exc:
+        print(f"xseq {args.command}: error: {exc}; no checkpoint was written after it: lower --lr "
+              "or clip the gradients (--clip)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"xseq {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -173,14 +239,22 @@ def main(argv=None):
 
 
 def _check_writable(path, option):
-    """Fail now, not after training, when ``path`` cannot be written."""
+    """Fail now, not after training, when :func:`atomic_write` could not replace ``path``.
+
+    Checks what :func:`~xseq.checkpoint.resolve_destination` checks (a device,
+    FIFO or socket, a link planted in ``/tmp``, another user's file in a sticky
+    directory), then creates and removes a file in the directory that will
+    receive it, which catches what permission bits do not show (a full quota
+    of inodes, some network file systems).
+    """
     if os.path.isdir(path):
         raise UsageError(f"{option} {path!r} is a directory; give a file name")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise UsageError(f"cannot write {option} {path!r}: directory {directory!r} does not exist")
     try:
-        with tempfile.TemporaryFile(dir=directory):
+        target = resolve_destination(path)
+    except DestinationError as exc:
+        raise UsageError(f"cannot write {option} {path!r}: {exc.reason}") from None
+    try:
+        with tempfile.TemporaryFile(dir=os.path.dirname(target) or os.curdir):
             pass
     except OSError as exc:
         raise UsageError(f"cannot write {option} {path!r}: {exc.strerror or exc}") from None
@@ -228,9 +302,11 @@ def cmd_train(args):
             if value != getattr(saved, key):
                 raise UsageError(f"{RECIPE_OPTIONS[key]} {value} differs from the resumed run's "
                                  f"{getattr(saved, key)}; leave it out when resuming (the checkpoint fixes it)")
+        _check_training_fits(saved, lines, args.samples, xp, resumed=True)
     else:
         try:
             config = TrainConfig(epochs=args.epochs, steps=args.steps, **given)
+            _check_training_fits(config, lines, args.samples, xp, resumed=False)
             trainer = Trainer(lines, config, backend=xp, source=source)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
@@ -238,6 +314,8 @@ def cmd_train(args):
     _print_plan(trainer)
     try:
         completed = trainer.run(out=args.out, progress=True, log=_say, handle_sigint=True)
+    except BrokenPipeError:  # stdout, not --out: main stops quietly
+        raise
     except OSError as exc:
         raise UsageError(f"cannot write --out {args.out!r}: {exc}") from None
     if not completed:
@@ -247,10 +325,11 @@ def cmd_train(args):
         return EXIT_INTERRUPTED
 
     val = trainer.history[-1]["val_loss"]
-    print(f"validation loss: {val:.4f} nats per character (perplexity {math.exp(val):.2f})")
+    print(f"validation loss: {val:.4f} nats per character (perplexity {_perplexity(val):.2f})")
     if args.samples:
         print("samples:")
-        for text in trainer.model.sample(args.samples, temperature=TEMPERATURE, seed=trainer.config.seed):
+        for text in trainer.model.sample(args.samples, temperature=TEMPERATURE, max_len=MAX_LEN,
+                                         seed=trainer.config.seed):
             print(f"  {text}")
     if plt is not None:
         _plot(plt, trainer, args.plot)
@@ -263,13 +342,84 @@ def _say(line):
     print(line, flush=True)
 
 
+def _perplexity(loss):
+    """``exp(loss)``; inf where that overflows a float (a diverged model's loss of thousands of nats)."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
+# ---------------------------------------------------------------------- what the machine can do
+
+
+def _check_training_fits(config, lines, samples, xp, *, resumed):
+    """Refuse, before any work, a run whose layers, steps or memory are beyond this machine.
+
+    The memory estimate bounds the data from the corpus alone: at most one
+    piece per ``max_seq_len`` characters of a line, the vocabulary at most
+    every distinct character. On ``--resume`` only the options that may still
+    be given (the run's length and ``--samples``) are offered as the ones to lower.
+    """
+    if config.num_layers > MAX_LAYERS and not resumed:
+        raise UsageError(f"--layers {config.num_layers} is more than the {MAX_LAYERS} layers xseq train allows "
+                         f"(every layer is a loop over the time steps; deep plain recurrent stacks do not train)")
+    longest = max(len(line) for line in lines)
+    pieces = sum(-(-len(line) // config.max_seq_len) for line in lines)
+    steps_per_epoch = -(-pieces // config.batch_size)
+    if config.steps is not None:
+        length = ("--steps", config.steps)
+        total_steps = config.steps
+    else:
+        length = ("--epochs", config.epochs)
+        total_steps = config.epochs * steps_per_epoch
+    if total_steps > MAX_STEPS:
+        about = "" if config.steps is not None else f" (about {total_steps:,} optimizer steps)"
+        raise UsageError(f"{length[0]} {length[1]}{about} is more than the {MAX_STEPS:,} optimizer steps "
+                         f"xseq train allows in one run")
+    vocab_size = len(SPECIALS) + len(set(itertools.chain.from_iterable(lines)))
+    values = {"hidden_size": config.hidden_size, "num_layers": config.num_layers, "batch_size": config.batch_size,
+              "max_seq_len": config.max_seq_len, "total_steps": total_steps, "samples": samples}
+    fixed = {"cell": config.cell, "vocab_size": vocab_size, "dtype": config.dtype, "train_sequences": pieces,
+             "val_sequences": pieces, "longest": longest, "sample_len": MAX_LEN}
+    options = {"total_steps": (*length, DEFAULT_EPOCHS * steps_per_epoch),
+               "samples": ("--samples", samples, SAMPLES_AFTER_TRAINING)}
+    if not resumed:
+        options.update({key: (RECIPE_OPTIONS[key], values[key], getattr(DEFAULTS, key))
+                        for key in ("hidden_size", "num_layers", "batch_size", "max_seq_len")})
+    parameters = _resources.parameter_count(config.cell, config.hidden_size, config.num_layers, vocab_size)
+    _check_fits(xp, lambda **v: _resources.training_bytes(**fixed, **v), values, options, "the run",
+                f"{parameters:,} parameters, {vocab_size} tokens, batches of {config.batch_size} sequences of up "
+                f"to {min(longest, config.max_seq_len)} characters, {samples:,} samples, {total_steps:,} steps")
+
+
+def _check_fits(xp, estimate, values, options, what, details):
+    """UsageError when ``estimate(**values)`` bytes exceed the memory of ``xp``'s device.
+
+    ``options`` maps keys of ``values`` to ``(option, given value, default)``:
+    the error names the one whose default would lower the estimate the most.
+    """
+    available = _resources.available_memory(xp)
+    need = estimate(**values)
+    if available is None or need <= available:
+        return
+    key = _resources.biggest_cause(estimate, values, {k: default for k, (_, _, default) in options.items()})
+    option, value, _ = options[key]
+    where = "on the GPU" if backend_name(xp) == "cupy" else "on this machine"
+    raise UsageError(f"{option} {value}: {what} would need about {_resources.format_bytes(need)} of memory "
+                     f"({details}); {_resources.format_bytes(available)} is available {where}; lower {option}")
+
+
 def _print_plan(trainer):
     c, model = trainer.config, trainer.model
     n_train, n_val = len(trainer.train_ids), len(trainer.val_ids)
     resumed = f", resuming at step {trainer.step}" if trainer.step else ""
+    split = ""
+    if n_train + n_val > trainer.corpus["sequences"]:
+        split = f" (lines longer than {c.max_seq_len} characters split into pieces)"
     _say(f"training {c.cell} (hidden {c.hidden_size}, {c.num_layers} layer{'s' * (c.num_layers > 1)}, "
          f"{model.num_parameters():,} parameters, {model.backend_name} {model.dtype_name}) "
-         f"on {trainer.source}: {n_train} training + {n_val} validation sequences, "
+         f"on {trainer.source}: {n_train} training + {n_val} validation sequences{split}, "
          f"{model.vocab_size} tokens; {trainer.total_steps} steps of {c.batch_size} "
          f"({trainer.steps_per_epoch} per epoch){resumed}")
 
@@ -293,7 +443,7 @@ def _plot(plt, trainer, path):
     ax.legend()
     fig.tight_layout()
     try:
-        fig.savefig(path, format="png", dpi=100)
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     except OSError as exc:
         raise UsageError(f"cannot write --plot {path!r}: {exc}") from None
     finally:
@@ -305,6 +455,10 @@ def _plot(plt, trainer, path):
 
 def cmd_sample(args):
     model = _load_model(args.model, args.backend)
+    shape = _model_shape(model)
+    _check_fits(model.xp, lambda **v: _resources.sampling_bytes(**shape, **v), {"n": args.n, "max_len": args.max_len},
+                {"n": ("-n", args.n, SAMPLES), "max_len": ("--max-len", args.max_len, MAX_LEN)}, "sampling",
+                f"{args.n:,} samples of up to {args.max_len:,} characters drawn together")
     try:
         samples = model.sample(args.n, temperature=args.temperature, top_k=args.top_k, prefix=args.prefix,
                                max_len=args.max_len, seed=args.seed)
@@ -323,13 +477,28 @@ def cmd_evaluate(args):
     if unknown:
         print(f"xseq evaluate: note: {unknown} characters of {args.corpus} are not in the model's vocabulary "
               "(they count as <unk>)", file=sys.stderr)
-    sequences = [vocab.encode(line) for line in lines]
-    loss = evaluate(model, sequences)
-    characters = sum(len(s) for s in sequences)
-    print(f"{args.corpus}: {len(lines)} sequences, {characters} characters + {len(lines)} end-of-sequence tokens")
+    pieces = split_sequences([vocab.encode(line) for line in lines], args.max_seq_len)
+    T_x = max(len(p) for p in pieces) + 1
+    m = min(len(pieces), EVALUATION_BATCH)
+    shape = _model_shape(model)
+    _check_fits(model.xp, lambda max_seq_len: _resources.activation_bytes(**shape, m=m, T_x=min(T_x, max_seq_len + 1)),
+                {"max_seq_len": args.max_seq_len},
+                {"max_seq_len": ("--max-seq-len", args.max_seq_len, DEFAULT_MAX_SEQ_LEN)},
+                "evaluating", f"batches of {m} sequences of up to {T_x - 1} characters, {model.vocab_size} tokens")
+    loss = evaluate(model, pieces, max_seq_len=args.max_seq_len)
+    characters = sum(len(p) for p in pieces)
+    split = "" if len(pieces) == len(lines) else f" (split into {len(pieces)} of at most {args.max_seq_len} characters)"
+    print(f"{args.corpus}: {len(lines)} sequence{'s' * (len(lines) != 1)}{split}, {characters} characters "
+          f"+ {len(pieces)} end-of-sequence tokens")
     print(f"cross-entropy: {loss:.4f} nats per character")
-    print(f"perplexity: {math.exp(loss):.3f}")
+    print(f"perplexity: {_perplexity(loss):.3f}")
     return 0
+
+
+def _model_shape(model):
+    """The keyword arguments of the memory estimates of :mod:`xseq._resources` that a model fixes."""
+    return {"cell": model.cell, "hidden_size": model.hidden_size, "num_layers": model.num_layers,
+            "vocab_size": model.vocab_size, "dtype": model.dtype_name}
 
 
 def cmd_info(args):

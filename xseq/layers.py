@@ -41,7 +41,7 @@ from . import _engine
 from ._backend import asarray, backend_name, dtype_of, namespace_of, to_numpy
 from ._backend import backend as backend_named
 from ._validate import _dtype_name as dtype_name
-from ._validate import check_floating, check_ndim, check_shape, check_sizes
+from ._validate import check_floating, check_ndim, check_shape, check_sizes, host_lengths
 from .rnn import check_input, time_major
 
 
@@ -316,14 +316,7 @@ class RecurrentLayer:
 
     def _length_mask(self, lengths, m, T):
         """The engine's (T_x, m, 1) boolean mask ``t < L`` from validated lengths."""
-        host = to_numpy(lengths) if is_array_api_obj(lengths) else np.asarray(lengths)
-        if host.ndim != 1 or host.shape[0] != m:
-            raise ValueError(f"lengths has shape {host.shape}; expected (m,) = ({m},), one length per example of x")
-        if not np.issubdtype(host.dtype, np.integer):
-            raise TypeError(f"lengths must be integers; got dtype {host.dtype}: {host.tolist()}")
-        bad = (host < 1) | (host > T)
-        if bad.any():
-            raise ValueError(f"lengths must satisfy 1 <= L <= T_x = {T}; got {host.tolist()}")
+        host = host_lengths(lengths, m, T)
         return asarray(np.arange(T)[:, None, None] < host[None, :, None], backend=self.xp)
 
     # ------------------------------------------------------------------ saving and PyTorch

@@ -44,7 +44,9 @@ import math
 
 import numpy as np
 
-from ._backend import asarray, backend_name, to_numpy
+from . import _engine
+from ._backend import asarray, backend_name, refuse_masked, to_numpy
+from ._validate import check_sizes
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .layers import GRU, LSTM, RNN
 from .losses import softmax_cross_entropy
@@ -193,7 +195,10 @@ class CharLM:
         inputs = np.zeros((m, T_x), dtype=np.int64)
         targets = np.zeros((m, T_x), dtype=np.int64)
         for i, seq in enumerate(sequences):
-            ids = np.asarray(seq, dtype=np.int64)
+            refuse_masked(f"sequences[{i}]", seq)
+            ids = np.asarray(seq)
+            if ids.size and not np.issubdtype(ids.dtype, np.integer):
+                raise TypeError(f"sequences[{i}] has dtype {ids.dtype}; expected integer ids")
             if ids.size and (ids.min() < 0 or ids.max() >= V):
                 raise ValueError(f"sequences[{i}] holds an id outside 0 <= id < V = {V}")
             inputs[i, 1:len(ids) + 1] = ids
@@ -289,7 +294,9 @@ class CharLM:
         """Generate sequences, one token at a time, from the model's distribution.
 
         Each step draws the next token from ``softmax(logits / temperature)``
-        restricted to the ``top_k`` most likely tokens. ``<pad>`` and ``<unk>``
+        restricted to the ``top_k`` most likely tokens. A temperature so small
+        that the scores would overflow (``1e-320``) is greedy decoding: the
+        likeliest token every time. ``<pad>`` and ``<unk>``
         are never drawn, and ``<eos>`` is not drawn as the first token of an
         empty sequence, so a sample is never empty. A sample ends at ``<eos>``
         or when it reaches ``max_len`` tokens.
@@ -341,13 +348,18 @@ class CharLM:
             if t < len(prefix_ids):
                 previous = samples[:, t]
                 continue
-            scores = logits / temperature
+            scores = logits.copy()
             scores[forbidden] = -np.inf
             if t == 0:
                 scores[EOS_ID] = -np.inf
             if top_k is not None and top_k < V:
                 cut = np.partition(scores, V - top_k, axis=0)[V - top_k]
                 scores[scores < cut] = -np.inf
+            # Shift before dividing: the likeliest token scores 0 at any
+            # temperature, so a tiny one sends every other score to -inf
+            # (greedy decoding) instead of overflowing to inf - inf = NaN.
+            with np.errstate(over="ignore", under="ignore"):
+                scores = (scores - scores.max(axis=0, keepdims=True)) / temperature
             drawn = _draw(scores, rng)
             samples[:, t] = np.where(done, PAD_ID, drawn)
             done |= drawn == EOS_ID
@@ -371,10 +383,16 @@ class CharLM:
     def load_state_dict(self, state):
         """Replace every parameter with the arrays of ``state`` (NumPy or any backend).
 
+        float32 and float64 arrays are converted to the model's dtype; integer,
+        bool and other arrays are refused, not cast.
+
         Raises
         ------
         ValueError
-            ``state`` lacks a parameter, has one this model does not, or has an array of another shape.
+            ``state`` lacks a parameter, has one this model does not, an array
+            of another shape, or NaN or infinite values.
+        TypeError
+            An array is not float32 or float64.
         """
         missing = sorted(set(self._params) - set(state))
         unexpected = sorted(set(state) - set(self._params))
@@ -382,8 +400,15 @@ class CharLM:
             raise ValueError(f"state dict does not fit this {self!r}: missing {missing}, unexpected {unexpected}")
         host = {k: np.asarray(to_numpy(v)) for k, v in state.items()}
         for k, p in self._params.items():
-            if host[k].shape != tuple(p.shape):
-                raise ValueError(f"state dict entry {k!r} has shape {host[k].shape}; expected {tuple(p.shape)}")
+            a = host[k]
+            if a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8):
+                raise TypeError(f"state dict entry {k!r} has dtype {a.dtype}; expected float32 or float64")
+            if a.shape != tuple(p.shape):
+                raise ValueError(f"state dict entry {k!r} has shape {a.shape}; expected {tuple(p.shape)}")
+            finite = np.isfinite(a)
+            if not finite.all():
+                raise ValueError(f"state dict entry {k!r} holds {a.size - np.count_nonzero(finite)} NaN or "
+                                 f"infinite values (of {a.size}); a model with them computes nothing but NaN")
         for k in self._params:  # same dict object: an optimiser built on it stays attached
             self._params[k] = self._from_host(host[k])
 
@@ -425,10 +450,17 @@ class CharLM:
     def from_checkpoint(cls, arrays, meta, *, backend="numpy", where="checkpoint"):
         """Rebuild a model from what :func:`xseq.load_checkpoint` returned.
 
+        The configuration and the stored parameters are checked against each
+        other before anything is built: every parameter's name, shape and dtype
+        must be those the configuration implies, so a configuration that
+        disagrees with the file costs no memory. Then every value must be finite.
+
         Raises
         ------
         CheckpointError
-            The metadata is not a CharLM's, of another format version, or does not match the arrays.
+            The metadata is not a CharLM's, of another format version, or does
+            not match the arrays; an array is not of the model's dtype, or
+            holds NaN or infinite values.
         """
         if meta.get("format") != MODEL_FORMAT:
             raise CheckpointError(f"{where} holds no xseq language model (format {meta.get('format')!r}; "
@@ -438,11 +470,15 @@ class CharLM:
                                   f"this version of xseq reads {MODEL_FORMAT_VERSION}")
         try:
             vocab = Vocabulary.from_json(meta["vocab"])
-            config = meta["model"]
+            config, dtype = meta["model"], meta["dtype"]
+            if not isinstance(config, dict):
+                raise TypeError(f"metadata entry 'model' must be an object; got {type(config).__name__}")
+            state = {k[len(_PARAM_PREFIX):]: v for k, v in arrays.items() if k.startswith(_PARAM_PREFIX)}
+            _check_stored_parameters(state, config["cell"], len(vocab), config["hidden_size"],
+                                     config["num_layers"], dtype)
             model = cls(vocab, config["hidden_size"], cell=config["cell"], num_layers=config["num_layers"],
-                        dropout=config["dropout"], backend=backend, dtype=meta["dtype"])
-            model.load_state_dict({k[len(_PARAM_PREFIX):]: v for k, v in arrays.items()
-                                   if k.startswith(_PARAM_PREFIX)})
+                        dropout=config["dropout"], backend=backend, dtype=dtype)
+            model.load_state_dict(state)
         except KeyError as exc:
             raise CheckpointError(f"{where} has an invalid model: no metadata entry {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
@@ -460,6 +496,58 @@ class CharLM:
         """
         arrays, meta = load_checkpoint(path)
         return cls.from_checkpoint(arrays, meta, backend=backend, where=f"checkpoint {str(path)!r}")
+
+
+def parameter_shapes(cell, V, hidden_size, num_layers):
+    """The name and shape of every parameter of a unidirectional :class:`CharLM`, without building one.
+
+    Parameters
+    ----------
+    cell : {"lstm", "gru", "rnn"}
+    V, hidden_size, num_layers : int
+        The vocabulary size, ``n_a`` and the number of stacked layers.
+
+    Returns
+    -------
+    dict[str, tuple of int]
+        The layer's arrays under PyTorch's names, ``(G*n_a, V)`` for
+        ``weight_ih_l0``, then ``"Wy"`` ``(V, n_a)`` and ``"by"`` ``(V, 1)``.
+    """
+    G, n_a = _engine.GATES[cell], hidden_size
+    shapes = {}
+    for layer in range(num_layers):
+        shapes.update({f"weight_ih_l{layer}": (G * n_a, V if layer == 0 else n_a),
+                       f"weight_hh_l{layer}": (G * n_a, n_a),
+                       f"bias_ih_l{layer}": (G * n_a,), f"bias_hh_l{layer}": (G * n_a,)})
+    shapes.update(Wy=(V, n_a), by=(V, 1))
+    return shapes
+
+
+def _check_stored_parameters(state, cell, V, hidden_size, num_layers, dtype):
+    """Compare stored host arrays with what a configuration implies, before anything is allocated.
+
+    Raises ValueError or TypeError naming the field or the array that does not fit.
+    """
+    if not isinstance(cell, str) or cell not in CELLS:
+        raise ValueError(f"cell must be one of {tuple(CELLS)}; got {cell!r}")
+    check_sizes(hidden_size=hidden_size, num_layers=num_layers)
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64'; got {dtype!r}")
+    # Every layer has four arrays: this bounds num_layers by what the file holds before names are made for it.
+    if num_layers > len(state):
+        raise ValueError(f"num_layers = {num_layers} needs {4 * num_layers + 2} parameter arrays; "
+                         f"the checkpoint holds {len(state)}")
+    shapes = parameter_shapes(cell, V, hidden_size, num_layers)
+    missing, unexpected = sorted(set(shapes) - set(state)), sorted(set(state) - set(shapes))
+    source = f"cell={cell!r}, hidden_size={hidden_size}, num_layers={num_layers} and V={V}"
+    if missing or unexpected:
+        raise ValueError(f"state dict does not fit the model of {source}: missing {missing}, unexpected {unexpected}")
+    for name, shape in shapes.items():
+        a = state[name]
+        if a.dtype != np.dtype(dtype):
+            raise TypeError(f"parameter {name!r} has dtype {a.dtype}; expected {dtype}, the checkpoint's dtype")
+        if a.shape != shape:
+            raise ValueError(f"parameter {name!r} has shape {a.shape}; expected {shape} from {source}")
 
 
 def _draw(scores, rng):

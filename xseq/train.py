@@ -8,8 +8,14 @@ the losses the uninterrupted run gives.
 The recipe
 ----------
 * One line of the corpus is one sequence; the vocabulary is every character of the corpus.
+  A line longer than ``max_seq_len`` tokens (default 256) is split into
+  consecutive pieces of ``max_seq_len`` tokens (the last one shorter), each
+  learned as a sequence of its own: it starts from the zero state and ends with
+  ``<eos>``. So memory is bounded by ``batch_size`` and ``max_seq_len``, not
+  by the longest line; the price is that no context crosses a cut.
 * A validation split of ``val_fraction`` of the sequences (at least one) is
-  held out, chosen by ``numpy.random.default_rng([seed, 1])``.
+  held out, chosen by ``numpy.random.default_rng([seed, 1])``; the pieces of a
+  split line count as sequences here too.
 * Each epoch visits the training sequences once, in an order drawn by a
   second stream, ``numpy.random.default_rng([seed, 2])``, in batches of
   ``batch_size`` padded to the batch's longest sequence (the last batch of an
@@ -36,6 +42,7 @@ import contextlib
 import dataclasses
 import hashlib
 import math
+import reprlib
 import signal
 import time
 
@@ -51,9 +58,15 @@ TRAINER_FORMAT_VERSION = 1
 OPTIMIZERS = ("adam", "sgd")
 CLIP_MODES = ("norm", "value")
 DEFAULT_EPOCHS = 15
+DEFAULT_MAX_SEQ_LEN = 256
+EVALUATION_BATCH = 256  # sequences per forward pass of evaluate
 DEFAULT_LR = {"adam": 0.003, "sgd": 0.5}
 _OPTIM_PREFIX = "optim/"
 _LOSSES_KEY = "train/losses"
+
+
+class DivergedError(ArithmeticError):
+    """The loss stopped being a finite number (the learning rate is too large, or clipping is off)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +99,9 @@ class TrainConfig:
         ``epochs`` is set to ``DEFAULT_EPOCHS`` on construction.
     val_fraction : float in (0, 1)
         Share of the sequences held out for validation.
+    max_seq_len : int
+        Longest sequence in tokens: longer lines are split into pieces of this
+        length (see :func:`split_sequences`).
     seed : int
         Seeds the weights, the split, the shuffling and dropout.
     dtype : {"float32", "float64"}
@@ -104,6 +120,7 @@ class TrainConfig:
     epochs: int | None = None
     steps: int | None = None
     val_fraction: float = 0.1
+    max_seq_len: int = DEFAULT_MAX_SEQ_LEN
     seed: int = 0
     dtype: str = "float32"
 
@@ -112,7 +129,7 @@ class TrainConfig:
                               ("dtype", ("float32", "float64"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}; got {getattr(self, name)!r}")
-        for name in ("hidden_size", "num_layers", "batch_size"):
+        for name in ("hidden_size", "num_layers", "batch_size", "max_seq_len"):
             check_int(name, getattr(self, name), 1)
         check_int("seed", self.seed, 0)
         for name in ("epochs", "steps"):
@@ -155,14 +172,14 @@ def split_corpus(lines, val_fraction, seed):
 
     Parameters
     ----------
-    lines : list of str
-        At least two sequences.
+    lines : list of str, or list of lists of int
+        At least two sequences (lines, or encoded sequences).
     val_fraction : float in (0, 1)
     seed : int
 
     Returns
     -------
-    train, validation : list of str
+    train, validation : lists of the items of ``lines``
         ``round(val_fraction * N)`` validation sequences, at least 1 and at
         most ``N - 1``, chosen by ``numpy.random.default_rng([seed, 1])``; both
         lists keep the corpus order.
@@ -176,7 +193,35 @@ def split_corpus(lines, val_fraction, seed):
     return [s for s, h in zip(lines, held_out) if not h], [s for s, h in zip(lines, held_out) if h]
 
 
-def evaluate(model, sequences, batch_size=256):
+def split_sequences(sequences, max_len):
+    """Cut every sequence longer than ``max_len`` into consecutive pieces of ``max_len``.
+
+    Parameters
+    ----------
+    sequences : list of lists of int
+        Encoded sequences (without ``<eos>``).
+    max_len : int >= 1
+
+    Returns
+    -------
+    list of lists of int
+        The sequences in order, each long one replaced by its pieces (the last
+        may be shorter); ``[c1 .. c600]`` with ``max_len=256`` becomes
+        ``[c1 .. c256], [c257 .. c512], [c513 .. c600]``. Every piece is then
+        modelled as a sequence of its own (zero first input, ``<eos>`` target
+        at its end).
+    """
+    check_int("max_len", max_len, 1)
+    pieces = []
+    for seq in sequences:
+        if len(seq) <= max_len:
+            pieces.append(seq)
+        else:
+            pieces.extend(seq[start:start + max_len] for start in range(0, len(seq), max_len))
+    return pieces
+
+
+def evaluate(model, sequences, batch_size=EVALUATION_BATCH, max_seq_len=DEFAULT_MAX_SEQ_LEN):
     """Mean cross-entropy per predicted token (``<eos>`` included) of ``model`` on ``sequences``.
 
     Parameters
@@ -186,6 +231,10 @@ def evaluate(model, sequences, batch_size=256):
         Encoded sequences (without ``<eos>``).
     batch_size : int
         Sequences per forward pass; they are grouped by length to limit padding.
+    max_seq_len : int
+        Sequences longer than this are split first (:func:`split_sequences`),
+        as training splits them, so a forward pass holds at most
+        ``batch_size`` sequences of ``max_seq_len + 1`` steps.
 
     Returns
     -------
@@ -194,6 +243,7 @@ def evaluate(model, sequences, batch_size=256):
     """
     if not sequences:
         raise ValueError("sequences is empty; nothing to evaluate")
+    sequences = split_sequences(sequences, max_seq_len)
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     total = count = 0
     for start in range(0, len(order), batch_size):
@@ -219,6 +269,9 @@ class Trainer:
     Attributes
     ----------
     model : CharLM
+    train_ids, val_ids : list of lists of int
+        The encoded training and validation sequences, long lines already
+        split into pieces of at most ``config.max_seq_len`` tokens.
     optimizer : Adam or SGD
     config : TrainConfig
     step, epoch : int
@@ -250,9 +303,8 @@ class Trainer:
 
     def _setup(self, lines, config, model, source):
         """Everything but the model: data, optimiser, streams and counters at the start of a run."""
-        train_lines, val_lines = split_corpus(lines, config.val_fraction, config.seed)
-        self.train_ids = [model.vocab.encode(s) for s in train_lines]
-        self.val_ids = [model.vocab.encode(s) for s in val_lines]
+        sequences = split_sequences([model.vocab.encode(s) for s in lines], config.max_seq_len)
+        self.train_ids, self.val_ids = split_corpus(sequences, config.val_fraction, config.seed)
         self.config = config
         self.model = model
         self.source = source
@@ -319,7 +371,13 @@ class Trainer:
         sequences : list of lists of int
             The batch's encoded sequences (without ``<eos>``).
         """
-        loss = self.model.loss_and_backward(*self.model.batch(sequences), training=True)
+        # Overflow shows up as a non-finite loss, which stops the run with DivergedError below; NumPy's
+        # warnings on the way there would only bury that message.
+        with np.errstate(over="ignore", invalid="ignore"):
+            loss = self.model.loss_and_backward(*self.model.batch(sequences), training=True)
+        if not math.isfinite(loss):
+            # Before the update, so the weights in memory (and any checkpoint written since) stay finite.
+            raise DivergedError(f"training diverged at step {self.step + 1}: the training loss is {loss}")
         grads = self.model.grads()
         clip = self.config.clip
         if clip:
@@ -332,17 +390,20 @@ class Trainer:
 
     def validation_loss(self):
         """Mean cross-entropy per character of the model on the validation split."""
-        return evaluate(self.model, self.val_ids)
+        return evaluate(self.model, self.val_ids, max_seq_len=self.config.max_seq_len)
 
     def validate(self):
         """Record the validation loss in :attr:`history` and return the record."""
         last_step = self.history[-1]["step"] if self.history else 0
         recent = self.losses[last_step:]
+        val_loss = self.validation_loss()
+        if not math.isfinite(val_loss):
+            raise DivergedError(f"training diverged by step {self.step}: the validation loss is {val_loss}")
         record = {
             "epoch": round(self.epoch + self.batch_in_epoch / self.steps_per_epoch, 4),
             "step": self.step,
             "train_loss": float(np.mean(recent)) if recent else None,
-            "val_loss": self.validation_loss(),
+            "val_loss": val_loss,
             "seconds": round(self.seconds, 3),
         }
         self.history.append(record)
@@ -468,7 +529,10 @@ class Trainer:
         ------
         CheckpointError
             Unreadable or corrupt file, no training state in it, another format
-            version, or a corpus that differs from the saved run's.
+            version, a training state with a field of the wrong type or range
+            or one that contradicts the model or the other fields (counters,
+            random streams, history, losses and recipe are all checked before
+            use), or a corpus that differs from the saved run's.
         """
         where = f"checkpoint {str(path)!r}"
         arrays, meta = load_checkpoint(path)
@@ -481,11 +545,22 @@ class Trainer:
                                   f"this version of xseq reads {TRAINER_FORMAT_VERSION}")
         lines = list(lines)
         try:
-            config = dict(state["config"])
+            config = state["config"]
+            missing = [field for field in _RECIPE_FIELDS if not isinstance(config, dict) or field not in config]
+            if missing:
+                raise _state_error(where, "config", config, f"the recipe with every field of format version "
+                                   f"{TRAINER_FORMAT_VERSION}; it lacks {missing}")
+            config = dict(config)
             if epochs is not None or steps is not None:
                 config.update(epochs=epochs, steps=steps)
             config = TrainConfig(**config)
-            recorded = state["corpus"]
+            for field, value in (("cell", model.cell), ("hidden_size", model.hidden_size),
+                                 ("num_layers", model.num_layers), ("dropout", model.layer.dropout),
+                                 ("dtype", model.dtype_name)):
+                if getattr(config, field) != value:
+                    raise _state_error(where, f"config[{field!r}]", getattr(config, field),
+                                       f"the model's {value!r}")
+            recorded = _check_corpus_record(where, state["corpus"])
             if recorded["sha256"] != corpus_fingerprint(lines):
                 raise CheckpointError(
                     f"{where} was trained on another corpus ({recorded['source'] or 'unknown source'}, "
@@ -493,24 +568,125 @@ class Trainer:
                     f"({len(lines)} sequences); resume with the same corpus")
             trainer = cls.__new__(cls)
             trainer._setup(lines, config, model, source if source is not None else recorded["source"])
-            trainer.optimizer.load_state_dict({
-                **state["optimizer"],
-                **{k[len(_OPTIM_PREFIX):]: v for k, v in arrays.items() if k.startswith(_OPTIM_PREFIX)}})
-            trainer.step, trainer.epoch = state["step"], state["epoch"]
-            trainer.batch_in_epoch = state["batch_in_epoch"]
-            trainer.shuffle_rng.bit_generator.state = state["shuffle_rng"]
+            optimizer_arrays = {k[len(_OPTIM_PREFIX):]: v for k, v in arrays.items() if k.startswith(_OPTIM_PREFIX)}
+            for name, value in optimizer_arrays.items():
+                if value.dtype.kind == "f" and not np.isfinite(value).all():
+                    raise CheckpointError(f"{where} has an invalid training state: optimizer array {name!r} "
+                                          "holds NaN or infinite values")
+            trainer.optimizer.load_state_dict({**state["optimizer"], **optimizer_arrays})
+            per_epoch = trainer.steps_per_epoch
+            step = _state_int(where, "step", state["step"], 0)
+            epoch = _state_int(where, "epoch", state["epoch"], 0)
+            batch_in_epoch = _state_int(where, "batch_in_epoch", state["batch_in_epoch"], 0, per_epoch)
+            if step != epoch * per_epoch + batch_in_epoch:
+                raise CheckpointError(f"{where} has an invalid training state: step {step} is not epoch {epoch} "
+                                      f"x {per_epoch} steps per epoch + batch_in_epoch {batch_in_epoch}")
+            trainer.step, trainer.epoch, trainer.batch_in_epoch = step, epoch, batch_in_epoch
+            trainer.shuffle_rng.bit_generator.state = _check_rng_state(where, "shuffle_rng", state["shuffle_rng"],
+                                                                       trainer.shuffle_rng)
             if trainer.batch_in_epoch:
                 trainer._epoch_start_rng_state = trainer.shuffle_rng.bit_generator.state
                 trainer._order = trainer.shuffle_rng.permutation(len(trainer.train_ids))
-            model.layer.dropout_rng.bit_generator.state = state["dropout_rng"]
-            trainer.losses = [float(x) for x in arrays[_LOSSES_KEY]]
-            trainer.history = list(state["history"])
-            trainer.seconds, trainer.chars_seen = float(state["seconds"]), int(state["chars_seen"])
-        except (KeyError, TypeError, ValueError) as exc:
+            dropout_rng = model.layer.dropout_rng
+            dropout_rng.bit_generator.state = _check_rng_state(where, "dropout_rng", state["dropout_rng"], dropout_rng)
+            losses = arrays[_LOSSES_KEY]
+            if losses.ndim != 1 or losses.dtype.kind != "f" or len(losses) != step:
+                raise _state_error(where, f"array {_LOSSES_KEY!r}", f"{losses.dtype} {losses.shape}",
+                                   f"the float losses of the {step} steps, shape ({step},)")
+            trainer.losses = [float(x) for x in losses]
+            trainer.history = _check_history(where, state["history"], step)
+            trainer.seconds = _state_real(where, "seconds", state["seconds"], 0)
+            trainer.chars_seen = _state_int(where, "chars_seen", state["chars_seen"], 0)
+        except KeyError as exc:
+            raise CheckpointError(f"{where} has an invalid training state: no entry {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{where} has an invalid training state: {type(exc).__name__}: {exc}") from None
-        if len(trainer.losses) != trainer.step:
-            raise CheckpointError(f"{where} records {len(trainer.losses)} losses for {trainer.step} steps")
         return trainer
+
+
+# ---------------------------------------------------------------------- checks of a saved training state
+
+_HISTORY_FIELDS = ("epoch", "step", "train_loss", "val_loss", "seconds")
+# The recipe fields every checkpoint of TRAINER_FORMAT_VERSION 1 records: a missing one would silently
+# take its default (another seed, split or learning rate). A field added since then takes its default.
+_RECIPE_FIELDS = ("cell", "hidden_size", "num_layers", "dropout", "batch_size", "optimizer", "lr", "momentum",
+                  "clip", "clip_mode", "epochs", "steps", "val_fraction", "seed", "dtype")
+
+
+def _state_error(where, field, value, expected):
+    return CheckpointError(f"{where} has an invalid training state: {field} is {reprlib.repr(value)}; "
+                           f"expected {expected}")
+
+
+def _state_int(where, field, value, low, high=None):
+    """``value``, an int (not a bool) with ``low <= value`` and, when given, ``value < high``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value >= high):
+        bound = f"{low} <= {field}" + ("" if high is None else f" < {high}")
+        raise _state_error(where, field, value, f"an int with {bound}")
+    return value
+
+
+def _is_real(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _state_real(where, field, value, low):
+    """``value`` as a float: a finite number (not a bool) ``>= low``."""
+    if not _is_real(value) or not math.isfinite(value) or value < low:
+        raise _state_error(where, field, value, f"a finite number >= {low}")
+    return float(value)
+
+
+def _check_corpus_record(where, record):
+    """The saved run's corpus record: ``sha256`` (str), ``source`` (str or None), ``sequences`` (int)."""
+    if not isinstance(record, dict):
+        raise _state_error(where, "corpus", record, "an object with 'source', 'sha256' and 'sequences'")
+    if not isinstance(record["sha256"], str):
+        raise _state_error(where, "corpus['sha256']", record["sha256"], "a hex string")
+    if record["source"] is not None and not isinstance(record["source"], str):
+        raise _state_error(where, "corpus['source']", record["source"], "a string or null")
+    _state_int(where, "corpus['sequences']", record["sequences"], 0)
+    return record
+
+
+def _check_rng_state(where, field, value, generator):
+    """``value`` if it has the layout of ``generator.bit_generator.state`` (PCG64: nested dicts of str and int).
+
+    Its strings must be the generator's (the bit generator's name) and its
+    integers ints in ``[0, 2**128)``, the range of PCG64's state words.
+    """
+    def check(saved, current, at):
+        if isinstance(current, dict):
+            if not isinstance(saved, dict) or set(saved) != set(current):
+                raise _state_error(where, at, saved, f"an object with the keys {sorted(current)}")
+            for key in current:
+                check(saved[key], current[key], f"{at}[{key!r}]")
+        elif isinstance(current, str):
+            if saved != current:
+                raise _state_error(where, at, saved, repr(current))
+        elif isinstance(saved, bool) or not isinstance(saved, int) or not 0 <= saved < 2**128:
+            raise _state_error(where, at, saved, "an int with 0 <= value < 2**128")
+
+    check(value, generator.bit_generator.state, field)
+    return value
+
+
+def _check_history(where, history, step):
+    """The saved validation records: each has every field of :meth:`Trainer.validate`, steps in order."""
+    if not isinstance(history, list):
+        raise _state_error(where, "history", history, "a list of validation records")
+    previous = 0
+    for i, record in enumerate(history):
+        at = f"history[{i}]"
+        if not isinstance(record, dict) or set(record) != set(_HISTORY_FIELDS):
+            raise _state_error(where, at, record, f"a record with the keys {list(_HISTORY_FIELDS)}")
+        previous = _state_int(where, f"{at}['step']", record["step"], previous, step + 1)
+        _state_real(where, f"{at}['epoch']", record["epoch"], 0)
+        _state_real(where, f"{at}['seconds']", record["seconds"], 0)
+        for key in ("train_loss", "val_loss"):
+            if not _is_real(record[key]) and not (key == "train_loss" and record[key] is None):
+                raise _state_error(where, f"{at}[{key!r}]", record[key], "a number")
+    return list(history)
 
 
 def _around_bar(bar, log):

@@ -38,7 +38,7 @@ import numpy as np
 from array_api_compat import is_array_api_obj
 
 from ._backend import backend as _backend_named
-from ._backend import dtype_of, to_numpy
+from ._backend import dtype_of, refuse_masked, to_numpy
 
 PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
 SPECIALS = (PAD, UNK, EOS)
@@ -299,6 +299,7 @@ class Vocabulary:
         -------
         str
         """
+        refuse_masked("ids", ids)
         if is_array_api_obj(ids) or isinstance(ids, np.ndarray):
             arr = to_numpy(ids)
             if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
@@ -391,6 +392,7 @@ def _tokenize(text, level):
 
 def _host_ids(ids):
     """``ids`` as a host int64 array ``(m, T_x)`` and its bool mask; validates everything but the range."""
+    refuse_masked("ids", ids)
     if is_array_api_obj(ids) or isinstance(ids, np.ndarray):
         arr = to_numpy(ids)
         if arr.ndim != 2:

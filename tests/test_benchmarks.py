@@ -1,0 +1,247 @@
+"""The benchmarks' checks: they compare every output and gradient, and a wrong one stops the script.
+
+Nothing here times anything. The checks run at tiny sizes whose ``T_x`` is
+past NumPy's projection chunk (8 steps), so xseq takes the chunked path the
+timed sizes take; faults are planted in xseq's fast path only (the reference,
+``XSEQ_FUSED=0``, stays right), the way a bug in a fast path would show.
+"""
+
+import io
+import os
+import subprocess
+import sys
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import xseq._engine
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+from harness import checks, report  # noqa: E402
+from harness.contenders import cpu, gpu  # noqa: E402
+
+# T_x = 11: past the 8-step projection chunk, and not a multiple of it (a partial last chunk).
+TINY = (3, 5, 2, 11)
+
+
+def plant_in_fast_path(monkeypatch, key, when=lambda trace: True):
+    """Scale gradient ``key`` of xseq's sequence_backward by 1.001 on the fast path (not under XSEQ_FUSED=0)."""
+    original = xseq._engine.sequence_backward
+
+    def wrong(trace, *args, **kwargs):
+        grads = original(trace, *args, **kwargs)
+        if os.environ.get("XSEQ_FUSED") != "0" and when(trace):
+            grads[key] = grads[key] * 1.001
+        return grads
+
+    monkeypatch.setattr(xseq._engine, "sequence_backward", wrong)
+
+
+# ---------------------------------------------------------------- checks.Check, with NumPy arrays
+
+
+def results(seed=0):
+    rng = np.random.default_rng(seed)
+    shapes = {"a": (4, 3, 5), "dx": (2, 3, 5), "dW_hh_l0": (4, 4)}
+    return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
+
+
+def test_check_passes_equal_results_and_reports_each_bad_array():
+    want = results()
+    good = checks.Check()
+    good.compare("case: same", {k: v.copy() for k, v in want.items()}, want, checks.SAME_FORMULAS, ["a", "dx"])
+    assert good.passed and good.arrays == 3
+
+    bad = {k: v.copy() for k, v in want.items()}
+    bad["dW_hh_l0"][1, 2] += 1e-3 * np.abs(want["dW_hh_l0"]).max()
+    bad["dx"][0, 0, 0] = np.nan
+    found = checks.Check()
+    found.compare("case: bad", bad, want, checks.SAME_FORMULAS)
+    assert len(found.failures) == 2
+    assert any("dW_hh_l0" in f and "at (1, 2)" in f for f in found.failures)
+    assert any("dx" in f for f in found.failures)
+
+
+def test_check_fails_missing_extra_reshaped_and_recast_results():
+    want = results()
+    got = {"a": want["a"].astype(np.float64), "dx": want["dx"].reshape(2, 15), "extra": want["a"]}
+    found = checks.Check()
+    found.compare("case", got, want, checks.OTHER_IMPLEMENTATION, ["a", "dx", "dW_hh_l0"])
+    text = "\n".join(found.failures)
+    assert "dW_hh_l0 is missing" in text
+    assert "extra has no counterpart" in text
+    assert "a is float64" in text and "dx is float32 (2, 15)" in text
+    with pytest.raises(SystemExit), redirect_stdout(io.StringIO()):
+        found.exit_if_failed()
+
+
+def test_targets_are_not_claimed_without_the_check():
+    assert report.targets_verdict(True, checked=True) == "all targets met"
+    unchecked = report.targets_verdict(True, checked=False)
+    assert "not claimed" in unchecked and "all targets met" not in unchecked
+
+
+# ---------------------------------------------------------------- bench_cpu.py
+
+
+def test_cpu_check_covers_every_output_and_gradient(torch):
+    result = cpu.check(cpu.MODELS, [TINY], cpu.MODES, out=lambda line: None)
+    assert result.passed, result.failures
+    # What the reference reports, every contender must report in forward+backward (the check requires
+    # every gradient of the reference): every parameter of every layer and direction, dx, the initial states'.
+    size = cpu.size_name(TINY)
+    bidirectional = cpu.build("xseq", "lstm-2layer-bidirectional", size, "forward+backward").results()
+    parameters = cpu.layer_shapes("lstm-2layer-bidirectional", TINY[0], TINY[1])
+    assert len(parameters) == 16
+    assert set(bidirectional) == {"outputs", "h_n", "c_n", "dx", "dh0", "dc0", *map(cpu.gradient_name, parameters)}
+    course = cpu.build("xseq", "lstm", size, "forward+backward").results()
+    assert set(course) == {"a", "y", "c", "dx", "da0", "dW_ih_l0", "dW_hh_l0", "db_ih_l0", "db_hh_l0"}
+    assert set(checks.gradient_names(course)) == {"dx", "da0", "dW_ih_l0", "dW_hh_l0", "db_ih_l0", "db_hh_l0"}
+
+
+def test_cpu_check_finds_a_wrong_gradient_of_the_second_layers_reverse_direction(torch, monkeypatch):
+    plant_in_fast_path(monkeypatch, "db_hh", when=lambda trace: trace.reverse)
+    result = cpu.check(["lstm", "lstm-2layer-bidirectional"], [TINY], ["forward+backward"], out=lambda line: None)
+    assert not result.passed
+    assert all(": xseq:" in f and "lstm-2layer-bidirectional" in f for f in result.failures)
+    assert {f.split(": xseq: ")[1].split()[0] for f in result.failures} == {"db_hh_l0_reverse", "db_hh_l1_reverse"}
+
+
+def test_bench_cpu_times_nothing_after_a_failed_check(monkeypatch, capsys):
+    import bench_cpu
+
+    calls = []
+
+    def failed_check(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1)
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("timed after a failed check")
+
+    monkeypatch.setattr(bench_cpu, "machine_info", lambda torch_no_mkldnn: [])
+    monkeypatch.setattr(bench_cpu.method, "cpu_idle", lambda seconds: None)
+    monkeypatch.setattr(bench_cpu.subprocess, "run", failed_check)
+    monkeypatch.setattr(bench_cpu.method, "Runner", no_timing)
+    assert bench_cpu.main(["--models", "lstm", "--sizes", "3x5x2x11", "--repeats", "1"]) == 1
+    (cmd,) = calls
+    assert cmd[cmd.index("--sizes") + 1] == "3x5x2x11"  # the check runs at the timed size
+    out = capsys.readouterr()
+    assert "| model |" not in out.out and "targets" not in out.out
+    assert "nothing is timed" in out.err
+
+
+def test_bench_cpu_claims_no_target_under_no_check(monkeypatch, capsys):
+    import bench_cpu
+
+    class FakeRunner:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(bench_cpu, "machine_info", lambda torch_no_mkldnn: [])
+    monkeypatch.setattr(bench_cpu.method, "cpu_idle", lambda seconds: None)
+    monkeypatch.setattr(bench_cpu.method, "Runner", FakeRunner)
+    monkeypatch.setattr(bench_cpu.method, "interleaved_round",
+                        lambda runner, case, order, iters, gap, before: {"naive": 3.0, "xseq": 1.0, "torch": 2.0})
+    assert bench_cpu.main(["--models", "lstm", "--sizes", "3x5x2x11", "--repeats", "1", "--no-check"]) == 0
+    out = capsys.readouterr().out
+    assert "check: skipped" in out
+    assert "targets not claimed" in out and "all targets met" not in out
+
+
+# ---------------------------------------------------------------- bench_gpu.py's check, on the CPU
+
+
+def test_gpu_check_compares_every_contender_on_the_host():
+    result = gpu.check([TINY], ["fused", "fused-steps", "array-api"], device="cpu", out=lambda line: None)
+    assert result.passed, result.failures
+    assert result.arrays == 3 * (3 + 3 + 7)
+
+
+def test_gpu_check_compares_cudnn_stand_in(torch):
+    result = gpu.check([TINY], ["cudnn"], device="cpu", out=lambda line: None)
+    assert result.passed, result.failures
+    assert result.arrays == 3 + 3 + 7
+
+
+def test_gpu_check_finds_a_wrong_initial_cell_gradient(monkeypatch):
+    plant_in_fast_path(monkeypatch, "dc0")
+    result = gpu.check([TINY], ["fused", "array-api"], device="cpu", out=lambda line: None)
+    assert [f.split(": fused: ")[1].split()[0] for f in result.failures] == ["dc0"]
+
+
+def test_bench_gpu_checks_without_cudnn_among_the_contenders(monkeypatch, capsys):
+    import bench_gpu
+
+    calls = []
+
+    def failed_check(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1)
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("timed after a failed check")
+
+    monkeypatch.setattr(bench_gpu, "gpu_or_exit", lambda need_torch: ["GPU: none (test)"])
+    monkeypatch.setattr(bench_gpu.subprocess, "run", failed_check)
+    monkeypatch.setattr(bench_gpu, "run_worker", no_timing)
+    assert bench_gpu.main(["--sizes", "3x5x2x11", "--contenders", "fused", "array-api"]) == 1
+    (cmd,) = calls
+    assert "--check-only" in cmd and cmd[cmd.index("--sizes") + 1] == "3x5x2x11"
+    assert cmd[cmd.index("--contenders") + 1:][:2] == ["fused", "array-api"]
+    assert "nothing is timed" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- lm_vs_torch.py
+
+
+def lm_config():
+    from xseq.train import TrainConfig
+
+    return TrainConfig(hidden_size=8, epochs=1)
+
+
+def test_lm_first_step_check_passes_and_compares_every_gradient(torch):
+    from harness.contenders import lm
+
+    result, losses = lm.check_first_step(xseq.builtin_corpus(), lm_config(), out=lambda line: None)
+    assert result.passed, result.failures
+    assert result.arrays == 2 * 6  # 4 LSTM arrays + Wy + by, for xseq and torch
+    assert lm.losses_agree(losses["torch"], losses["reference"])
+
+
+def test_lm_first_step_check_finds_a_wrong_gradient(torch, monkeypatch):
+    from harness.contenders import lm
+
+    plant_in_fast_path(monkeypatch, "dW_hh")
+    result, _ = lm.check_first_step(xseq.builtin_corpus(), lm_config(), out=lambda line: None)
+    assert [f.split(": xseq: ")[1].split()[0] for f in result.failures] == ["dW_hh_l0"]
+
+
+def test_lm_losses_agree_within_the_stated_tolerance():
+    from harness.contenders import lm
+
+    assert lm.losses_agree(3.377921, 3.377921 * (1 + 0.9 * lm.FIRST_LOSS_RTOL))
+    assert not lm.losses_agree(3.377921, 3.377921 * (1 + 2 * lm.FIRST_LOSS_RTOL))
+
+
+def test_lm_vs_torch_stops_when_a_runs_first_loss_differs(torch, monkeypatch, capsys):
+    import lm_vs_torch
+
+    def run_worker(side, args):
+        return {"side": side, "seconds": 1.0, "val_loss": 2.0, "val_history": [2.0], "first_loss": 3.0,
+                "steps": 1, "chars": 1}
+
+    monkeypatch.setattr(lm_vs_torch, "run_worker", run_worker)
+    with pytest.raises(SystemExit) as stopped:
+        lm_vs_torch.main(["--hidden", "8", "--epochs", "1", "--repeats", "1"])
+    assert stopped.value.code not in (0, None)
+    assert "first-step loss 3.000000 differs" in str(stopped.value.code)
+    assert "wall time" not in capsys.readouterr().out
