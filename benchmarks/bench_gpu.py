@@ -4,15 +4,15 @@ What is timed (``harness/contenders/gpu.py``)
 ---------------------------------------------
 A one-layer LSTM in float32, time-major, over a whole sequence, four ways:
 
-* ``fused``: ``xseq._engine.sequence_forward`` / ``sequence_backward`` on CuPy
-  arrays as dispatched by default: the direct loop (``_kernels.DirectSteps``
+* ``fused``: ``xseq.engine.sequence.sequence_forward`` / ``sequence_backward`` on CuPy
+  arrays as dispatched by default: the direct loop (``xseq.ops.fused.DirectSteps``
   on ``CupyDevice``), per step one cuBLAS gemm and one launch of the fused
   kernel, by address;
 * ``fused-steps``: the same with ``XSEQ_DIRECT=0``: the engine's own loop over
   the fused step methods (one ``ElementwiseKernel`` and one ``cupy.matmul``
   per step on array views; the default before the direct loop);
 * ``array-api``: the same calls with ``XSEQ_FUSED=0``, so the pointwise work
-  is the array-API reference (``xseq._pointwise.ArrayAPIOps``);
+  is the array-API reference (``xseq.ops.reference.ArrayAPIOps``);
 * ``cudnn``: ``torch.nn.LSTM`` on CUDA, which PyTorch runs with cuDNN.
 
 The engine is called directly, with the gate matrices stacked as

@@ -6,9 +6,9 @@ The default ``xseq train`` run on the built-in corpus (LSTM, hidden 128,
 one layer, Adam lr 0.003, batch 32, global-norm clipping at 5, 15 epochs,
 float32; ``--epochs``, ``--hidden`` and ``--cell`` change it) trained twice:
 
-* ``xseq``: :class:`xseq.train.Trainer` on the NumPy backend, exactly what
+* ``xseq``: :class:`xseq.lm.train.Trainer` on the NumPy backend, exactly what
   ``xseq train`` runs;
-* ``torch``: the same :class:`~xseq.train.Trainer` loop (same split, same
+* ``torch``: the same :class:`~xseq.lm.train.Trainer` loop (same split, same
   batch order, same per-epoch validation, same bookkeeping) with its model
   math replaced by ``torch.nn.LSTM`` (or ``GRU``/``RNN``) + ``torch.nn.Linear``
   starting from xseq's initial weights, ``torch.optim.Adam``,
@@ -59,12 +59,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import xseq  # noqa: E402
-from xseq.train import Trainer, TrainConfig, split_corpus  # noqa: E402
-
 # benchmarks/ is on sys.path as this script's directory, wherever it is run from
 from harness import method, report  # noqa: E402
 from harness.contenders import lm  # noqa: E402
+
+import xseq  # noqa: E402
+from xseq.lm.train import TrainConfig, Trainer, split_corpus  # noqa: E402
 
 LOSS_TARGET = 0.03  # xseq's validation loss at most 3% above torch's
 TIME_TARGET = 1.5  # xseq's wall time at most 1.5x torch's

@@ -53,7 +53,7 @@ def main():
 
     for key in ("Wf", "bi", "Wo"):
         print(f"gradient check d{key}: relative error {gradient_check(xp, lstm, x, a0, key):.1e}")
-    print("backend:", xseq._backend.backend_name(xp))
+    print("backend:", xseq.backends.arrays.backend_name(xp))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Build xseq/data/names.txt, the built-in corpus, from the 1990 US Census name files.
+"""Build xseq/lm/data/names.txt, the built-in corpus, from the 1990 US Census name files.
 
 Where the data comes from
 -------------------------
@@ -48,7 +48,7 @@ from pathlib import Path
 SDIST_NAME = "names-0.3.0.tar.gz"
 SDIST_SHA256 = "726e46254f2ed03f1ffb5d941dae3bc67c35123941c29becd02d48d0caa2a671"
 MEMBERS = ("names-0.3.0/names/dist.male.first", "names-0.3.0/names/dist.female.first")
-DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "xseq" / "data" / "names.txt"
+DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "xseq" / "lm" / "data" / "names.txt"
 # A census line is "NAME  freq  cumulative-freq  rank", e.g. "JAMES   3.318  3.318   1".
 LINE = re.compile(r"^([A-Z]+)\s+[0-9.]+\s+[0-9.]+\s+[0-9]+$")
 

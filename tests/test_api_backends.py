@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import xseq
-from xseq._backend import backend_name
+from xseq.backends.arrays import backend_name
 
 N_X, N_A, N_Y, M, T_X = 3, 5, 2, 4, 6
 DTYPES = ("float32", "float64")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import xseq
-from xseq._backend import backend_name
+from xseq.backends.arrays import backend_name
 
 from .helpers import namespace_or_skip
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import xseq
-from xseq._backend import backend_name
+from xseq.backends.arrays import backend_name
 
 N_X, N_A, N_Y, M, T_X = 3, 5, 2, 10, 4
 INIT = {"rnn": xseq.init_rnn_parameters, "lstm": xseq.init_lstm_parameters, "gru": xseq.init_gru_parameters}

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import xseq._engine
+import xseq.engine.sequence
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -30,7 +30,7 @@ TINY = (3, 5, 2, 11)
 
 def plant_in_fast_path(monkeypatch, key, when=lambda trace: True):
     """Scale gradient ``key`` of xseq's sequence_backward by 1.001 on the fast path (not under XSEQ_FUSED=0)."""
-    original = xseq._engine.sequence_backward
+    original = xseq.engine.sequence.sequence_backward
 
     def wrong(trace, *args, **kwargs):
         grads = original(trace, *args, **kwargs)
@@ -38,7 +38,7 @@ def plant_in_fast_path(monkeypatch, key, when=lambda trace: True):
             grads[key] = grads[key] * 1.001
         return grads
 
-    monkeypatch.setattr(xseq._engine, "sequence_backward", wrong)
+    monkeypatch.setattr(xseq.engine.sequence, "sequence_backward", wrong)
 
 
 # ---------------------------------------------------------------- checks.Check, with NumPy arrays
@@ -203,7 +203,7 @@ def test_bench_gpu_checks_without_cudnn_among_the_contenders(monkeypatch, capsys
 
 
 def lm_config():
-    from xseq.train import TrainConfig
+    from xseq.lm.train import TrainConfig
 
     return TrainConfig(hidden_size=8, epochs=1)
 

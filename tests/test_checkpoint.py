@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 
 import xseq
-from xseq.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
-from xseq.vocab import Vocabulary
+from xseq.lm.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    load_checkpoint,
+    save_checkpoint,
+)
+from xseq.lm.vocab import Vocabulary
 
 
 def leftovers(directory, keep):

@@ -1,4 +1,4 @@
-"""xseq.checkpoint's durability: the data reaches the disk before the rename, and the rename after it.
+"""xseq.lm.checkpoint's durability: the data reaches the disk before the rename, and the rename after it.
 
 Observed through the public save path with ``os.fsync`` and ``os.replace``
 wrapped: each call is recorded with the file (device and inode) it acts on,
@@ -11,7 +11,7 @@ import stat
 import numpy as np
 import pytest
 
-from xseq.checkpoint import load_checkpoint, save_checkpoint
+from xseq.lm.checkpoint import load_checkpoint, save_checkpoint
 
 
 def identity(st):

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 
 import xseq
-from xseq.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from xseq.model import CharLM, parameter_shapes
-from xseq.train import Trainer, TrainConfig
+from xseq.lm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from xseq.lm.model import CharLM, parameter_shapes
+from xseq.lm.train import TrainConfig, Trainer
 
 from .test_cli import NAMES, assert_bad_input, env, xseq_cli
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import xseq
-from xseq.cli import main
-from xseq.model import CharLM
+from xseq.lm.cli import main
+from xseq.lm.model import CharLM
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = "anna\nbob\ncarla\ndan\nebba\nfrida\ngus\nhanna\nida\njon\nkai\nlena\n"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from xseq.corpus import CorpusError, builtin_corpus, read_corpus
-from xseq.vocab import Vocabulary
+from xseq.lm.corpus import CorpusError, builtin_corpus, read_corpus
+from xseq.lm.vocab import Vocabulary
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -115,6 +115,6 @@ def test_extract_names_checks_the_sdist_hash(tmp_path, extract_names):
 
 
 def test_committed_corpus_matches_the_script_format():
-    text = (ROOT / "xseq" / "data" / "names.txt").read_text(encoding="utf-8")
+    text = (ROOT / "xseq" / "lm" / "data" / "names.txt").read_text(encoding="utf-8")
     assert text.endswith("\n") and "\r" not in text
     assert text.splitlines() == builtin_corpus()

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import xseq
-from xseq import _resources
-from xseq.cli import MAX_LAYERS, MAX_STEPS, main
-from xseq.model import CharLM
-from xseq.train import Trainer, TrainConfig, evaluate, split_sequences
+from xseq.lm import resources as _resources
+from xseq.lm.cli import MAX_LAYERS, MAX_STEPS, main
+from xseq.lm.model import CharLM
+from xseq.lm.train import TrainConfig, Trainer, evaluate, split_sequences
 
 from .test_cli import NAMES, TINY, assert_bad_input, env, xseq_cli
 
@@ -67,7 +67,7 @@ def test_the_trainer_raises_before_applying_a_non_finite_loss(corpus):
     trainer = Trainer(NAMES.split(), TrainConfig(steps=5, hidden_size=8, batch_size=4), backend="numpy")
     weights = {k: np.array(v) for k, v in trainer.model.parameters().items()}
     trainer.model.loss_and_backward = lambda *args, **kwargs: float("nan")
-    with pytest.raises(xseq.train.DivergedError, match="training diverged at step 1: the training loss is nan"):
+    with pytest.raises(xseq.lm.train.DivergedError, match="training diverged at step 1: the training loss is nan"):
         trainer.run()
     for name, value in trainer.model.parameters().items():
         np.testing.assert_array_equal(np.asarray(value), weights[name])

@@ -1,6 +1,6 @@
 """The fused CuPy kernels against the array-API path, on a GPU.
 
-Runs whole sequences through ``xseq._engine.sequence_forward`` and
+Runs whole sequences through ``xseq.engine.sequence.sequence_forward`` and
 ``sequence_backward`` on the same CuPy arrays: as dispatched by default
 (``FusedCupyOps``; unmasked sequences take the direct loop, ``DirectSteps``
 on ``CupyDevice``), with ``XSEQ_DIRECT=0`` (the engine's loop over the fused
@@ -26,9 +26,11 @@ if VERDICT == "skip":
 import array_api_compat  # noqa: E402
 import cupy  # noqa: E402  (importable: CuPy counted the devices)
 
-from xseq import _engine, _kernels  # noqa: E402
-from xseq._kernels import FusedCupyOps  # noqa: E402
-from xseq._pointwise import ArrayAPIOps, ops_for  # noqa: E402
+from xseq.engine import sequence as engine  # noqa: E402
+from xseq.ops import cuda, fused  # noqa: E402
+from xseq.ops.cuda import FusedCupyOps  # noqa: E402
+from xseq.ops.reference import ArrayAPIOps  # noqa: E402
+from xseq.ops.select import ops_for  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +60,7 @@ TOL = {
 def make_case(kind, dtype, masked, weight_scale, seed=0):
     """Host arrays for one sequence problem; weights big enough (scale 2) to saturate the gates."""
     rng = np.random.default_rng(seed)
-    G = _engine.GATES[kind]
+    G = engine.GATES[kind]
 
     def normal(*shape, scale=1.0):
         return rng.standard_normal(shape) * scale
@@ -95,11 +97,11 @@ def run(kind, case, fused, monkeypatch, fortran_grads=False, direct=True):
     xp = array_api_compat.array_namespace(g["X"])
     assert isinstance(ops_for(xp), FusedCupyOps if fused else ArrayAPIOps)
 
-    Y, h_T, c_T, trace = _engine.sequence_forward(
+    Y, h_T, c_T, trace = engine.sequence_forward(
         kind, g["X"], g["W_ih"], g["W_hh"], g["b_ih"], g["b_hh"], g["h0"], g["c0"],
         mask=g["mask"], reverse=case["reverse"],
     )
-    grads = _engine.sequence_backward(trace, dY=g["dY"], dh_T=g["dh_T"], dc_T=g["dc_T"])
+    grads = engine.sequence_backward(trace, dY=g["dY"], dh_T=g["dh_T"], dc_T=g["dc_T"])
     out = dict(Y=Y, h_T=h_T, c_T=c_T, S=trace.S, C=trace.C, saved=trace.saved, **grads)
     return {k: (None if v is None else cupy.asnumpy(v)) for k, v in out.items()}
 
@@ -136,10 +138,10 @@ def test_fused_matches_array_api(kind, dtype, masked, reverse, direct, monkeypat
 def test_direct_loop_is_in_use(dtype, monkeypatch):
     """On a GPU the direct loop must pass its self-check: a fallback would keep every other test green, only slower."""
     monkeypatch.delenv("XSEQ_DIRECT", raising=False)
-    device = _kernels.cupy_direct_device(dtype)
-    assert device is not None, _kernels.direct_status()
+    device = cuda.cupy_direct_device(dtype, engine.check_direct)
+    assert device is not None, cuda.direct_status()
     xp = array_api_compat.array_namespace(cupy.empty(0))
-    assert isinstance(FusedCupyOps(xp).direct_steps(dtype), _kernels.DirectSteps)
+    assert isinstance(FusedCupyOps(xp).direct_steps(dtype, check=engine.check_direct), fused.DirectSteps)
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["full", "masked"])

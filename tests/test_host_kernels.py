@@ -1,4 +1,4 @@
-"""xseq's host build of the fused kernels (``xseq/_host_kernels.py``): how it is built, cached and
+"""xseq's host build of the fused kernels (``xseq/host_kernels.py``): how it is built, cached and
 turned off, and the parts of it that are not the CUDA kernels (copies, softmax, argument checks).
 
 The kernels' results are checked against the reference in ``test_kernels_exec.py`` (step by step,
@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 import xseq
-from xseq import _host_kernels
-from xseq._numpy_ops import NumpyOps
-from xseq._pointwise import ops_for
+from xseq.ops import host as host_kernels
+from xseq.ops.numpy_inplace import NumpyOps
+from xseq.ops.select import ops_for
 
 NP = xseq.backend("numpy")
-BUILT = _host_kernels.library()
+BUILT = host_kernels.library()
 needs_build = pytest.mark.skipif(BUILT.lib is None, reason=f"no host build on this machine: {BUILT.reason}")
 
 
@@ -28,9 +28,9 @@ needs_build = pytest.mark.skipif(BUILT.lib is None, reason=f"no host build on th
 def fresh_library(monkeypatch, tmp_path):
     """``library()`` starting over against a private cache directory (restored afterwards)."""
     monkeypatch.setenv("XSEQ_CACHE_DIR", str(tmp_path / "cache"))
-    _host_kernels.library.cache_clear()
+    host_kernels.library.cache_clear()
     yield tmp_path / "cache"
-    _host_kernels.library.cache_clear()
+    host_kernels.library.cache_clear()
 
 
 def _small_lstm(dtype=np.float32):
@@ -43,7 +43,7 @@ def _small_lstm(dtype=np.float32):
 
 @needs_build
 def test_built_once_into_the_cache_then_loaded_without_compiling(fresh_library, monkeypatch):
-    first = _host_kernels.library()
+    first = host_kernels.library()
     assert first.lib is not None, first.reason
     assert first.path.parent == fresh_library
     assert stat.S_IMODE(os.stat(fresh_library).st_mode) == 0o700
@@ -52,17 +52,17 @@ def test_built_once_into_the_cache_then_loaded_without_compiling(fresh_library, 
     assert sorted(p.name for p in fresh_library.iterdir()) == [first.path.name]
     written = os.stat(first.path)
 
-    _host_kernels.library.cache_clear()
+    host_kernels.library.cache_clear()
 
     def no_build(*args):
         raise AssertionError("compiled again although the cache holds the library")
 
-    monkeypatch.setattr(_host_kernels, "_build", no_build)
-    again = _host_kernels.library()
+    monkeypatch.setattr(host_kernels, "_build", no_build)
+    again = host_kernels.library()
     assert again.lib is not None and again.path == first.path
     reused = os.stat(again.path)
     assert (reused.st_ino, reused.st_mtime_ns) == (written.st_ino, written.st_mtime_ns)  # not written again
-    assert _host_kernels.status() == f"host kernels (fused C++ steps) from {first.path}"  # nothing to report
+    assert host_kernels.status() == f"host kernels (fused C++ steps) from {first.path}"  # nothing to report
 
 
 @needs_build
@@ -70,7 +70,7 @@ def test_unusable_cache_directory_builds_for_this_process_only(fresh_library, mo
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     monkeypatch.setenv("XSEQ_CACHE_DIR", str(blocker / "cache"))
-    built = _host_kernels.library()
+    built = host_kernels.library()
     assert built.lib is not None, built.reason
     assert not built.path.exists()  # built in a temporary directory, removed once loaded
     x, a0, params = _small_lstm()
@@ -80,16 +80,16 @@ def test_unusable_cache_directory_builds_for_this_process_only(fresh_library, mo
 
 def test_switched_off_by_environment(fresh_library, monkeypatch):
     monkeypatch.setenv("XSEQ_HOST_KERNELS", "0")
-    assert _host_kernels.library().lib is None
+    assert host_kernels.library().lib is None
     assert type(ops_for(NP, np.dtype(np.float32))) is NumpyOps
-    assert _host_kernels.status() == "NumPy in-place steps; host kernels unavailable: turned off by XSEQ_HOST_KERNELS"
+    assert host_kernels.status() == "NumPy in-place steps; host kernels unavailable: turned off by XSEQ_HOST_KERNELS"
     assert not fresh_library.exists()  # nothing was built
 
 
 def test_no_compiler_falls_back_to_numpy(fresh_library, monkeypatch, tmp_path):
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    built = _host_kernels.library()
+    built = host_kernels.library()
     assert built.lib is None and "no C++ compiler" in built.reason
     assert type(ops_for(NP, np.dtype(np.float64))) is NumpyOps
     x, a0, params = _small_lstm(np.float64)
@@ -106,7 +106,7 @@ def test_failed_build_says_why(fresh_library, monkeypatch, tmp_path):
     broken.write_text("#!/bin/sh\necho 'broken-cxx: cannot compile anything' >&2\nexit 1\n")
     broken.chmod(0o755)
     monkeypatch.setenv("CXX", str(broken))
-    built = _host_kernels.library()
+    built = host_kernels.library()
     assert built.lib is None
     assert "failed" in built.reason and "broken-cxx: cannot compile anything" in built.reason
     assert type(ops_for(NP, np.dtype(np.float32))) is NumpyOps
@@ -115,21 +115,21 @@ def test_failed_build_says_why(fresh_library, monkeypatch, tmp_path):
 
 def test_unloadable_cached_file_is_reported_not_raised(fresh_library, monkeypatch):
     """A file in the cache that is not a library this process can load (say, another machine's)."""
-    compiler = _host_kernels.find_compiler()
+    compiler = host_kernels.find_compiler()
     if compiler is None:
         pytest.skip("no C++ compiler on PATH")
-    planted = _host_kernels.cached_path(compiler, _host_kernels.host_source())
+    planted = host_kernels.cached_path(compiler, host_kernels.host_source())
     assert planted.parent == fresh_library
     fresh_library.mkdir(mode=0o700)
     planted.write_bytes(b"not an ELF file, though it mentions _ZGV")
-    monkeypatch.setattr(_host_kernels, "_build", lambda *args: pytest.fail("built although the cache has the file"))
-    built = _host_kernels.library()
+    monkeypatch.setattr(host_kernels, "_build", lambda *args: pytest.fail("built although the cache has the file"))
+    built = host_kernels.library()
     assert built.lib is None and "could not be loaded" in built.reason and planted.name in built.reason
     assert type(ops_for(NP, np.dtype(np.float32))) is NumpyOps
 
 
 def test_a_compiler_that_cannot_start_is_a_failure_not_an_error(tmp_path):
-    ok, message = _host_kernels._run([str(tmp_path / "no-such-compiler"), "--version"], None)
+    ok, message = host_kernels._run([str(tmp_path / "no-such-compiler"), "--version"], None)
     assert not ok and "no-such-compiler" in message
 
 
@@ -158,7 +158,7 @@ def test_nan_and_infinity_propagate_through_a_step(dtype):
     S = np.zeros((2, 2, n_a), dtype=dtype)
     C = np.ones((2, 2, n_a), dtype=dtype)
     saved = np.zeros((1, 2, 4 * n_a), dtype=dtype)
-    _host_kernels.HostFusedOps(NP, BUILT.lib).lstm_forward(xw, hw, C[0], saved, C, S, 0)
+    host_kernels.HostFusedOps(NP, BUILT.lib).lstm_forward(xw, hw, C[0], saved, C, S, 0)
     assert np.isnan(S[1, 0, 0]) and np.isnan(C[1, 0, 0])
     assert np.isfinite(S[1, 0, 1:]).all() and np.isfinite(S[1, 1]).all()
     assert saved[0, 1, n_a + 1] == 1 and saved[0, 1, 2 * n_a + 2] == -1
@@ -169,7 +169,7 @@ def test_nan_and_infinity_propagate_through_a_step(dtype):
 @needs_build
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_copy_into_reads_the_course_layout(dtype):
-    ops = _host_kernels.HostFusedOps(NP, BUILT.lib)
+    ops = host_kernels.HostFusedOps(NP, BUILT.lib)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((37, 5, 19)).astype(dtype)  # (n, m, T): not multiples of the 16-wide tiles
     time_major = x.transpose(2, 1, 0)
@@ -188,9 +188,9 @@ def test_copy_into_reads_the_course_layout(dtype):
 @needs_build
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_softmax_rows_matches_the_reference(dtype):
-    from xseq.activations import softmax_along
+    from xseq.course.activations import softmax_along
 
-    ops = _host_kernels.HostFusedOps(NP, BUILT.lib)
+    ops = host_kernels.HostFusedOps(NP, BUILT.lib)
     rng = np.random.default_rng(4)
     z = (rng.standard_normal((50, 7)) * 3).astype(dtype)
     z[0] = [1000, -1000, 0, 999, -5, 1000, 3]  # would overflow without the max subtracted
@@ -205,7 +205,7 @@ def test_softmax_rows_matches_the_reference(dtype):
 
 @needs_build
 def test_kernel_arguments_are_checked():
-    kernel = _host_kernels.HostKernel(BUILT.lib, "xseq_rnn_forward")
+    kernel = host_kernels.HostKernel(BUILT.lib, "xseq_rnn_forward")
     rng = np.random.default_rng(5)
     xw = rng.standard_normal((6, 4)).T  # (4, 6), not C-contiguous: an input may be copied
     hw = rng.standard_normal((4, 6))

@@ -1,4 +1,4 @@
-"""The compiled-kernel cache (``xseq/_host_kernels.py``) loads only what this user alone could have put there.
+"""The compiled-kernel cache (``xseq/host_kernels.py``) loads only what this user alone could have put there.
 
 Any local user can compute the cached library's name. Each attack below plants a small library whose
 constructor writes a marker file: the marker must stay absent, the kernels must still come (built for
@@ -15,10 +15,10 @@ import sys
 
 import pytest
 
-from xseq import _host_kernels
+from xseq.ops import host as host_kernels
 
-COMPILER = _host_kernels.find_compiler()
-BUILT = _host_kernels.library()
+COMPILER = host_kernels.find_compiler()
+BUILT = host_kernels.library()
 needs_build = pytest.mark.skipif(
     COMPILER is None or BUILT.lib is None, reason=f"no host build on this machine: {BUILT.reason}"
 )
@@ -41,9 +41,9 @@ __attribute__((constructor)) static void planted_code_ran() {
 def cache(monkeypatch, tmp_path):
     """A cache directory of this test's own (not yet created); ``library()`` starts over for it."""
     monkeypatch.setenv("XSEQ_CACHE_DIR", str(tmp_path / "cache"))
-    _host_kernels.library.cache_clear()
+    host_kernels.library.cache_clear()
     yield tmp_path / "cache"
-    _host_kernels.library.cache_clear()
+    host_kernels.library.cache_clear()
 
 
 @pytest.fixture
@@ -61,13 +61,13 @@ def planted(tmp_path):
 
 
 def cached_name():
-    return _host_kernels.cached_path(COMPILER, _host_kernels.host_source()).name
+    return host_kernels.cached_path(COMPILER, host_kernels.host_source()).name
 
 
 def resolve():
     """``library()`` as a new process would see it."""
-    _host_kernels.library.cache_clear()
-    return _host_kernels.library()
+    host_kernels.library.cache_clear()
+    return host_kernels.library()
 
 
 def assert_passed_over(built, marker, *why):
@@ -75,7 +75,7 @@ def assert_passed_over(built, marker, *why):
     assert not marker.exists(), "the planted library was loaded and ran"
     assert built.lib is not None, built.reason
     assert built.path.name == "kernels.so" and not built.path.exists()  # a private build, already removed
-    said = _host_kernels.status()
+    said = host_kernels.status()
     assert "built for this process only" in said
     for words in why:
         assert words in said, said
@@ -131,7 +131,7 @@ def test_a_fifo_under_the_library_name_neither_blocks_nor_loads(cache):
     """Opened without O_NONBLOCK, a FIFO with no writer would wait forever: run in a child process."""
     cache.mkdir(mode=0o700)
     os.mkfifo(cache / cached_name())
-    code = "from xseq import _host_kernels; print(_host_kernels.status())"
+    code = "from xseq.ops import host; print(host.status())"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "XSEQ_CACHE_DIR": str(cache)})
     assert proc.returncode == 0, proc.stderr
@@ -168,7 +168,7 @@ def test_an_own_directory_others_can_write_is_made_private(cache, mode):
     built = resolve()
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700
     assert built.lib is not None and built.path == cache / cached_name()
-    assert f"was writable by others (mode {mode:04o}); made it 0700" in _host_kernels.status()
+    assert f"was writable by others (mode {mode:04o}); made it 0700" in host_kernels.status()
 
 
 # ---------------------------------------------------------------- checked, then loaded: the same file
@@ -182,13 +182,13 @@ def test_a_swap_after_the_checks_changes_nothing(cache, planted, monkeypatch, tm
     # a good cache, filled without loading it: glibc would hand back a library already loaded from that path
     build = tmp_path / "build"
     build.mkdir()
-    good, error = _host_kernels._build(COMPILER, _host_kernels.host_source(), build)
+    good, error = host_kernels._build(COMPILER, host_kernels.host_source(), build)
     assert good is not None, error
     cache.mkdir(mode=0o700)
     (cache / cached_name()).write_bytes(good.read_bytes())
     (cache / cached_name()).chmod(0o600)
     if loader == "private-copy":  # what runs where there is no /proc/self/fd
-        monkeypatch.setattr(_host_kernels, "PROC_FD", str(tmp_path / "no-proc-fd"))
+        monkeypatch.setattr(host_kernels, "PROC_FD", str(tmp_path / "no-proc-fd"))
     decoy = tmp_path / "decoy"
     decoy.mkdir(mode=0o700)
     (decoy / cached_name()).write_bytes(lib.read_bytes())
@@ -220,7 +220,7 @@ def test_written_private_whatever_the_umask(monkeypatch, tmp_path):
         built = resolve()
     finally:
         os.umask(old)
-        _host_kernels.library.cache_clear()
+        host_kernels.library.cache_clear()
     assert built.lib is not None and built.path == nested / cached_name()
     for directory in (tmp_path / "a", tmp_path / "a" / "b", nested):
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory

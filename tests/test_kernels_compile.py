@@ -1,7 +1,7 @@
 """Compile every fused kernel with NVRTC, without a GPU.
 
 ``cupy.ElementwiseKernel`` compiles on first launch, so on a machine without
-a GPU a typo in ``xseq._kernels`` would go unnoticed until someone runs on
+a GPU a typo in ``xseq.ops.kernel_source`` would go unnoticed until someone runs on
 one. NVRTC (``cupy.cuda.nvrtc``, from the ``nvidia-cuda-nvrtc-cu12`` wheel)
 needs no device, so this test compiles, for float and for double with the
 options CuPy uses, each kernel's preamble and operation wrapped in a
@@ -9,7 +9,7 @@ standalone ``extern "C" __global__`` function that binds the parameters the
 way ElementwiseKernel does -- ``typedef <type> T`` before the preamble,
 ``ptrdiff_t i`` the element index of a grid-stride loop, ``raw`` arrays as
 pointers indexed with ``[]``, the others as references to element ``i``,
-inputs const (``xseq._kernels.raw_kernel_module``). That module is also
+inputs const (``xseq.ops.kernel_source.raw_kernel_module``). That module is also
 exactly what the direct loop (``DirectSteps`` on ``CupyDevice``) launches
 with ``cupy.RawModule``; the whole of it compiles here too. Where CuPy's own code generator can be driven without a device
 (it can in CuPy 13/14), a second test also compiles exactly the source that
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from xseq._kernels import CTYPES as KERNEL_CTYPES
-from xseq._kernels import KERNELS, KernelSource, raw_kernel_module
+from xseq.ops.kernel_source import CTYPES as KERNEL_CTYPES
+from xseq.ops.kernel_source import KERNELS, KernelSource, raw_kernel_module
 
 CTYPES = tuple(KERNEL_CTYPES.values())  # "float", "double"
 
@@ -153,8 +153,8 @@ def test_registry_names_and_parameters():
 
 
 def test_import_does_not_touch_cuda():
-    """``import xseq`` and ``import xseq._kernels`` must work, and stay cheap, on machines without CUDA."""
-    code = "import sys, xseq, xseq._kernels; assert 'cupy' not in sys.modules, 'cupy was imported'"
+    """``import xseq`` and ``import xseq.ops.cuda`` must work, and stay cheap, on machines without CUDA."""
+    code = "import sys, xseq, xseq.ops.cuda; assert 'cupy' not in sys.modules, 'cupy was imported'"
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env)

@@ -1,21 +1,21 @@
 """Run the fused kernels' CUDA source on the CPU and compare it with the reference math.
 
-There is no GPU in CI, but the operation strings in ``xseq._kernels.KERNELS``
+There is no GPU in CI, but the operation strings in ``xseq.ops.kernel_source.KERNELS``
 are plain C++ once the CUDA qualifiers are defined away. This test compiles
 every kernel, for float and double, with the system C++ compiler inside a
 host loop ``for (i = 0; i < n; ++i)`` that binds the parameters the way
 ``cupy.ElementwiseKernel`` does, loads the library with ctypes, and then
 drives the real ``FusedCupyOps`` methods with it on NumPy sequence buffers
-(``xseq._kernels.kernel`` is swapped for the host build). Every buffer the
+(``xseq.ops.cuda.kernel`` is swapped for the host build). Every buffer the
 step writes is compared with what ``ArrayAPIOps`` (the definitions in
-``xseq._pointwise``) writes, on random inputs and on extreme ones
+``xseq.ops.pointwise``) writes, on random inputs and on extreme ones
 (pre-activations up to |z| = 100, where exp and tanh saturate or underflow).
 The last test runs whole sequences through the engine with ``FusedCupyOps``
 (masks, reversed direction, every cell): the CuPy path minus CuPy.
 
 Every test runs twice: with this file's strict build of the CUDA source
 (CuPy's flat loop, no fast math) and with the build xseq itself uses for
-NumPy arrays (``xseq._host_kernels``), so the kernels that run on the CPU
+NumPy arrays (``xseq.ops.host``), so the kernels that run on the CPU
 meet the same checks.
 """
 
@@ -34,11 +34,12 @@ import array_api_compat
 import numpy as np
 import pytest
 
-from xseq import _kernels
-from xseq._kernels import CTYPES, KERNELS, FusedCupyOps, elementwise_signature
-from xseq._pointwise import ArrayAPIOps
-
-from xseq import _host_kernels
+from xseq.engine import sequence as engine
+from xseq.ops import cuda, fused, kernel_source
+from xseq.ops import host as host_kernels
+from xseq.ops.cuda import FusedCupyOps
+from xseq.ops.kernel_source import CTYPES, KERNELS, elementwise_signature
+from xseq.ops.reference import ArrayAPIOps
 
 CXX = next(
     (path for path in (shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++") if c) if path),
@@ -136,7 +137,7 @@ class HostKernel:
 
 
 class Recording:
-    """A kernel of xseq's own host build (``xseq._host_kernels``), recording its launches."""
+    """A kernel of xseq's own host build (``xseq.ops.host``), recording its launches."""
 
     def __init__(self, kernel, name, launches):
         self.kernel, self.name, self.launches = kernel, name, launches
@@ -152,18 +153,18 @@ def launches(request, host_lib, monkeypatch):
 
     ``cuda-source``: this test's strict build of the CUDA source as CuPy runs it (flat loop,
     no fast math). ``xseq-build``: the build xseq itself uses for NumPy arrays
-    (``xseq._host_kernels``: row/column loops, -O3 -march=native -ffast-math), so that
+    (``xseq.ops.host``: row/column loops, -O3 -march=native -ffast-math), so that
     every check below holds for the kernels that actually run on the CPU too.
     """
     calls = []
     if request.param == "cuda-source":
-        monkeypatch.setattr(_kernels, "kernel", lambda name: HostKernel(host_lib, name, calls))
+        monkeypatch.setattr(cuda, "kernel", lambda name: HostKernel(host_lib, name, calls))
     else:
-        built = _host_kernels.library()
+        built = host_kernels.library()
         if built.lib is None:
             pytest.skip(f"xseq's host build is unavailable here: {built.reason}")
         monkeypatch.setattr(
-            _kernels, "kernel", lambda name: Recording(_host_kernels.HostKernel(built.lib, name), name, calls)
+            cuda, "kernel", lambda name: Recording(host_kernels.HostKernel(built.lib, name), name, calls)
         )
     return calls
 
@@ -338,7 +339,7 @@ def test_whole_sequences_through_the_fused_ops(monkeypatch, launches, kind, with
     product methods FusedCupyOps inherits, and one kernel launch per step and
     direction -- so the engine's use of the fused ops is checked without a GPU.
     """
-    from xseq import _engine
+    from xseq.engine import sequence as engine
 
     rng = np.random.default_rng(7)
     T, m, n_x, n_a, G = 5, 3, 4, 6, GATES[kind]
@@ -349,9 +350,9 @@ def test_whole_sequences_through_the_fused_ops(monkeypatch, launches, kind, with
     grads_in = dict(dY=draw(T, m, n_a), dh_T=draw(m, n_a), dc_T=draw(m, n_a) if kind == "lstm" else None)
 
     def run(ops_class):
-        monkeypatch.setattr(_engine, "ops_for", lambda xp, dtype=None: ops_class(xp))
-        Y, h_T, c_T, trace = _engine.sequence_forward(kind, **args, mask=mask, reverse=reverse)
-        grads = _engine.sequence_backward(trace, **grads_in)
+        monkeypatch.setattr(engine, "ops_for", lambda xp, dtype=None: ops_class(xp))
+        Y, h_T, c_T, trace = engine.sequence_forward(kind, **args, mask=mask, reverse=reverse)
+        grads = engine.sequence_backward(trace, **grads_in)
         out = dict(Y=Y, h_T=h_T, c_T=c_T, **grads)
         return {k: np.array(v) for k, v in out.items() if v is not None}
 
@@ -399,7 +400,7 @@ def raw_libs(tmp_path_factory):
     build = tmp_path_factory.mktemp("xseq_direct")
     libs = {}
     for dtype, ctype in CTYPES.items():
-        module = _kernels.raw_kernel_module(ctype)
+        module = kernel_source.raw_kernel_module(ctype)
         head, body = module.split("\n", 1)  # "typedef <ctype> T;" first: the prelude's gemm uses T
         source, library = build / f"direct_{ctype}.cpp", build / f"direct_{ctype}.so"
         source.write_text(head + "\n" + RAW_PRELUDE + body)
@@ -453,7 +454,7 @@ class HostDevice:
 
     def gemm(self, m, n, k, a, lda, b, ldb, beta, c, ldc):
         assert beta in (0, 1)
-        M, N, K, A, LDA, B, LDB, C, LDC = _kernels.colmajor_gemm(m, n, k, a, lda, b, ldb, c, ldc)
+        M, N, K, A, LDA, B, LDB, C, LDC = fused.colmajor_gemm(m, n, k, a, lda, b, ldb, c, ldc)
         self.lib.xseq_ref_gemm(M, N, K, self.ALPHA, A, LDA, B, LDB, float(beta), C, LDC)
         self.calls.append("gemm" if beta == 0 else "gemm+")
 
@@ -479,7 +480,7 @@ def test_colmajor_gemm_computes_row_major_products(raw_libs, dtype):
 
 
 def run_sequence(kind, ops, reverse, with_dY, with_final, dtype=np.float64, mask=None):
-    from xseq import _engine
+    from xseq.engine import sequence as engine
 
     rng = np.random.default_rng(11)
     T, m, n_x, n_a, G = 6, 3, 4, 5, GATES[kind]
@@ -491,8 +492,8 @@ def run_sequence(kind, ops, reverse, with_dY, with_final, dtype=np.float64, mask
                 b_hh=draw(G * n_a), h0=draw(m, n_a), c0=draw(m, n_a) if kind == "lstm" else None)
     final = dict(dh_T=draw(m, n_a), dc_T=draw(m, n_a) if kind == "lstm" else None)
     grads_in = dict(dY=draw(T, m, n_a) if with_dY else None, **(final if with_final else {}))
-    Y, h_T, c_T, trace = _engine.sequence_forward(kind, **args, mask=mask, reverse=reverse, ops=ops)
-    grads = _engine.sequence_backward(trace, **grads_in, ops=ops)
+    Y, h_T, c_T, trace = engine.sequence_forward(kind, **args, mask=mask, reverse=reverse, ops=ops)
+    grads = engine.sequence_backward(trace, **grads_in, ops=ops)
     out = dict(Y=Y, h_T=h_T, c_T=c_T, **grads)
     return {k: np.array(v) for k, v in out.items() if v is not None}, T
 
@@ -551,16 +552,16 @@ class LostLaunches(HostDevice):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 def test_self_check_accepts_the_right_device_and_rejects_wrong_ones(raw_libs, launches, dtype):
-    _kernels.check_direct(HostDevice(raw_libs, dtype, []), xp=XP)
+    engine.check_direct(HostDevice(raw_libs, dtype, []), xp=XP)
     for wrong in (WrongScale, BetaIgnored, LostLaunches):
         with pytest.raises(RuntimeError, match="differs from the step methods"):
-            _kernels.check_direct(wrong(raw_libs, dtype, []), xp=XP)
+            engine.check_direct(wrong(raw_libs, dtype, []), xp=XP)
 
 
 def test_a_device_that_fails_its_check_is_not_used(monkeypatch):
     """cupy_direct_device: a failed build or check is remembered with its reason, warned about once, and gives None."""
-    monkeypatch.setattr(_kernels, "_DIRECT", {})
-    monkeypatch.setattr(_kernels, "_device_id", lambda: 0)
+    monkeypatch.setattr(cuda, "_DIRECT", {})
+    monkeypatch.setattr(cuda, "_device_id", lambda: 0)
     monkeypatch.delenv("XSEQ_DIRECT", raising=False)
 
     builds = []
@@ -570,33 +571,38 @@ def test_a_device_that_fails_its_check_is_not_used(monkeypatch):
             builds.append(dtype)
             raise ImportError("no cuBLAS binding here")
 
-    monkeypatch.setattr(_kernels, "CupyDevice", Broken)
+    monkeypatch.setattr(cuda, "CupyDevice", Broken)
     with pytest.warns(RuntimeWarning, match="no cuBLAS binding here") as first:
-        assert _kernels.cupy_direct_device(np.float32) is None
+        assert cuda.cupy_direct_device(np.float32, engine.check_direct) is None
     assert len(first) == 1
     with warnings.catch_warnings(record=True) as second:
         warnings.simplefilter("always")  # so that a repeated warning would be recorded, not filtered as a duplicate
-        assert _kernels.cupy_direct_device(np.float32) is None
+        assert cuda.cupy_direct_device(np.float32, engine.check_direct) is None
     assert [str(w.message) for w in second] == [], "the failure is remembered: no second warning"
     assert builds == [np.float32], "the failure is remembered: no second build"
-    assert "float32 on device 0: step methods (ImportError: no cuBLAS binding here)" in _kernels.direct_status()
-    assert FusedCupyOps(XP).direct_steps(np.float32) is None
+    assert "float32 on device 0: step methods (ImportError: no cuBLAS binding here)" in cuda.direct_status()
+    assert FusedCupyOps(XP).direct_steps(np.float32, check=engine.check_direct) is None
 
     class Good:
         def __init__(self, dtype):
             self.dtype = np.dtype(dtype)
 
-    monkeypatch.setattr(_kernels, "CupyDevice", Good)
-    monkeypatch.setattr(_kernels, "check_direct", lambda device: None)
-    assert isinstance(_kernels.cupy_direct_device(np.float64), Good)
-    assert isinstance(FusedCupyOps(XP).direct_steps(np.float64), _kernels.DirectSteps)
-    assert isinstance(FusedCupyOps(XP).direct_steps(np.float64, SimpleNamespace(id=0)), _kernels.DirectSteps)
-    assert FusedCupyOps(XP).direct_steps(np.float64, SimpleNamespace(id=1)) is None  # not the current device
-    assert "float64 on device 0: direct launches" in _kernels.direct_status()
-    assert _kernels.cupy_direct_device(np.int32) is None  # no kernels for integers
+    monkeypatch.setattr(cuda, "CupyDevice", Good)
+    checked = []
+    passes = checked.append  # a check that passes (and records what it was given)
+    assert isinstance(cuda.cupy_direct_device(np.float64, passes), Good)
+    assert [type(d) for d in checked] == [Good], "the new device is checked, once"
+    assert isinstance(FusedCupyOps(XP).direct_steps(np.float64, check=passes), fused.DirectSteps)
+    assert isinstance(FusedCupyOps(XP).direct_steps(np.float64, SimpleNamespace(id=0), check=passes),
+                      fused.DirectSteps)
+    assert len(checked) == 1, "a checked device is remembered"
+    assert FusedCupyOps(XP).direct_steps(np.float64, SimpleNamespace(id=1), check=passes) is None  # not current
+    assert FusedCupyOps(XP).direct_steps(np.float64) is None, "without a check, no direct loop"
+    assert "float64 on device 0: direct launches" in cuda.direct_status()
+    assert cuda.cupy_direct_device(np.int32, passes) is None  # no kernels for integers
     monkeypatch.setenv("XSEQ_DIRECT", "0")
-    assert _kernels.cupy_direct_device(np.float64) is None
-    assert _kernels.direct_status() == "step methods (XSEQ_DIRECT=0)"
+    assert cuda.cupy_direct_device(np.float64, passes) is None
+    assert cuda.direct_status() == "step methods (XSEQ_DIRECT=0)"
 
 
 class FakeCuda:
@@ -624,7 +630,7 @@ class FakeCuda:
                 fake.log.append(("RawModule", options))
                 ctype = code.split("\n", 1)[0].split()[1]  # "typedef <ctype> T;"
                 self.dtype = {"float": np.dtype(np.float32), "double": np.dtype(np.float64)}[ctype]
-                assert code == _kernels.raw_kernel_module(ctype)
+                assert code == kernel_source.raw_kernel_module(ctype)
 
             def get_function(self, name):
                 return fake.kernel(self.dtype, name)
@@ -664,7 +670,7 @@ class FakeCuda:
                 assert type(a) is (np.int32 if typ == "int32" else np.uint64), f"{name}: {pname} passed as {type(a)}"
             assert type(args[-1]) is np.int64, f"{name}: the element count passed as {type(args[-1])}"
             n = int(args[-1])
-            assert block == (_kernels.THREADS,) and grid == (-(-n // _kernels.THREADS),), (grid, block)
+            assert block == (kernel_source.THREADS,) and grid == (-(-n // kernel_source.THREADS),), (grid, block)
             run_grid(lib, name, grid[0], block[0], [int(a) for a in args[:-1]], n)
             self.log.append(name)
 
@@ -685,13 +691,13 @@ def test_cupy_device_drives_cupy_and_cublas_as_documented(raw_libs, launches, mo
     fake = FakeCuda(raw_libs)
     fake.install(monkeypatch)
 
-    class HostArrays(_kernels.CupyDevice):
+    class HostArrays(cuda.CupyDevice):
         def address(self, a):  # NumPy arrays here; CuPy's have their address at .data.ptr
             return a.ctypes.data
 
     device = HostArrays(dtype)
     assert fake.log == [("RawModule", ("-ftz=true",))]
-    _kernels.check_direct(device, xp=XP)
+    engine.check_direct(device, xp=XP)
     gemms = [entry for entry in fake.log if entry[0] == "gemm"]
     assert {g[1] for g in gemms} == {1.0} and {g[2] for g in gemms} == {0.0, 1.0}  # GRU backward adds (beta 1)
     assert len([entry for entry in fake.log if isinstance(entry, str)]) == 2 * 3 * 3  # 3 cells, T = 3, both ways

@@ -21,7 +21,7 @@ def config_id(config):
 
 
 def backend_name(xp):
-    return xseq._backend.backend_name(xp)
+    return xseq.backends.arrays.backend_name(xp)
 
 
 def make_layer(kind, xp, num_layers=1, bidirectional=False, dtype="float64", **kwargs):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import xseq
-from xseq.losses import softmax_cross_entropy
+from xseq.nn.losses import softmax_cross_entropy
 
 
 def reference_loss(logits, targets, mask):

@@ -1,4 +1,4 @@
-"""xseq.model.CharLM: whole-model gradients, backends, PyTorch parity, sampling, saving."""
+"""xseq.lm.model.CharLM: whole-model gradients, backends, PyTorch parity, sampling, saving."""
 
 import os
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import xseq
-from xseq.checkpoint import CheckpointError, save_checkpoint
-from xseq.model import CharLM
+from xseq.lm.checkpoint import CheckpointError, save_checkpoint
+from xseq.lm.model import CharLM
 
 from .helpers import numeric_gradient, relative_error
 

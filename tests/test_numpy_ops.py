@@ -4,32 +4,34 @@ import numpy as np
 import pytest
 
 import xseq
-from xseq import _engine, _host_kernels
-from xseq._numpy_ops import NumpyOps
-from xseq._pointwise import ArrayAPIOps, ops_for
+from xseq.engine import sequence as engine
+from xseq.ops import host as host_kernels
+from xseq.ops.numpy_inplace import NumpyOps
+from xseq.ops.reference import ArrayAPIOps
+from xseq.ops.select import ops_for
 
 NP = xseq.backend("numpy")
 
 
-BUILT = _host_kernels.library()
+BUILT = host_kernels.library()
 OPS = {
     "numpy-inplace": NumpyOps,
-    "host-kernels": lambda xp: _host_kernels.HostFusedOps(xp, BUILT.lib),
+    "host-kernels": lambda xp: host_kernels.HostFusedOps(xp, BUILT.lib),
     "reference": ArrayAPIOps,
 }
 
 
 def _run(monkeypatch, ops_name, kind, dtype, mask, reverse, weight_scale, seed=0):
-    monkeypatch.setattr(_engine, "ops_for", lambda xp, dtype=None: OPS[ops_name](xp))
+    monkeypatch.setattr(engine, "ops_for", lambda xp, dtype=None: OPS[ops_name](xp))
     rng = np.random.default_rng(seed)
     T, m, n_x, n_a = 6, 3, 4, 5
-    G = _engine.GATES[kind]
+    G = engine.GATES[kind]
     draw = lambda *shape: (rng.standard_normal(shape) * weight_scale).astype(dtype)  # noqa: E731
     X, W_ih, W_hh = draw(T, m, n_x), draw(G * n_a, n_x), draw(G * n_a, n_a)
     b_ih, b_hh, h0, c0 = draw(G * n_a), draw(G * n_a), draw(m, n_a), draw(m, n_a)
-    Y, h_T, c_T, trace = _engine.sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0,
+    Y, h_T, c_T, trace = engine.sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0,
                                                   c0 if kind == "lstm" else None, mask=mask, reverse=reverse)
-    grads = _engine.sequence_backward(trace, draw(T, m, n_a), draw(m, n_a), draw(m, n_a) if kind == "lstm" else None)
+    grads = engine.sequence_backward(trace, draw(T, m, n_a), draw(m, n_a), draw(m, n_a) if kind == "lstm" else None)
     results = {"Y": Y, "h_T": h_T, "S": trace.S}
     if kind == "lstm":
         results.update(c_T=c_T, C=trace.C, saved=trace.saved)
@@ -66,13 +68,13 @@ def test_dispatch(monkeypatch):
     steps, and XSEQ_FUSED=0 the reference."""
     monkeypatch.setenv("XSEQ_FUSED", "1")
     for dtype in (np.float32, np.float64):
-        expected = NumpyOps if BUILT.lib is None else _host_kernels.HostFusedOps
+        expected = NumpyOps if BUILT.lib is None else host_kernels.HostFusedOps
         assert type(ops_for(NP, np.dtype(dtype))) is expected
     assert type(ops_for(NP, np.dtype(np.float16))) is NumpyOps
     assert type(ops_for(NP)) is NumpyOps  # no dtype given: nothing to build for
     monkeypatch.setenv("XSEQ_FUSED", "0")
     assert type(ops_for(NP, np.dtype(np.float32))) is ArrayAPIOps
-    assert _host_kernels.status().startswith("array-API reference steps")
+    assert host_kernels.status().startswith("array-API reference steps")
 
 
 def test_other_backends_use_the_reference():

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import xseq
-from xseq.checkpoint import load_checkpoint, save_checkpoint
-from xseq.optim import SGD, Adam, clip_by_global_norm, clip_by_value
+from xseq.lm.checkpoint import load_checkpoint, save_checkpoint
+from xseq.nn.optim import SGD, Adam, clip_by_global_norm, clip_by_value
 
 
 def arr(xp, values, dtype="float64"):

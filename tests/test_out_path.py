@@ -15,8 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from xseq.cli import main
-from xseq.checkpoint import (
+from xseq.lm.checkpoint import (
     STALE_TEMPORARY_AGE_S,
     DestinationError,
     _is_stale_temporary,
@@ -26,6 +25,7 @@ from xseq.checkpoint import (
     load_checkpoint,
     resolve_destination,
 )
+from xseq.lm.cli import main
 
 from .test_cli import NAMES, TINY, assert_bad_input, env, xseq_cli
 
@@ -315,7 +315,7 @@ def test_the_next_save_removes_what_a_killed_save_left(tmp_path):
     path = tmp_path / "model.npz"
     path.write_bytes(b"old")
     script = ("import os, signal, sys\n"
-              "from xseq.checkpoint import atomic_write\n"
+              "from xseq.lm.checkpoint import atomic_write\n"
               "def write(f):\n"
               "    f.write(b'partial')\n"
               "    f.flush()\n"

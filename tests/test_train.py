@@ -1,12 +1,12 @@
-"""xseq.train: the recipe, the validation split, learning, checkpoints and exact resumption."""
+"""xseq.lm.train: the recipe, the validation split, learning, checkpoints and exact resumption."""
 
 import numpy as np
 import pytest
 
 import xseq
-from xseq.checkpoint import CheckpointError, load_checkpoint
-from xseq.model import CharLM
-from xseq.train import Trainer, TrainConfig, split_corpus
+from xseq.lm.checkpoint import CheckpointError, load_checkpoint
+from xseq.lm.model import CharLM
+from xseq.lm.train import TrainConfig, Trainer, split_corpus
 
 LINES = xseq.builtin_corpus()[::25]  # 207 names, a-z
 SMALL = dict(hidden_size=12, batch_size=16)  # 12 steps per epoch

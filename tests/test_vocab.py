@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 
 import xseq
-from xseq.vocab import EOS_ID, PAD_ID, UNK_ID, Vocabulary, one_hot, pad_ids, word_tokenize
-
+from xseq.lm.vocab import (
+    EOS_ID,
+    PAD_ID,
+    UNK_ID,
+    Vocabulary,
+    one_hot,
+    pad_ids,
+    word_tokenize,
+)
 
 # ---------------------------------------------------------------------- building
 

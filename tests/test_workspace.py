@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import xseq
-from xseq import _engine, _workspace
-from xseq._workspace import Workspace
+from xseq.engine import sequence as engine
+from xseq.ops import workspace as _workspace
+from xseq.ops.workspace import Workspace
 
 
 def _problem(seed=0, n_x=3, n_a=5, m=4, T=6):
@@ -109,7 +110,7 @@ def test_the_engine_never_writes_to_its_inputs(monkeypatch, kind, fused):
     monkeypatch.setenv("XSEQ_FUSED", fused)
     rng = np.random.default_rng(3)
     T, m, n_x, n_a = 5, 3, 4, 6
-    G = _engine.GATES[kind]
+    G = engine.GATES[kind]
     inputs = {
         "X": rng.standard_normal((T, m, n_x)), "W_ih": rng.standard_normal((G * n_a, n_x)),
         "W_hh": rng.standard_normal((G * n_a, n_a)), "b_ih": rng.standard_normal(G * n_a),
@@ -120,8 +121,8 @@ def test_the_engine_never_writes_to_its_inputs(monkeypatch, kind, fused):
         inputs.update(c0=rng.standard_normal((m, n_a)), dc_T=rng.standard_normal((m, n_a)))
     original = {k: v.copy() for k, v in inputs.items()}
     i = inputs
-    _, _, _, trace = _engine.sequence_forward(kind, i["X"], i["W_ih"], i["W_hh"], i["b_ih"], i["b_hh"], i["h0"],
+    _, _, _, trace = engine.sequence_forward(kind, i["X"], i["W_ih"], i["W_hh"], i["b_ih"], i["b_hh"], i["h0"],
                                               i.get("c0"))
-    _engine.sequence_backward(trace, i["dY"], i["dh_T"], i.get("dc_T"))
+    engine.sequence_backward(trace, i["dY"], i["dh_T"], i.get("dc_T"))
     for name, value in inputs.items():
         np.testing.assert_array_equal(value, original[name], err_msg=name)

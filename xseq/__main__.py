@@ -1,6 +1,6 @@
 """``python -m xseq``: the ``xseq`` command line (see :mod:`xseq.cli`)."""
 
-from .cli import main
+from .lm.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

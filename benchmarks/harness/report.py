@@ -106,9 +106,9 @@ def library_info():
 def xseq_steps():
     """Which step implementation xseq's NumPy sequences use (host kernels, in-place NumPy, reference) and why."""
     try:
-        from xseq import _host_kernels
+        from xseq.ops import host as host_kernels
 
-        return _host_kernels.status()
+        return host_kernels.status()
     except ImportError as exc:
         return f"unknown ({exc})"
 

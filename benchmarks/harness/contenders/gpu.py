@@ -2,8 +2,8 @@
 
 A one-layer LSTM in float32, time-major, over a whole sequence:
 
-* ``fused``: ``xseq._engine.sequence_forward``/``sequence_backward`` on CuPy
-  arrays as dispatched by default: the direct loop (``_kernels.DirectSteps``),
+* ``fused``: ``xseq.engine.sequence.sequence_forward``/``sequence_backward`` on CuPy
+  arrays as dispatched by default: the direct loop (``xseq.ops.fused.DirectSteps``),
   per step one cuBLAS gemm and one launch of the fused kernel, by address;
 * ``fused-steps``: the same with ``XSEQ_DIRECT=0``: the engine's own loop over
   the fused step methods;
@@ -97,8 +97,8 @@ def xseq_contender(size, device="cuda"):
     """xseq's engine on CuPy (``device="cuda"``) or NumPy (``"cpu"``); the XSEQ_* switches are the caller's."""
     import array_api_compat
 
-    from xseq import _engine
-    from xseq._pointwise import ops_for
+    from xseq.engine import sequence as engine
+    from xseq.ops.select import ops_for
 
     if device == "cuda":
         import cupy
@@ -110,14 +110,14 @@ def xseq_contender(size, device="cuda"):
     xp = array_api_compat.array_namespace(a["x"])
 
     def forward(kept=None):
-        out = _engine.sequence_forward("lstm", a["x"], a["W_ih"], a["W_hh"], a["b_ih"], a["b_hh"], a["h0"], a["c0"])
+        out = engine.sequence_forward("lstm", a["x"], a["W_ih"], a["W_hh"], a["b_ih"], a["b_hh"], a["h0"], a["c0"])
         if kept is not None:
             kept.update(zip(OUTPUTS, out[:3]))
         return out
 
     def forward_backward(kept=None):
         *_, trace = forward(kept)
-        grads = _engine.sequence_backward(trace, dY=a["dY"])
+        grads = engine.sequence_backward(trace, dY=a["dY"])
         if kept is not None:
             kept.update({k: grads[k] for k in GRADIENTS})
 
@@ -125,7 +125,7 @@ def xseq_contender(size, device="cuda"):
         ops = type(ops_for(xp, a["x"].dtype)).__name__
         if ops != "FusedCupyOps":
             return ops
-        from xseq._kernels import direct_status
+        from xseq.ops.cuda import direct_status
 
         return f"{ops}, {direct_status()}"
 

@@ -1,10 +1,10 @@
 """``lm_vs_torch.py``'s contenders -- xseq's Trainer and the same loop with PyTorch's model math -- and their check.
 
-* ``xseq``: :class:`xseq.train.Trainer` on the NumPy backend, exactly what
+* ``xseq``: :class:`xseq.lm.train.Trainer` on the NumPy backend, exactly what
   ``xseq train`` runs;
-* ``torch``: the same :class:`~xseq.train.Trainer` loop (same split, same batch
+* ``torch``: the same :class:`~xseq.lm.train.Trainer` loop (same split, same batch
   order, same per-epoch validation, same bookkeeping) with its
-  :meth:`~xseq.train.Trainer.learn` and ``validation_loss`` replaced by a
+  :meth:`~xseq.lm.train.Trainer.learn` and ``validation_loss`` replaced by a
   ``torch.nn.LSTM`` (or ``GRU``/``RNN``) + ``torch.nn.Linear`` model that
   starts from xseq's initial weights, trained with ``torch.optim.Adam`` (same
   hyperparameters), ``torch.nn.utils.clip_grad_norm_`` and ``F.cross_entropy``
@@ -32,7 +32,7 @@ def make_torch_trainer(lines, config):
     import torch
     import torch.nn.functional as F
 
-    from xseq.train import Trainer
+    from xseq.lm.train import Trainer
 
     class TorchTrainer(Trainer):
         def __init__(self):
@@ -132,7 +132,7 @@ def check_first_step(lines, config, out=print):
     losses : dict
         ``{"reference": ..., "xseq": ..., "torch": ...}``, the three first-step losses.
     """
-    from xseq.train import Trainer
+    from xseq.lm.train import Trainer
 
     with reference_path():
         ref_loss, want = xseq_first_step(Trainer(lines, config, backend="numpy"))

@@ -83,5 +83,5 @@ def builtin_corpus():
     list of str
         5,163 names such as ``"aaron"``, sorted, unique, letters ``a``-``z`` only.
     """
-    data = (resources.files("xseq") / "data" / "names.txt").read_bytes()
-    return _lines(_decode(data, "the built-in corpus xseq/data/names.txt"))
+    data = (resources.files("xseq.lm") / "data" / "names.txt").read_bytes()
+    return _lines(_decode(data, "the built-in corpus xseq/lm/data/names.txt"))

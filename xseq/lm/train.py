@@ -48,9 +48,10 @@ import time
 
 import numpy as np
 
+from .._version import __version__
+from ..nn.optim import SGD, Adam, clip_by_global_norm, clip_by_value
 from .checkpoint import CheckpointError, load_checkpoint
 from .model import CELLS, CharLM
-from .optim import SGD, Adam, clip_by_global_norm, clip_by_value
 from .vocab import Vocabulary
 from .vocab import _check_int as check_int
 
@@ -480,7 +481,6 @@ class Trainer:
 
     def save(self, path):
         """Write the model and everything needed to resume to one ``.npz`` file, atomically."""
-        from . import __version__
 
         arrays = {_LOSSES_KEY: np.asarray(self.losses, dtype=np.float64)}
         optimizer_state = {}

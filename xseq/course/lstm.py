@@ -17,8 +17,14 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from . import _engine
-from ._validate import check_cache, check_ndim, check_shape, get_parameters, namespace_and_checks
+from ..backends.checks import (
+    check_cache,
+    check_ndim,
+    check_shape,
+    get_parameters,
+    namespace_and_checks,
+)
+from ..engine import sequence as engine
 from .activations import sigmoid, softmax
 from .rnn import check_input, check_sequence_gradient, output_softmax, time_major
 
@@ -183,7 +189,7 @@ def lstm_forward(x, a0, parameters):
     Wy, by = arrays[-2:]
     W_ih, W_hh, b = stack_lstm_parameters(xp, parameters)
     c0 = xp.zeros_like(a0.T)
-    Y, _, _, trace = _engine.sequence_forward("lstm", time_major(xp, x), W_ih, W_hh, b, None, a0.T, c0)
+    Y, _, _, trace = engine.sequence_forward("lstm", time_major(xp, x), W_ih, W_hh, b, None, a0.T, c0)
     c = time_major(xp, trace.C[1:, ...])
     return time_major(xp, Y), output_softmax(xp, Y, Wy, by), c, LSTMCache(parameters, trace)
 
@@ -205,7 +211,7 @@ def lstm_backward(da, caches):
     trace = caches.trace
     xp = namespace_and_checks(da=da, x=trace.X)
     check_sequence_gradient(da, trace, "lstm_forward")
-    g = _engine.sequence_backward(trace, time_major(xp, da))
+    g = engine.sequence_backward(trace, time_major(xp, da))
     n_a = trace.W_hh.shape[1]
     dW = xp.concat([g["dW_hh"], g["dW_ih"]], axis=1)
     gradients = {"dx": time_major(xp, g["dX"]), "da0": g["dh0"].T}

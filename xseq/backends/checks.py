@@ -11,7 +11,7 @@ import numbers
 import numpy as np
 from array_api_compat import is_array_api_obj
 
-from ._backend import namespace_of, refuse_masked, to_numpy
+from .arrays import namespace_of, refuse_masked, to_numpy
 
 
 def _dtype_name(dtype):

@@ -20,8 +20,8 @@ import numbers
 
 from array_api_compat import device as device_of
 
-from ._backend import backend_name, namespace_of, to_numpy
-from ._validate import _dtype_name
+from ..backends.arrays import backend_name, namespace_of, to_numpy
+from ..backends.checks import _dtype_name
 
 
 def _check_positive(name, value, allow_zero=False):

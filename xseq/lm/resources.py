@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 
-from ._backend import backend_name
-from ._engine import GATES
+from ..backends.arrays import backend_name
+from ..engine.sequence import GATES
 from .train import EVALUATION_BATCH
 
 DTYPE_BYTES = {"float32": 4, "float64": 8}

@@ -44,13 +44,13 @@ import math
 
 import numpy as np
 
-from . import _engine
-from ._backend import asarray, backend_name, refuse_masked, to_numpy
-from ._validate import check_sizes
+from ..backends.arrays import asarray, backend_name, refuse_masked, to_numpy
+from ..backends.checks import check_sizes
+from ..engine import sequence as engine
+from ..nn.layers import GRU, LSTM, RNN
+from ..nn.losses import softmax_cross_entropy
+from ..nn.optim import _check_positive as check_positive
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .layers import GRU, LSTM, RNN
-from .losses import softmax_cross_entropy
-from .optim import _check_positive as check_positive
 from .vocab import EOS_ID, PAD_ID, UNK_ID, Vocabulary
 from .vocab import _check_int as check_int
 
@@ -513,7 +513,7 @@ def parameter_shapes(cell, V, hidden_size, num_layers):
         The layer's arrays under PyTorch's names, ``(G*n_a, V)`` for
         ``weight_ih_l0``, then ``"Wy"`` ``(V, n_a)`` and ``"by"`` ``(V, 1)``.
     """
-    G, n_a = _engine.GATES[cell], hidden_size
+    G, n_a = engine.GATES[cell], hidden_size
     shapes = {}
     for layer in range(num_layers):
         shapes.update({f"weight_ih_l{layer}": (G * n_a, V if layer == 0 else n_a),

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from . import _pointwise
-from ._validate import namespace_and_checks
+from ..backends.checks import namespace_and_checks
+from ..ops.pointwise import sigmoid as sigmoid_of
+from ..ops.pointwise import softmax_along
 
 
 def sigmoid(x):
@@ -21,7 +22,7 @@ def sigmoid(x):
     array of x's shape, dtype and namespace
     """
     xp = namespace_and_checks(x=x)
-    return _pointwise.sigmoid(xp, x)
+    return sigmoid_of(xp, x)
 
 
 def softmax(x):
@@ -43,7 +44,3 @@ def softmax(x):
         raise ValueError("x has shape (); expected at least one dimension (softmax runs over axis 0)")
     return softmax_along(xp, x, axis=0)
 
-
-def softmax_along(xp, x, axis):
-    e = xp.exp(x - xp.max(x, axis=axis, keepdims=True))
-    return e / xp.sum(e, axis=axis, keepdims=True)

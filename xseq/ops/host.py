@@ -61,8 +61,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ._kernels import CTYPES, KERNELS, FusedSteps, elementwise_signature
-from ._numpy_ops import NumpyOps
+from .fused import FusedSteps
+from .kernel_source import CTYPES, KERNELS, elementwise_signature
+from .numpy_inplace import NumpyOps
+from .switches import fused_enabled
 
 # NVRTC declares the CUDA qualifiers and the float/double overloads of the math
 # functions implicitly; on the host the qualifiers mean nothing and the overloads
@@ -457,7 +459,6 @@ def library():
 
 def status():
     """Which step implementation NumPy arrays get, and why: a line for humans."""
-    from ._pointwise import fused_enabled
 
     if not fused_enabled():
         return "array-API reference steps (XSEQ_FUSED=0)"

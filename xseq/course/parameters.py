@@ -24,8 +24,8 @@ import math
 
 import numpy as np
 
-from ._backend import asarray, backend, dtype_of, to_numpy
-from ._validate import check_sizes
+from ..backends.arrays import asarray, backend, dtype_of, to_numpy
+from ..backends.checks import check_sizes
 
 RNN_WEIGHTS = ("Wax", "Waa", "Wya")
 LSTM_GATES = ("i", "f", "c", "o")  # PyTorch's i, f, g, o

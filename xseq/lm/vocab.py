@@ -37,8 +37,9 @@ from collections import Counter
 import numpy as np
 from array_api_compat import is_array_api_obj
 
-from ._backend import backend as _backend_named
-from ._backend import dtype_of, refuse_masked, to_numpy
+from ..backends.arrays import backend as _backend_named
+from ..backends.arrays import dtype_of, refuse_masked, to_numpy
+from .checkpoint import atomic_write
 
 PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
 SPECIALS = (PAD, UNK, EOS)
@@ -354,7 +355,6 @@ class Vocabulary:
 
     def save(self, path):
         """Write the vocabulary as UTF-8 JSON, atomically (the old file stays intact on failure)."""
-        from .checkpoint import atomic_write
 
         payload = json.dumps(self.to_json(), ensure_ascii=False, indent=1).encode("utf-8")
         atomic_write(path, lambda f: f.write(payload))

@@ -30,10 +30,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
-from ._pointwise import ops_for
+from ..ops.cuda import FusedCupyOps
+from ..ops.select import ops_for
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
@@ -136,7 +138,7 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
     W_hhT = c_order(xp, W_hh.T)  # a contiguous right operand makes the per-step GEMM faster
     hw_buffer = empty(m, G * n_a)
     # CuPy: the same loop with two host calls per step and no array views (_kernels.DirectSteps).
-    direct = ops.direct_steps(dtype, dev) if mask is None and chunk == T else None
+    direct = ops.direct_steps(dtype, dev, check=check_direct) if mask is None and chunk == T else None
     if direct is not None:
         direct.forward(kind, XW, W_hhT, None if b_hn is None else c_order(xp, b_hn), saved, S, C, hw_buffer)
     else:
@@ -235,7 +237,7 @@ def sequence_backward(trace, dY=None, dh_T=None, dc_T=None, ops=None):
     dZ = empty(T, m, G * n_a)
     dHW = empty(T, m, G * n_a) if kind == "gru" else dZ
     W_hh = tr.W_hh
-    direct = ops.direct_steps(dtype, dev) if mask is None else None
+    direct = ops.direct_steps(dtype, dev, check=check_direct) if mask is None else None
     if direct is not None:
         dh, dc = direct.backward(kind, tr.saved, S, C, c_order(xp, W_hh), dY, c_order(xp, dh),
                                  None if dc is None else c_order(xp, dc), dZ, dHW, empty)
@@ -295,3 +297,48 @@ def _backward_steps(ops, xp, kind, saved, S, C, W_hh, dY, dh, dc, dZ, dHW, mask,
             dh_prev = dh_prev + dh_direct
         dh, dc = dh_prev, dc_prev
     return dh, dc
+
+
+# ---------------------------------------------------------------- the direct loop's self-check
+
+def check_direct(device, xp=None):
+    """Run a small sequence of each cell through ``device``'s direct loop and the step methods; raise if they differ.
+
+    Both sides launch the same kernel source and differ only in the gemm's
+    implementation (rounding); a wrong address, stride or gemm argument
+    differs by the size of the values. ``xp`` is the arrays' namespace
+    (CuPy's by default).
+    """
+    if xp is None:
+        import array_api_compat.cupy as xp
+    dtype = device.dtype
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    rng = np.random.default_rng(12345)
+    T, m, n_x, n_a = 3, 4, 3, 5
+
+    def draw(*shape):
+        return xp.asarray(rng.standard_normal(shape).astype(dtype))
+
+    for kind, G in GATES.items():
+        args = (kind, draw(T, m, n_x), draw(G * n_a, n_x), draw(G * n_a, n_a), draw(G * n_a), draw(G * n_a),
+                draw(m, n_a), draw(m, n_a) if kind == "lstm" else None)
+        grads = dict(dY=draw(T, m, n_a), dh_T=draw(m, n_a), dc_T=draw(m, n_a) if kind == "lstm" else None)
+        results = []
+        for ops in (FusedCupyOps(xp, direct=False), FusedCupyOps(xp, direct=device)):
+            Y, h, c, trace = sequence_forward(*args, ops=ops)
+            back = sequence_backward(trace, **grads, ops=ops)
+            results.append(dict(Y=Y, h=h, c=c, **back))
+        for key, want in results[0].items():
+            if want is None:
+                continue
+            want = np.asarray(_to_host(want), dtype=np.float64)
+            got = np.asarray(_to_host(results[1][key]), dtype=np.float64)
+            scale = max(float(np.max(np.abs(want), initial=0.0)), 1.0)
+            err = float(np.max(np.abs(got - want), initial=0.0))
+            if not err <= tol * scale:
+                raise RuntimeError(f"self-check: {kind} {key} differs from the step methods by {err:.3g}")
+
+
+def _to_host(a):
+    get = getattr(a, "get", None)  # CuPy arrays copy to the host with .get()
+    return get() if callable(get) else a

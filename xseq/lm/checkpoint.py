@@ -44,7 +44,7 @@ import zlib
 import numpy as np
 from array_api_compat import is_array_api_obj
 
-from ._backend import to_numpy
+from ..backends.arrays import to_numpy
 
 FORMAT = "xseq.checkpoint"
 FORMAT_VERSION = 1

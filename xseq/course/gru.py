@@ -29,8 +29,14 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from . import _engine
-from ._validate import check_cache, check_ndim, check_shape, get_parameters, namespace_and_checks
+from ..backends.checks import (
+    check_cache,
+    check_ndim,
+    check_shape,
+    get_parameters,
+    namespace_and_checks,
+)
+from ..engine import sequence as engine
 from .activations import sigmoid, softmax
 from .rnn import check_input, check_sequence_gradient, output_softmax, time_major
 
@@ -183,7 +189,7 @@ def gru_forward(x, a0, parameters):
     xp, arrays = check_gru_parameters(parameters, "x", x, "a0", a0, "gru_forward")
     Wy, by = arrays[-2:]
     W_ih, W_hh, b_ih, b_hh = stack_gru_parameters(xp, parameters)
-    Y, _, _, trace = _engine.sequence_forward("gru", time_major(xp, x), W_ih, W_hh, b_ih, b_hh, a0.T)
+    Y, _, _, trace = engine.sequence_forward("gru", time_major(xp, x), W_ih, W_hh, b_ih, b_hh, a0.T)
     return time_major(xp, Y), output_softmax(xp, Y, Wy, by), GRUCache(parameters, trace)
 
 
@@ -203,7 +209,7 @@ def gru_backward(da, caches):
     trace = caches.trace
     xp = namespace_and_checks(da=da, x=trace.X)
     check_sequence_gradient(da, trace, "gru_forward")
-    g = _engine.sequence_backward(trace, time_major(xp, da))
+    g = engine.sequence_backward(trace, time_major(xp, da))
     n_a = trace.W_hh.shape[1]
     dW = xp.concat([g["dW_hh"], g["dW_ih"]], axis=1)
     gradients = {"dx": time_major(xp, g["dX"]), "da0": g["dh0"].T}

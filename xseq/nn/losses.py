@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from array_api_compat import device as device_of
 
-from ._backend import namespace_of
-from ._validate import _dtype_name, check_floating, check_ndim, check_shape
+from ..backends.arrays import namespace_of
+from ..backends.checks import _dtype_name, check_floating, check_ndim, check_shape
 
 
 def softmax_cross_entropy(logits, targets, mask=None):

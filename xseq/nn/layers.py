@@ -37,12 +37,18 @@ from __future__ import annotations
 import numpy as np
 from array_api_compat import is_array_api_obj
 
-from . import _engine
-from ._backend import asarray, backend_name, dtype_of, namespace_of, to_numpy
-from ._backend import backend as backend_named
-from ._validate import _dtype_name as dtype_name
-from ._validate import check_floating, check_ndim, check_shape, check_sizes, host_lengths
-from .rnn import check_input, time_major
+from ..backends.arrays import asarray, backend_name, dtype_of, namespace_of, to_numpy
+from ..backends.arrays import backend as backend_named
+from ..backends.checks import _dtype_name as dtype_name
+from ..backends.checks import (
+    check_floating,
+    check_ndim,
+    check_shape,
+    check_sizes,
+    host_lengths,
+)
+from ..course.rnn import check_input, time_major
+from ..engine import sequence as engine
 
 
 class RecurrentLayer:
@@ -121,7 +127,7 @@ class RecurrentLayer:
     @property
     def gates(self):
         """``G``, the number of stacked gates (1, 4 or 3)."""
-        return _engine.GATES[self.kind]
+        return engine.GATES[self.kind]
 
     def _keys(self, layer, direction):
         """The four parameter names of one layer and direction, in PyTorch's order."""
@@ -195,7 +201,7 @@ class RecurrentLayer:
                 W_ih, W_hh, b_ih, b_hh = (self.parameters[key] for key in self._keys(layer, direction))
                 h = self._initial(states[0], k, m)
                 c = self._initial(states[1], k, m) if self.kind == "lstm" else None
-                Y, h_T, c_T, trace = _engine.sequence_forward(
+                Y, h_T, c_T, trace = engine.sequence_forward(
                     self.kind, inputs, W_ih, W_hh, b_ih, b_hh, h, c, mask=mask, reverse=bool(direction))
                 outputs.append(Y)
                 traces.append(trace)
@@ -250,7 +256,7 @@ class RecurrentLayer:
                 k = layer * D + direction
                 dh_T, dc_T = (None if s is None else s[k, ...].T for s in d_states)
                 dY_k = None if dY is None else dY[:, :, direction * n_a:(direction + 1) * n_a]
-                g = _engine.sequence_backward(self._cache["traces"][k], dY_k, dh_T, dc_T)
+                g = engine.sequence_backward(self._cache["traces"][k], dY_k, dh_T, dc_T)
                 for key, grad in zip(self._keys(layer, direction), ("dW_ih", "dW_hh", "db_ih", "db_hh")):
                     self.grads[key] = self.grads[key] + g[grad]
                 dX = g["dX"] if dX is None else dX + g["dX"]

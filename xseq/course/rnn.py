@@ -18,9 +18,15 @@ from typing import Any, NamedTuple
 
 from array_api_compat import device as device_of
 
-from . import _engine
-from ._pointwise import ops_for
-from ._validate import check_cache, check_ndim, check_shape, get_parameters, namespace_and_checks
+from ..backends.checks import (
+    check_cache,
+    check_ndim,
+    check_shape,
+    get_parameters,
+    namespace_and_checks,
+)
+from ..engine import sequence as engine
+from ..ops.select import ops_for
 from .activations import softmax
 
 RNN_KEYS = ("Wax", "Waa", "Wya", "ba", "by")
@@ -166,7 +172,7 @@ def rnn_forward(x, a0, parameters):
     caches : RNNCache
     """
     xp, (Wax, Waa, Wya, ba, by) = check_rnn_parameters(parameters, "x", x, "a0", a0, "rnn_forward")
-    Y, _, _, trace = _engine.sequence_forward("rnn", time_major(xp, x), Wax, Waa, ba[:, 0], None, a0.T)
+    Y, _, _, trace = engine.sequence_forward("rnn", time_major(xp, x), Wax, Waa, ba[:, 0], None, a0.T)
     return time_major(xp, Y), output_softmax(xp, Y, Wya, by), RNNCache(parameters, trace)
 
 
@@ -193,7 +199,7 @@ def rnn_backward(da, caches):
     trace = caches.trace
     xp = namespace_and_checks(da=da, x=trace.X)
     check_sequence_gradient(da, trace, "rnn_forward")
-    g = _engine.sequence_backward(trace, time_major(xp, da))
+    g = engine.sequence_backward(trace, time_major(xp, da))
     return {
         "dx": time_major(xp, g["dX"]),
         "da0": g["dh0"].T,

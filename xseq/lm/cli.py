@@ -35,21 +35,27 @@ import tempfile
 
 import numpy as np
 
-from . import _resources
-from ._backend import BackendUnavailableError, backend_name
-from ._backend import backend as backend_named
-from .checkpoint import CheckpointError, DestinationError, atomic_write, load_checkpoint, resolve_destination
+from ..backends.arrays import BackendUnavailableError, backend_name
+from ..backends.arrays import backend as backend_named
+from . import resources
+from .checkpoint import (
+    CheckpointError,
+    DestinationError,
+    atomic_write,
+    load_checkpoint,
+    resolve_destination,
+)
 from .corpus import CorpusError, builtin_corpus, read_corpus
 from .model import CELLS, CharLM
 from .train import (
-    DivergedError,
     CLIP_MODES,
     DEFAULT_EPOCHS,
     DEFAULT_MAX_SEQ_LEN,
     EVALUATION_BATCH,
     OPTIMIZERS,
-    Trainer,
+    DivergedError,
     TrainConfig,
+    Trainer,
     evaluate,
     split_sequences,
 )
@@ -387,8 +393,8 @@ def _check_training_fits(config, lines, samples, xp, *, resumed):
     if not resumed:
         options.update({key: (RECIPE_OPTIONS[key], values[key], getattr(DEFAULTS, key))
                         for key in ("hidden_size", "num_layers", "batch_size", "max_seq_len")})
-    parameters = _resources.parameter_count(config.cell, config.hidden_size, config.num_layers, vocab_size)
-    _check_fits(xp, lambda **v: _resources.training_bytes(**fixed, **v), values, options, "the run",
+    parameters = resources.parameter_count(config.cell, config.hidden_size, config.num_layers, vocab_size)
+    _check_fits(xp, lambda **v: resources.training_bytes(**fixed, **v), values, options, "the run",
                 f"{parameters:,} parameters, {vocab_size} tokens, batches of {config.batch_size} sequences of up "
                 f"to {min(longest, config.max_seq_len)} characters, {samples:,} samples, {total_steps:,} steps")
 
@@ -399,15 +405,15 @@ def _check_fits(xp, estimate, values, options, what, details):
     ``options`` maps keys of ``values`` to ``(option, given value, default)``:
     the error names the one whose default would lower the estimate the most.
     """
-    available = _resources.available_memory(xp)
+    available = resources.available_memory(xp)
     need = estimate(**values)
     if available is None or need <= available:
         return
-    key = _resources.biggest_cause(estimate, values, {k: default for k, (_, _, default) in options.items()})
+    key = resources.biggest_cause(estimate, values, {k: default for k, (_, _, default) in options.items()})
     option, value, _ = options[key]
     where = "on the GPU" if backend_name(xp) == "cupy" else "on this machine"
-    raise UsageError(f"{option} {value}: {what} would need about {_resources.format_bytes(need)} of memory "
-                     f"({details}); {_resources.format_bytes(available)} is available {where}; lower {option}")
+    raise UsageError(f"{option} {value}: {what} would need about {resources.format_bytes(need)} of memory "
+                     f"({details}); {resources.format_bytes(available)} is available {where}; lower {option}")
 
 
 def _print_plan(trainer):
@@ -456,7 +462,7 @@ def _plot(plt, trainer, path):
 def cmd_sample(args):
     model = _load_model(args.model, args.backend)
     shape = _model_shape(model)
-    _check_fits(model.xp, lambda **v: _resources.sampling_bytes(**shape, **v), {"n": args.n, "max_len": args.max_len},
+    _check_fits(model.xp, lambda **v: resources.sampling_bytes(**shape, **v), {"n": args.n, "max_len": args.max_len},
                 {"n": ("-n", args.n, SAMPLES), "max_len": ("--max-len", args.max_len, MAX_LEN)}, "sampling",
                 f"{args.n:,} samples of up to {args.max_len:,} characters drawn together")
     try:
@@ -481,7 +487,7 @@ def cmd_evaluate(args):
     T_x = max(len(p) for p in pieces) + 1
     m = min(len(pieces), EVALUATION_BATCH)
     shape = _model_shape(model)
-    _check_fits(model.xp, lambda max_seq_len: _resources.activation_bytes(**shape, m=m, T_x=min(T_x, max_seq_len + 1)),
+    _check_fits(model.xp, lambda max_seq_len: resources.activation_bytes(**shape, m=m, T_x=min(T_x, max_seq_len + 1)),
                 {"max_seq_len": args.max_seq_len},
                 {"max_seq_len": ("--max-seq-len", args.max_seq_len, DEFAULT_MAX_SEQ_LEN)},
                 "evaluating", f"batches of {m} sequences of up to {T_x - 1} characters, {model.vocab_size} tokens")

@@ -1,0 +1,1 @@
+"""Training across processes and GPUs (MPI, NCCL)."""

@@ -1,0 +1,1 @@
+"""The fast whole-sequence engine: time-major buffers, stacked gate GEMMs, hoisted input projections."""

@@ -1,0 +1,15 @@
+"""The environment switches of the fast paths, read at each call so that a test or a user can flip them."""
+
+from __future__ import annotations
+
+import os
+
+
+def fused_enabled():
+    """Whether CuPy and NumPy arrays take their fast paths (``XSEQ_FUSED=0`` turns them off)."""
+    return os.environ.get("XSEQ_FUSED", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def direct_enabled():
+    """Whether CuPy arrays may take the direct loop (``XSEQ_DIRECT=0`` turns it off)."""
+    return os.environ.get("XSEQ_DIRECT", "1").strip().lower() not in ("0", "false", "no", "off")
