@@ -40,6 +40,8 @@ from .course.rnn import rnn_backward, rnn_cell_backward, rnn_cell_forward, rnn_f
 from .lm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .lm.corpus import CorpusError, builtin_corpus, read_corpus
 from .lm.model import CharLM
+from .lm.stream_model import StreamLM
+from .lm.stream_train import StreamConfig, StreamTrainer
 from .lm.train import TrainConfig, Trainer
 from .lm.vocab import Vocabulary, one_hot, pad_ids, word_tokenize
 from .nn.embedding import Embedding

@@ -1,4 +1,4 @@
-"""The ``xseq`` command: train a character language model, sample from it, evaluate it, describe it.
+"""The ``xseq`` command: train a language model, sample from it, evaluate it, describe it.
 
 ::
 
@@ -6,9 +6,18 @@
                [--batch 32] [--lr LR] [--optimizer adam|sgd] [--clip 5] [--backend auto|numpy|cupy|torch]
                [--dtype float32|float64] [--out model.npz] [--resume model.npz] [--plot loss.png] [--seed 0]
                [--max-seq-len 256]
+               [--level char|word] [--bptt 20] [--embed D] [--tie-weights] [--init-scale S]
+               [--lr-decay F] [--decay-after E] [--vocab-size N] [--min-count K] [--val-corpus FILE]
     xseq sample MODEL [-n 10] [--temperature 0.8] [--top-k K] [--prefix TEXT] [--max-len 50] [--seed 0]
     xseq evaluate MODEL CORPUS [--max-seq-len 256]
     xseq info MODEL
+
+Two kinds of model: the line model (:class:`~xseq.lm.model.CharLM`, the
+default: one line of the corpus is one sequence of characters) and the stream
+model (:class:`~xseq.lm.stream_model.StreamLM`, with ``--level word`` or
+``--bptt``: the corpus is one stream of words or characters, trained in
+windows with the state carried, :mod:`xseq.lm.stream_train`). ``sample``,
+``evaluate`` and ``info`` read either kind from the checkpoint.
 
 Also ``python -m xseq``. Bad input (a missing, empty or binary corpus, an
 unwritable output, a corrupt model, an unknown or unusable backend, bad
@@ -47,6 +56,19 @@ from .checkpoint import (
 )
 from .corpus import CorpusError, builtin_corpus, read_corpus
 from .model import CELLS, CharLM
+from .stream_model import MODEL_FORMAT as STREAM_MODEL_FORMAT
+from .stream_model import StreamLM
+from .stream_train import (
+    DEFAULT_BPTT,
+    EVALUATION_WINDOW,
+    STREAM_DEFAULT_LR,
+    StreamConfig,
+    StreamTrainer,
+    batchify,
+    evaluate_stream,
+    split_lines,
+    stream_ids,
+)
 from .train import (
     CLIP_MODES,
     DEFAULT_EPOCHS,
@@ -77,7 +99,14 @@ RECIPE_OPTIONS = {"cell": "--cell", "hidden_size": "--hidden", "num_layers": "--
                   "batch_size": "--batch", "optimizer": "--optimizer", "lr": "--lr", "momentum": "--momentum",
                   "clip": "--clip", "clip_mode": "--clip-mode", "val_fraction": "--val-fraction",
                   "max_seq_len": "--max-seq-len", "seed": "--seed", "dtype": "--dtype"}
+# Options of stream models only (--level is also a stream option, but --level char alone is the line model).
+STREAM_OPTIONS = {"bptt": "--bptt", "embed_size": "--embed", "tie_weights": "--tie-weights",
+                  "init_scale": "--init-scale", "lr_decay": "--lr-decay", "decay_after": "--decay-after",
+                  "vocab_size": "--vocab-size", "min_count": "--min-count"}
+STREAM_RECIPE_OPTIONS = {**{k: v for k, v in RECIPE_OPTIONS.items() if k != "max_seq_len"},
+                         "level": "--level", **STREAM_OPTIONS}
 DEFAULTS = TrainConfig()
+STREAM_DEFAULTS = StreamConfig()
 
 
 class UsageError(Exception):
@@ -119,15 +148,31 @@ def _finite_float(text):
     return value
 
 
+def _positive_float(text):
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0; got {text!r}")
+    return value
+
+
+def _decay_factor(text):
+    value = _finite_float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a factor in (0, 1]; got {text!r}")
+    return value
+
+
 def build_parser():
     """The ``xseq`` argument parser (sub-commands train, sample, evaluate, info)."""
-    parser = _Parser(prog="xseq", description="Character-level language models with the RNN, LSTM and GRU "
-                                              "of the Sequence Models course, on any array API backend.")
+    parser = _Parser(prog="xseq", description="Character- and word-level language models with the RNN, LSTM "
+                                              "and GRU of the Sequence Models course, on any array API backend.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train a model on a corpus (one sequence per line)",
-                                description="Train a character language model. One line of CORPUS is one "
-                                            "sequence; 10% of them (--val-fraction) are held out for validation.")
+                                description="Train a language model. By default one line of CORPUS is one "
+                                            "sequence of characters; 10% of them (--val-fraction) are held out "
+                                            "for validation. With --level word or --bptt, CORPUS is one stream "
+                                            "of tokens (see 'stream models' below).")
     train.add_argument("corpus", nargs="?", metavar="CORPUS",
                        help="UTF-8 text file, one sequence per line (default: the built-in first names)")
     # Recipe options default to None so that --resume can tell which were given.
@@ -142,9 +187,10 @@ def build_parser():
     length.add_argument("--steps", type=_positive_int, metavar="N",
                         help="optimizer steps of the run, instead of --epochs")
     option("--batch", type=_positive_int, dest="batch_size", metavar="M", help="sequences per step (default 32)")
-    option("--lr", type=_finite_float, help="learning rate (default: adam 0.003, sgd 0.5)")
+    option("--lr", type=_finite_float, help="learning rate (default: adam 0.003, sgd 0.5; stream models: "
+                                            f"sgd {STREAM_DEFAULT_LR['sgd']:g})")
     option("--optimizer", choices=OPTIMIZERS, help="optimizer (default adam)")
-    option("--momentum", type=_finite_float, help="SGD momentum (default 0.9)")
+    option("--momentum", type=_finite_float, help="SGD momentum (default 0.9; stream models: 0)")
     option("--clip", type=_finite_float, help="gradient clipping threshold, 0 for none (default 5)")
     option("--clip-mode", choices=CLIP_MODES, dest="clip_mode",
            help="clip the global L2 norm or every value (default norm)")
@@ -162,7 +208,32 @@ def build_parser():
            help=f"samples printed at the end (default {SAMPLES_AFTER_TRAINING})")
     option("--max-seq-len", type=_positive_int, dest="max_seq_len", metavar="N",
            help=f"split longer lines into pieces of N characters, each learned as a sequence of its own "
-                f"(default {DEFAULT_MAX_SEQ_LEN})")
+                f"(default {DEFAULT_MAX_SEQ_LEN}; line models)")
+    stream = train.add_argument_group(
+        "stream models", "--level word, or --bptt, trains on the corpus as one stream of tokens (every line "
+                         "followed by <eos>) in windows of --bptt steps, the state carried from one to the next")
+    stream.add_argument("--level", choices=("char", "word"),
+                        help="tokens: characters, or whitespace-separated words (default char; word implies a "
+                             "stream model)")
+    stream.add_argument("--bptt", type=_positive_int, metavar="L",
+                        help=f"steps per window of a stream model (default {DEFAULT_BPTT} with --level word)")
+    stream.add_argument("--embed", type=_positive_int, dest="embed_size", metavar="D",
+                        help="size of a token's embedding (default: the hidden size)")
+    stream.add_argument("--tie-weights", action="store_true", default=None, dest="tie_weights",
+                        help="share the embedding and the output matrix (needs --embed equal to --hidden)")
+    stream.add_argument("--init-scale", type=_positive_float, dest="init_scale", metavar="S",
+                        help="draw every weight uniform in [-S, S] (default: PyTorch's initialisation)")
+    stream.add_argument("--lr-decay", type=_decay_factor, dest="lr_decay", metavar="F",
+                        help="multiply the learning rate by F for every epoch past --decay-after (default 1)")
+    stream.add_argument("--decay-after", type=_non_negative_int, dest="decay_after", metavar="E",
+                        help="epochs at the full learning rate before --lr-decay applies (default 0)")
+    stream.add_argument("--vocab-size", type=_int_at_least(3, "an integer >= 3 (it counts <pad>, <unk> and <eos>)"),
+                        dest="vocab_size", metavar="N",
+                        help="keep the N most frequent tokens, <pad>, <unk> and <eos> included (default: all)")
+    stream.add_argument("--min-count", type=_positive_int, dest="min_count", metavar="K",
+                        help="tokens seen fewer than K times in training become <unk> (default 1)")
+    stream.add_argument("--val-corpus", dest="val_corpus", metavar="FILE",
+                        help="validation file (default: the last --val-fraction of the corpus's lines)")
     train.set_defaults(func=cmd_train)
 
     sample = commands.add_parser("sample", help="print samples of a trained model, one per line")
@@ -173,9 +244,10 @@ def build_parser():
                         help=f"below 1: safer, above 1: more varied (default {TEMPERATURE})")
     sample.add_argument("--top-k", type=_positive_int, dest="top_k", metavar="K",
                         help="draw only among the K likeliest tokens")
-    sample.add_argument("--prefix", default="", metavar="TEXT", help="text every sample starts with")
+    sample.add_argument("--prefix", default="", metavar="TEXT",
+                        help="text every sample starts with (words for a word model; unknown ones are read as <unk>)")
     sample.add_argument("--max-len", type=_positive_int, dest="max_len", default=MAX_LEN, metavar="N",
-                        help=f"longest sample in characters, prefix included (default {MAX_LEN})")
+                        help=f"longest sample in tokens (characters or words), prefix included (default {MAX_LEN})")
     sample.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
     sample.add_argument("--backend", choices=CLI_BACKENDS, default="auto", help="array library (default auto)")
     sample.set_defaults(func=cmd_sample)
@@ -184,9 +256,9 @@ def build_parser():
     evaluate_.add_argument("model", metavar="MODEL", help="checkpoint written by xseq train")
     evaluate_.add_argument("corpus", metavar="CORPUS", help="UTF-8 text file, one sequence per line")
     evaluate_.add_argument("--backend", choices=CLI_BACKENDS, default="auto", help="array library (default auto)")
-    evaluate_.add_argument("--max-seq-len", type=_positive_int, dest="max_seq_len", default=DEFAULT_MAX_SEQ_LEN,
-                           metavar="N", help="split longer lines into pieces of N characters, as training does "
-                                             f"(default {DEFAULT_MAX_SEQ_LEN}; give the model's training value)")
+    evaluate_.add_argument("--max-seq-len", type=_positive_int, dest="max_seq_len", metavar="N",
+                           help="line models: split longer lines into pieces of N characters, as training does "
+                                f"(default {DEFAULT_MAX_SEQ_LEN}; give the model's training value)")
     evaluate_.set_defaults(func=cmd_evaluate)
 
     info = commands.add_parser("info", help="configuration, vocabulary, size and training history of a model")
@@ -278,14 +350,21 @@ def _pyplot():
 
 
 def _load_model(path, backend):
-    return CharLM.load(path, backend=backend_named(backend))
+    """The line or stream model of a checkpoint, by its format."""
+    arrays, meta = load_checkpoint(path)
+    return _model_from(arrays, meta, backend_named(backend), f"checkpoint {str(path)!r}")
 
 
-def _corpus(path):
-    """(lines, description) of a CORPUS argument, the built-in corpus when None."""
+def _model_from(arrays, meta, backend, where):
+    kind = StreamLM if meta.get("format") == STREAM_MODEL_FORMAT else CharLM
+    return kind.from_checkpoint(arrays, meta, backend=backend, where=where)
+
+
+def _corpus(path, keep_blank=False):
+    """(lines, description) of a CORPUS argument, the built-in corpus when None; blank lines kept for streams."""
     if path is None:
         return builtin_corpus(), BUILTIN
-    return read_corpus(path), path
+    return read_corpus(path, keep_blank=keep_blank), path
 
 
 # ---------------------------------------------------------------------- train
@@ -293,14 +372,18 @@ def _corpus(path):
 
 def cmd_train(args):
     xp = backend_named(args.backend)
-    lines, source = _corpus(args.corpus)
+    resumed = None if args.resume is None else load_checkpoint(args.resume)
+    stream = _check_model_kind(args, resumed)
+    lines, source = _corpus(args.corpus, keep_blank=stream)
     _check_writable(args.out, "--out")
     plt = None
     if args.plot is not None:
         plt = _pyplot()
         _check_writable(args.plot, "--plot")
     given = {key: getattr(args, key) for key in RECIPE_OPTIONS if getattr(args, key) is not None}
-    if args.resume is not None:
+    if stream:
+        trainer = _stream_trainer(args, xp, lines, source, resumed)
+    elif args.resume is not None:
         trainer = Trainer.resume(args.resume, lines, backend=xp, epochs=args.epochs, steps=args.steps,
                                  source=source)
         saved = trainer.config
@@ -317,7 +400,7 @@ def cmd_train(args):
         except ValueError as exc:
             raise UsageError(str(exc)) from None
 
-    _print_plan(trainer)
+    (_print_stream_plan if stream else _print_plan)(trainer)
     try:
         completed = trainer.run(out=args.out, progress=True, log=_say, handle_sigint=True)
     except BrokenPipeError:  # stdout, not --out: main stops quietly
@@ -325,13 +408,14 @@ def cmd_train(args):
     except OSError as exc:
         raise UsageError(f"cannot write --out {args.out!r}: {exc}") from None
     if not completed:
+        validation = "" if getattr(args, "val_corpus", None) is None else f" --val-corpus {shlex.quote(args.val_corpus)}"
         print(f"xseq train: interrupted at step {trainer.step}; checkpoint saved to {args.out}; "
               f"continue with: xseq train {'' if args.corpus is None else shlex.quote(args.corpus) + ' '}"
-              f"--resume {shlex.quote(args.out)}", file=sys.stderr)
+              f"--resume {shlex.quote(args.out)}{validation}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
     val = trainer.history[-1]["val_loss"]
-    print(f"validation loss: {val:.4f} nats per character (perplexity {_perplexity(val):.2f})")
+    print(f"validation loss: {val:.4f} nats per {_unit(trainer.model)} (perplexity {_perplexity(val):.2f})")
     if args.samples:
         print("samples:")
         for text in trainer.model.sample(args.samples, temperature=TEMPERATURE, max_len=MAX_LEN,
@@ -346,6 +430,71 @@ def cmd_train(args):
 
 def _say(line):
     print(line, flush=True)
+
+
+def _unit(model):
+    """What the model predicts, for messages: "character", "word" or "token"."""
+    if isinstance(model, StreamLM):
+        return "token"
+    return "character" if model.vocab.level == "char" else "token"
+
+
+def _check_model_kind(args, resumed):
+    """Whether ``xseq train`` runs a stream model; UsageError for options the other kind does not take."""
+    if resumed is not None:
+        stream = resumed[1].get("format") == STREAM_MODEL_FORMAT
+        why = f"the resumed checkpoint {args.resume!r} holds a {'stream' if stream else 'line'} model"
+    else:
+        stream = args.level == "word" or args.bptt is not None
+        why = "add --level word or --bptt L for a stream model" if not stream else "this is a stream model"
+    if stream:
+        if args.max_seq_len is not None:
+            raise UsageError(f"--max-seq-len applies to line models, not stream models (--level word or --bptt), "
+                             f"which read windows of --bptt steps; {why}")
+        if args.val_corpus is not None and args.val_fraction is not None:
+            raise UsageError(f"--val-fraction {args.val_fraction} has no effect with --val-corpus; give one of them")
+        return True
+    if args.level == "word":
+        raise UsageError(f"--level word trains a stream model; {why}")
+    for key, flag in {**STREAM_OPTIONS, "val_corpus": "--val-corpus"}.items():
+        if getattr(args, key) is not None:
+            raise UsageError(f"{flag} applies to stream models (--level word, or --bptt); {why}")
+    return False
+
+
+def _stream_trainer(args, xp, lines, source, resumed):
+    """The StreamTrainer of ``xseq train``: resumed from ``resumed`` (arrays, meta) or new."""
+    val_lines = None
+    if args.val_corpus is not None:
+        try:
+            val_lines = read_corpus(args.val_corpus, keep_blank=True)
+        except CorpusError as exc:
+            raise UsageError(f"--val-corpus: {exc}") from None
+    given = {key: getattr(args, key) for key in STREAM_RECIPE_OPTIONS if getattr(args, key) is not None}
+    if resumed is not None:
+        arrays, meta = resumed
+        trainer = StreamTrainer.from_checkpoint(arrays, meta, lines, val_lines=val_lines, backend=xp,
+                                                epochs=args.epochs, steps=args.steps, source=source,
+                                                val_source=args.val_corpus, where=f"checkpoint {args.resume!r}")
+        saved = trainer.config
+        for key, value in given.items():
+            if value != getattr(saved, key):
+                raise UsageError(f"{STREAM_RECIPE_OPTIONS[key]} {value} differs from the resumed run's "
+                                 f"{getattr(saved, key)}; leave it out when resuming (the checkpoint fixes it)")
+        _check_stream_training_fits(saved, lines, val_lines, args.samples, xp, resumed=True)
+        return trainer
+    hidden = given.get("hidden_size", STREAM_DEFAULTS.hidden_size)
+    if args.tie_weights and given.get("embed_size", hidden) != hidden:
+        raise UsageError(f"--tie-weights needs --embed equal to --hidden (the output matrix is the embedding); "
+                         f"got --embed {given['embed_size']} and --hidden {hidden}")
+    given["level"] = args.level or "char"
+    try:
+        config = StreamConfig(epochs=args.epochs, steps=args.steps, **given)
+        _check_stream_training_fits(config, lines, val_lines, args.samples, xp, resumed=False)
+        return StreamTrainer(lines, config, val_lines=val_lines, backend=xp, source=source,
+                             val_source=args.val_corpus)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _perplexity(loss):
@@ -399,6 +548,63 @@ def _check_training_fits(config, lines, samples, xp, *, resumed):
                 f"to {min(longest, config.max_seq_len)} characters, {samples:,} samples, {total_steps:,} steps")
 
 
+def _stream_tokens(lines, level):
+    """Tokens of the stream of ``lines`` (every line's tokens and its <eos>), without building it."""
+    if level == "word":
+        return sum(len(line.split()) + 1 for line in lines)
+    return sum(len(line) + 1 for line in lines)
+
+
+def _check_stream_training_fits(config, lines, val_lines, samples, xp, *, resumed):
+    """:func:`_check_training_fits` for a stream model: layers, windows, and memory (model, one window, samples).
+
+    The stream's length is counted from the lines; the vocabulary is bounded
+    by the distinct tokens of the training lines (and ``--vocab-size``).
+    """
+    if config.num_layers > MAX_LAYERS and not resumed:
+        raise UsageError(f"--layers {config.num_layers} is more than the {MAX_LAYERS} layers xseq train allows "
+                         f"(every layer is a loop over the time steps; deep plain recurrent stacks do not train)")
+    train_lines, held_out = split_lines(lines, val_lines, config.val_fraction)
+    tokens = _stream_tokens(train_lines, config.level)
+    columns = tokens // config.batch_size
+    if columns < 2:
+        raise UsageError(f"--batch {config.batch_size}: the training stream has {tokens} tokens (with <eos>), too few "
+                         f"for {config.batch_size} columns of at least 2 tokens each; lower --batch")
+    windows = -(-(columns - 1) // config.bptt)
+    if config.steps is not None:
+        length = ("--steps", config.steps)
+        total_steps = config.steps
+    else:
+        length = ("--epochs", config.epochs)
+        total_steps = config.epochs * windows
+    if total_steps > MAX_STEPS:
+        about = "" if config.steps is not None else f" (about {total_steps:,} optimizer steps)"
+        raise UsageError(f"{length[0]} {length[1]}{about} is more than the {MAX_STEPS:,} optimizer steps "
+                         f"xseq train allows in one run")
+    split = str.split if config.level == "word" else list
+    distinct = len(set(itertools.chain.from_iterable(split(line) for line in train_lines)) - set(SPECIALS))
+    vocab_size = len(SPECIALS) + distinct
+    if config.vocab_size is not None:
+        vocab_size = min(vocab_size, config.vocab_size)
+    all_tokens = tokens + _stream_tokens(held_out, config.level)
+    values = {"hidden_size": config.hidden_size, "num_layers": config.num_layers, "batch_size": config.batch_size,
+              "bptt": config.bptt, "embed_size": config.embed_size, "total_steps": total_steps, "samples": samples}
+    fixed = {"cell": config.cell, "vocab_size": vocab_size, "dtype": config.dtype, "tie_weights": config.tie_weights,
+             "tokens": all_tokens, "sample_len": MAX_LEN}
+    options = {"total_steps": (*length, DEFAULT_EPOCHS * windows),
+               "samples": ("--samples", samples, SAMPLES_AFTER_TRAINING)}
+    if not resumed:
+        defaults = {"hidden_size": STREAM_DEFAULTS.hidden_size, "num_layers": STREAM_DEFAULTS.num_layers,
+                    "batch_size": STREAM_DEFAULTS.batch_size, "bptt": DEFAULT_BPTT,
+                    "embed_size": min(config.embed_size, STREAM_DEFAULTS.hidden_size)}
+        options.update({key: (STREAM_RECIPE_OPTIONS[key], values[key], default) for key, default in defaults.items()})
+    parameters = resources.stream_parameter_count(config.cell, config.hidden_size, config.num_layers,
+                                                  config.embed_size, vocab_size, config.tie_weights)
+    _check_fits(xp, lambda **v: resources.stream_training_bytes(**fixed, **v), values, options, "the run",
+                f"{parameters:,} parameters, {vocab_size:,} tokens in the vocabulary, windows of {config.batch_size} "
+                f"x {config.bptt} steps, a stream of {all_tokens:,} tokens, {samples:,} samples, {total_steps:,} steps")
+
+
 def _check_fits(xp, estimate, values, options, what, details):
     """UsageError when ``estimate(**values)`` bytes exceed the memory of ``xp``'s device.
 
@@ -430,6 +636,21 @@ def _print_plan(trainer):
          f"({trainer.steps_per_epoch} per epoch){resumed}")
 
 
+def _print_stream_plan(trainer):
+    c, model = trainer.config, trainer.model
+    m, n = trainer.train_data.shape
+    resumed = f", resuming at step {trainer.step}" if trainer.step else ""
+    tied = ", tied" if c.tie_weights else ""
+    dropped = f" ({trainer.dropped} dropped)" if trainer.dropped else ""
+    validation = trainer.validation["source"] or f"the last {trainer.validation['sequences']} lines"
+    _say(f"training {c.cell} (hidden {c.hidden_size}, {c.num_layers} layer{'s' * (c.num_layers > 1)}, embedding "
+         f"{c.embed_size}{tied}, {model.num_parameters():,} parameters, {model.backend_name} {model.dtype_name}) "
+         f"on {trainer.source}, {c.level} level: {model.vocab_size:,} tokens in the vocabulary; a stream of "
+         f"{m * n:,} tokens{dropped} in {m} columns, {trainer.steps_per_epoch:,} windows of {c.bptt} steps per "
+         f"epoch; validation on {validation}: {trainer.val_data.size:,} tokens in {trainer.val_data.shape[0]} "
+         f"columns; {trainer.total_steps:,} steps{resumed}")
+
+
 def _plot(plt, trainer, path):
     steps = range(1, len(trainer.losses) + 1)
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -442,7 +663,7 @@ def _plot(plt, trainer, path):
     ax.plot([r["step"] for r in trainer.history], [r["val_loss"] for r in trainer.history], "o-",
             color="tab:orange", label="validation")
     ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats per character)")
+    ax.set_ylabel(f"cross-entropy (nats per {_unit(trainer.model)})")
     ax.set_title(f"xseq {trainer.config.cell}, hidden {trainer.config.hidden_size}, on {trainer.source}",
                  fontsize=10)
     ax.grid(alpha=0.3)
@@ -464,7 +685,13 @@ def cmd_sample(args):
     shape = _model_shape(model)
     _check_fits(model.xp, lambda **v: resources.sampling_bytes(**shape, **v), {"n": args.n, "max_len": args.max_len},
                 {"n": ("-n", args.n, SAMPLES), "max_len": ("--max-len", args.max_len, MAX_LEN)}, "sampling",
-                f"{args.n:,} samples of up to {args.max_len:,} characters drawn together")
+                f"{args.n:,} samples of up to {args.max_len:,} {_unit(model)}s drawn together")
+    if isinstance(model, StreamLM):
+        unknown = sorted({t for t in model.vocab.tokenize(args.prefix) if t not in model.vocab})
+        if unknown:
+            what = "word" if model.vocab.level == "word" else "character"
+            print(f"xseq sample: warning: --prefix holds {len(unknown)} {what}{'s' * (len(unknown) > 1)} "
+                  f"the model's vocabulary lacks, read as <unk>: {' '.join(unknown)}", file=sys.stderr)
     try:
         samples = model.sample(args.n, temperature=args.temperature, top_k=args.top_k, prefix=args.prefix,
                                max_len=args.max_len, seed=args.seed)
@@ -477,12 +704,16 @@ def cmd_sample(args):
 
 def cmd_evaluate(args):
     model = _load_model(args.model, args.backend)
+    if isinstance(model, StreamLM):
+        return _evaluate_stream(args, model)
     lines = read_corpus(args.corpus)
     vocab = model.vocab
     unknown = sum(t not in vocab for line in lines for t in vocab.tokenize(line))
     if unknown:
         print(f"xseq evaluate: note: {unknown} characters of {args.corpus} are not in the model's vocabulary "
               "(they count as <unk>)", file=sys.stderr)
+    if args.max_seq_len is None:
+        args.max_seq_len = DEFAULT_MAX_SEQ_LEN
     pieces = split_sequences([vocab.encode(line) for line in lines], args.max_seq_len)
     T_x = max(len(p) for p in pieces) + 1
     m = min(len(pieces), EVALUATION_BATCH)
@@ -501,6 +732,38 @@ def cmd_evaluate(args):
     return 0
 
 
+def _evaluate_stream(args, model):
+    """``xseq evaluate`` of a stream model: the whole file as one stream (one column) from the zero state."""
+    if args.max_seq_len is not None:
+        raise UsageError(f"--max-seq-len applies to line models; {args.model} is a stream model, which scores "
+                         "the file as one stream")
+    lines = read_corpus(args.corpus, keep_blank=True)
+    vocab, unit = model.vocab, _unit(model)
+    tokens = _stream_tokens(lines, vocab.level)
+    shape = _model_shape(model)
+    need = (resources.stream_activation_bytes(**shape, embed_size=model.embed_size, m=1, T=EVALUATION_WINDOW)
+            + resources.BYTES_PER_STREAM_TOKEN * tokens)
+    available = resources.available_memory(model.xp)
+    if available is not None and need > available:
+        raise UsageError(f"evaluating {args.corpus} ({tokens:,} tokens) would need about "
+                         f"{resources.format_bytes(need)} of memory; {resources.format_bytes(available)} is available")
+    unknown = sum(t not in vocab for line in lines for t in vocab.tokenize(line))
+    if unknown:
+        print(f"xseq evaluate: note: {unknown} {unit}s of {args.corpus} are not in the model's vocabulary "
+              "(they count as <unk>)", file=sys.stderr)
+    try:
+        ids = stream_ids(vocab, lines)
+        data = batchify(ids, 1)
+    except ValueError as exc:
+        raise UsageError(f"{args.corpus}: {exc}") from None
+    loss = evaluate_stream(model, data, EVALUATION_WINDOW)
+    print(f"{args.corpus}: {len(lines)} line{'s' * (len(lines) != 1)}, {len(ids):,} tokens ({vocab.level}s and "
+          f"<eos>) scored as one stream from the zero state: {len(ids) - 1:,} predicted")
+    print(f"cross-entropy: {loss:.4f} nats per {unit}")
+    print(f"perplexity: {_perplexity(loss):.3f}")
+    return 0
+
+
 def _model_shape(model):
     """The keyword arguments of the memory estimates of :mod:`xseq._resources` that a model fixes."""
     return {"cell": model.cell, "hidden_size": model.hidden_size, "num_layers": model.num_layers,
@@ -510,19 +773,23 @@ def _model_shape(model):
 def cmd_info(args):
     arrays, meta = load_checkpoint(args.model)
     where = f"checkpoint {args.model!r}"
-    model = CharLM.from_checkpoint(arrays, meta, backend="numpy", where=where)
+    model = _model_from(arrays, meta, "numpy", where)
+    stream = isinstance(model, StreamLM)
     c, vocab = model.config(), model.vocab
+    embedding = f", embedding {c['embed_size']}{' tied to the output' * c['tie_weights']}" if stream else ""
     print(f"model: {c['cell']}, hidden size {c['hidden_size']}, {c['num_layers']} "
-          f"layer{'s' * (c['num_layers'] > 1)}, dropout {c['dropout']:g}, {model.dtype_name}")
+          f"layer{'s' * (c['num_layers'] > 1)}{embedding}, dropout {c['dropout']:g}, {model.dtype_name}"
+          f"{', stream model' if stream else ''}")
     shown = "".join(vocab.tokens[3:]) if vocab.level == "char" else " ".join(vocab.tokens[3:13]) + " ..."
-    print(f"vocabulary: {len(vocab)} tokens ({vocab.level} level): <pad> <unk> <eos> {shown!r}")
+    tokenizer = "" if vocab.tokenizer is None else f", {vocab.tokenizer} tokenizer"
+    print(f"vocabulary: {len(vocab)} tokens ({vocab.level} level{tokenizer}): <pad> <unk> <eos> {shown!r}")
     print(f"parameters: {model.num_parameters():,}")
     state = meta.get("trainer")
     if not isinstance(state, dict):
         print("training: no training state recorded")
         return 0
     try:
-        _print_history(state, arrays.get("train/losses"))
+        (_print_stream_history if stream else _print_history)(state, arrays.get("train/losses"))
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{where} has an invalid training state: {type(exc).__name__}: {exc}") from None
     return 0
@@ -543,3 +810,26 @@ def _print_history(state, losses):
         last = history[-1]
         print(f"validation loss: last {last['val_loss']:.4f} (epoch {last['epoch']:g}), "
               f"best {best['val_loss']:.4f} (epoch {best['epoch']:g})")
+
+
+def _print_stream_history(state, losses):
+    r, corpus, validation, history = state["config"], state["corpus"], state["validation"], state["history"]
+    clip = "none" if not r["clip"] else f"{r['clip_mode']} {r['clip']:g}"
+    decay = "" if r["lr_decay"] == 1 else f" x{r['lr_decay']:g} per epoch after epoch {r['decay_after']}"
+    init = "" if r["init_scale"] is None else f", init scale {r['init_scale']:g}"
+    momentum = f" momentum {r['momentum']:g}" if r["optimizer"] == "sgd" and r["momentum"] else ""
+    print(f"recipe: {r['optimizer']}{momentum} lr {r['lr']:g}{decay}, batch {r['batch_size']}, bptt {r['bptt']}, "
+          f"clip {clip}{init}, seed {r['seed']}")
+    print(f"corpus: {corpus['source']}; {corpus['sequences']} lines, sha256 {corpus['sha256'][:12]}")
+    held_out = validation["source"] or "the end of the corpus"
+    print(f"validation: {held_out}; {validation['sequences']} lines, sha256 {validation['sha256'][:12]}")
+    print(f"trained: {state['step']} windows ({state['epoch']} whole epoch{'s' * (state['epoch'] != 1)}), "
+          f"{state['tokens_seen']:,} tokens, {state['seconds']:.1f} s")
+    if losses is not None and len(losses):
+        print(f"training loss: first window {losses[0]:.4f}, last window {losses[-1]:.4f} (nats per token)")
+    if history:
+        best = min(history, key=lambda h: h["val_loss"])
+        last = history[-1]
+        print(f"validation loss: last {last['val_loss']:.4f} (perplexity {_perplexity(last['val_loss']):.2f}, "
+              f"epoch {last['epoch']:g}), best {best['val_loss']:.4f} (perplexity "
+              f"{_perplexity(best['val_loss']):.2f}, epoch {best['epoch']:g})")

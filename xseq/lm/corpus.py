@@ -17,11 +17,15 @@ class CorpusError(ValueError):
     """A corpus file is missing, unreadable, binary, not UTF-8, or holds no sequence."""
 
 
-def _lines(text):
+def _lines(text, keep_blank=False):
     # Only "\n" (and a "\r" before it) ends a line: str.splitlines would also
     # split at form feeds and Unicode separators that may be part of the text.
-    # Lines of only whitespace are skipped with the empty ones.
-    return [line for line in (raw.rstrip("\r") for raw in text.split("\n")) if line.strip()]
+    # Lines of only whitespace are skipped with the empty ones, unless kept.
+    lines = [raw.rstrip("\r") for raw in text.split("\n")]
+    if keep_blank:
+        # A final "\n" ends the last line; it does not start an empty one (as iterating over a file).
+        return lines[:-1] if lines[-1] == "" else lines
+    return [line for line in lines if line.strip()]
 
 
 def _decode(data, where):
@@ -38,26 +42,32 @@ def _decode(data, where):
         ) from None
 
 
-def read_corpus(path):
+def read_corpus(path, keep_blank=False):
     """Read a text file as a list of sequences, one per line.
 
     Parameters
     ----------
     path : str or os.PathLike
         A UTF-8 text file (a leading byte-order mark is allowed).
+    keep_blank : bool, default False
+        Keep empty and whitespace-only lines too: a stream model follows every
+        line with ``<eos>``, blank ones included (the convention behind the
+        published Penn Treebank and WikiText token counts).
 
     Returns
     -------
     list of str
         The lines in file order, without their line ending (``"\\n"`` or
-        ``"\\r\\n"``); empty and whitespace-only lines are skipped, other
-        lines are kept exactly (inner and leading spaces included).
+        ``"\\r\\n"``); empty and whitespace-only lines are skipped unless
+        ``keep_blank``, other lines are kept exactly (inner and leading spaces
+        included). A final line ending does not start another line.
 
     Raises
     ------
     CorpusError
         The file is missing or unreadable, contains NUL bytes or invalid
-        UTF-8, or has no non-empty line. The message names the path.
+        UTF-8, or has no non-empty line (no word at all). The message names
+        the path.
     """
     path = os.fspath(path)
     try:
@@ -69,8 +79,10 @@ def read_corpus(path):
         raise CorpusError(f"corpus file {path!r} is a directory, not a text file") from None
     except OSError as exc:
         raise CorpusError(f"corpus file {path!r} cannot be read: {exc}") from None
-    lines = _lines(_decode(data, f"corpus file {path!r}"))
-    if not lines:
+    lines = _lines(_decode(data, f"corpus file {path!r}"), keep_blank)
+    if not any(line.strip() for line in lines):
+        if lines:
+            raise CorpusError(f"corpus file {path!r} holds no words: its {len(lines)} lines are all blank")
         raise CorpusError(f"corpus file {path!r} is empty: it has no non-empty line")
     return lines
 

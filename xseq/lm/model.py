@@ -352,15 +352,7 @@ class CharLM:
             scores[forbidden] = -np.inf
             if t == 0:
                 scores[EOS_ID] = -np.inf
-            if top_k is not None and top_k < V:
-                cut = np.partition(scores, V - top_k, axis=0)[V - top_k]
-                scores[scores < cut] = -np.inf
-            # Shift before dividing: the likeliest token scores 0 at any
-            # temperature, so a tiny one sends every other score to -inf
-            # (greedy decoding) instead of overflowing to inf - inf = NaN.
-            with np.errstate(over="ignore", under="ignore"):
-                scores = (scores - scores.max(axis=0, keepdims=True)) / temperature
-            drawn = _draw(scores, rng)
+            drawn = choose_next(scores, top_k=top_k, temperature=temperature, rng=rng)
             samples[:, t] = np.where(done, PAD_ID, drawn)
             done |= drawn == EOS_ID
             if done.all():
@@ -548,6 +540,24 @@ def _check_stored_parameters(state, cell, V, hidden_size, num_layers, dtype):
             raise TypeError(f"parameter {name!r} has dtype {a.dtype}; expected {dtype}, the checkpoint's dtype")
         if a.shape != shape:
             raise ValueError(f"parameter {name!r} has shape {a.shape}; expected {shape} from {source}")
+
+
+def choose_next(scores, *, top_k, temperature, rng):
+    """One id per column of ``scores`` (V, m): the ``top_k`` best (None: all), softened by ``temperature``, drawn.
+
+    ``scores`` is modified; entries of -inf are never drawn, and at least one
+    entry of every column must be finite.
+    """
+    V = scores.shape[0]
+    if top_k is not None and top_k < V:
+        cut = np.partition(scores, V - top_k, axis=0)[V - top_k]
+        scores[scores < cut] = -np.inf
+    # Shift before dividing: the likeliest token scores 0 at any
+    # temperature, so a tiny one sends every other score to -inf
+    # (greedy decoding) instead of overflowing to inf - inf = NaN.
+    with np.errstate(over="ignore", under="ignore"):
+        scores = (scores - scores.max(axis=0, keepdims=True)) / temperature
+    return _draw(scores, rng)
 
 
 def _draw(scores, rng):

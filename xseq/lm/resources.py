@@ -11,10 +11,13 @@ about two.
 
 from __future__ import annotations
 
+import math
 import os
 
 from ..backends.arrays import backend_name
 from ..engine.sequence import GATES
+from ..nn.projection_loss import default_chunk_rows
+from .stream_model import parameter_shapes as stream_parameter_shapes
 from .train import EVALUATION_BATCH
 
 DTYPE_BYTES = {"float32": 4, "float64": 8}
@@ -30,6 +33,15 @@ ACTIVATIONS_PER_LAYER = 4
 ACTIVATIONS_PER_TOKEN = 10
 # A training step's loss is a Python float in a list, then a float64 in the checkpoint.
 BYTES_PER_STEP = 48
+# Stream models. The projection's logits are bounded by its chunking (xseq.nn.projection_loss): one
+# buffer of at most LOGITS_BUDGET_BYTES, plus the array-API reference's temporaries on other backends.
+LOGITS_COPIES = 3
+# Per window row (a step of one column): the embedding's rows, their dropout and gradient, the output
+# dropout and the projection's dh and its reshaped copies.
+EMBEDDING_COPIES = 4
+OUTPUT_COPIES = 4
+# Per token of a stream: its id while the lines are encoded (a Python int in a list), then int64 ids.
+BYTES_PER_STREAM_TOKEN = 64
 
 
 def parameter_count(cell, hidden_size, num_layers, vocab_size):
@@ -75,6 +87,40 @@ def training_bytes(*, cell, hidden_size, num_layers, vocab_size, dtype, batch_si
                   activation_bytes(*model, min(EVALUATION_BATCH, val_sequences), T_x),
                   sampling_bytes(*model, samples, sample_len))
     return model_bytes(*model) + busiest + BYTES_PER_STEP * total_steps
+
+
+def stream_parameter_count(cell, hidden_size, num_layers, embed_size, vocab_size, tie_weights):
+    """Scalar weights of a :class:`~xseq.lm.stream_model.StreamLM`."""
+    shapes = stream_parameter_shapes(cell, vocab_size, embed_size, hidden_size, num_layers, tie_weights)
+    return sum(math.prod(shape) for shape in shapes.values())
+
+
+def stream_activation_bytes(cell, hidden_size, num_layers, embed_size, vocab_size, dtype, m, T):
+    """Memory of one window of ``m`` columns and ``T`` steps of a stream model, forward and backward.
+
+    The logits are bounded by the projection loss's chunking, never ``m * T * V``.
+    """
+    item = DTYPE_BYTES[dtype]
+    rows = m * T
+    logits = min(rows, default_chunk_rows(vocab_size - 1, item)) * (vocab_size - 1) * item * LOGITS_COPIES
+    per_row = (EMBEDDING_COPIES * embed_size + OUTPUT_COPIES * hidden_size
+               + num_layers * (ACTIVATIONS_PER_GATE * GATES[cell] + ACTIVATIONS_PER_LAYER) * hidden_size)
+    return logits + rows * per_row * item
+
+
+def stream_training_bytes(*, cell, hidden_size, num_layers, embed_size, tie_weights, vocab_size, dtype,
+                          batch_size, bptt, tokens, total_steps, samples, sample_len):
+    """Peak memory of ``xseq train`` for a stream model: the model, the larger of one window (training or
+    validation: the same size) and the final samples, the encoded streams and the loss history.
+
+    ``tokens`` counts the training and validation streams together.
+    """
+    weights = stream_parameter_count(cell, hidden_size, num_layers, embed_size, vocab_size, tie_weights)
+    busiest = max(stream_activation_bytes(cell, hidden_size, num_layers, embed_size, vocab_size, dtype,
+                                          batch_size, bptt),
+                  sampling_bytes(cell, hidden_size, num_layers, vocab_size, dtype, samples, sample_len))
+    return (PARAMETER_COPIES * weights * DTYPE_BYTES[dtype] + busiest + BYTES_PER_STREAM_TOKEN * tokens
+            + BYTES_PER_STEP * total_steps)
 
 
 def biggest_cause(estimate, values, defaults):

@@ -292,6 +292,8 @@ class Trainer:
         :meth:`run` after the current step.
     """
 
+    token_unit = "chars"  # what the progress bar counts per second
+
     def __init__(self, lines, config=None, *, backend="auto", source=None):
         config = TrainConfig() if config is None else config
         if not isinstance(config, TrainConfig):
@@ -454,7 +456,8 @@ class Trainer:
                     self.seconds += time.perf_counter() - started
                     if bar is not None:
                         rate = (self.chars_seen - chars_at_start) / max(self.seconds - seconds_at_start, 1e-9)
-                        bar.set_postfix({"loss": f"{loss:.3f}", "chars/s": f"{rate:,.0f}"}, refresh=False)
+                        bar.set_postfix({"loss": f"{loss:.3f}", f"{self.token_unit}/s": f"{rate:,.0f}"},
+                                        refresh=False)
                         bar.update(1)
                     if self.batch_in_epoch == 0:
                         self._report(self.validate(), log)

@@ -18,9 +18,21 @@ id      token      meaning
 
 The text's tokens follow from id 3, most frequent first, ties broken by the
 token itself (Python string order, i.e. by code point), so the same text
-always gives the same ids. A special can never collide with a text token:
-at character level a token is one character, and the word tokenizer splits
-``"<pad>"`` into ``"<"``, ``"pad"``, ``">"``.
+always gives the same ids. With the default tokenizers a special can never
+collide with a text token: at character level a token is one character, and
+the regex word tokenizer splits ``"<pad>"`` into ``"<"``, ``"pad"``, ``">"``.
+
+Word tokenizers
+---------------
+``tokenizer="regex"`` (the default at word level) is :func:`word_tokenize`:
+words and punctuation of raw text. ``tokenizer="whitespace"`` is
+``str.split()``, the convention of corpora that come pre-tokenized (Penn
+Treebank, WikiText, PyTorch's ``word_language_model``): a token is a maximal
+run of non-whitespace characters. Such corpora spell their own specials, so
+with it a token written ``<unk>`` is the unknown token (id 1) and a token
+written ``<eos>`` is the end of sequence (id 2), as in PyTorch's dictionary,
+which gives the word and the line end one entry; a token written ``<pad>`` is
+refused (ValueError): padding is not a word and a model never predicts it.
 
 :func:`one_hot` turns id sequences into the course's ``(V, m, T_x)`` input
 with a ``(m, T_x)`` mask; :func:`pad_ids` makes the matching integer targets.
@@ -45,9 +57,13 @@ PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
 SPECIALS = (PAD, UNK, EOS)
 PAD_ID, UNK_ID, EOS_ID = 0, 1, 2
 LEVELS = ("char", "word")
+TOKENIZERS = ("regex", "whitespace")
 
 _FORMAT = "xseq.Vocabulary"
-_FORMAT_VERSION = 1
+# Version 1 has no "tokenizer" key (character level, or the regex word tokenizer); version 2 adds it.
+# A vocabulary is written in the oldest version that holds it, so the files of version 1 stay as they were
+# and an older xseq refuses a whitespace vocabulary instead of tokenizing with the regex.
+_FORMAT_VERSIONS = (1, 2)
 
 # \w is Unicode-aware for str patterns: letters and digits of every script
 # (and "_") make words; every other non-space character is a token by itself.
@@ -81,6 +97,19 @@ def word_tokenize(text):
 def _check_level(level):
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}; got {level!r}")
+
+
+def _check_tokenizer(level, tokenizer):
+    """The tokenizer of a vocabulary: None at character level, "regex" (default) or "whitespace" at word level."""
+    if level == "char":
+        if tokenizer is not None:
+            raise ValueError(f"tokenizer applies to level='word'; a char-level vocabulary takes None, got {tokenizer!r}")
+        return None
+    if tokenizer is None:
+        return "regex"
+    if tokenizer not in TOKENIZERS:
+        raise ValueError(f"tokenizer must be one of {TOKENIZERS} (or None for 'regex'); got {tokenizer!r}")
+    return tokenizer
 
 
 def _check_int(name, value, minimum):
@@ -122,6 +151,9 @@ class Vocabulary:
     level : {"char", "word"}
     lower : bool
         Whether :meth:`encode` lower-cases text first (as :meth:`from_text` did).
+    tokenizer : {"regex", "whitespace"} or None
+        Word level only (None there means "regex"); None at character level.
+        See the module docstring.
 
     Attributes
     ----------
@@ -129,14 +161,17 @@ class Vocabulary:
         0, 1 and 2.
     tokens : tuple of str
         Every token, index = id.
+    tokenizer : str or None
+        ``"regex"`` or ``"whitespace"`` at word level, None at character level.
     """
 
     pad_id = PAD_ID
     unk_id = UNK_ID
     eos_id = EOS_ID
 
-    def __init__(self, tokens, level="char", lower=False):
+    def __init__(self, tokens, level="char", lower=False, tokenizer=None):
         _check_level(level)
+        tokenizer = _check_tokenizer(level, tokenizer)
         if not isinstance(lower, bool):
             raise TypeError(f"lower must be a bool; got {type(lower).__name__} {lower!r}")
         if isinstance(tokens, str) or not hasattr(tokens, "__iter__"):
@@ -152,16 +187,20 @@ class Vocabulary:
                 raise ValueError(f"tokens[{i}] = {token!r} repeats tokens[{index[token]}]")
             if i >= len(SPECIALS) and level == "char" and len(token) != 1:
                 raise ValueError(f"tokens[{i}] = {token!r}: a char-level vocabulary holds single characters")
+            if i >= len(SPECIALS) and tokenizer == "whitespace" and len(token.split()) != 1:
+                raise ValueError(f"tokens[{i}] = {token!r} holds whitespace, which the whitespace tokenizer "
+                                 "never puts in a token")
             index[token] = i
         self._tokens = tokens
         self._index = index
         self.level = level
         self.lower = lower
+        self.tokenizer = tokenizer
 
     # ------------------------------------------------------------------ building
 
     @classmethod
-    def from_text(cls, text_or_lines, level="char", lower=False, max_size=None, min_count=1):
+    def from_text(cls, text_or_lines, level="char", lower=False, max_size=None, min_count=1, tokenizer=None):
         """Build the vocabulary of a text.
 
         Parameters
@@ -171,7 +210,7 @@ class Vocabulary:
             At character level every character counts, a ``"\\n"`` inside a
             str included; the lines of a list contribute no newline.
         level : {"char", "word"}
-            Characters (code points), or the tokens of :func:`word_tokenize`.
+            Characters (code points), or words (see ``tokenizer``).
         lower : bool
             Lower-case the text first; :meth:`encode` then does the same.
         max_size : int or None
@@ -179,14 +218,21 @@ class Vocabulary:
             the most frequent tokens are kept. None keeps every token.
         min_count : int
             Drop tokens seen fewer times (they encode as ``<unk>``).
+        tokenizer : {"regex", "whitespace"} or None
+            Word level: :func:`word_tokenize` (None means "regex") or
+            ``str.split()``; with "whitespace" the text's own ``<unk>`` and
+            ``<eos>`` are the specials, not entries of their own (see the
+            module docstring). None at character level.
 
         Raises
         ------
         ValueError
-            ``level`` not "char"/"word", ``max_size`` < 3, ``min_count`` < 1,
-            or no token left to put in the vocabulary.
+            ``level`` not "char"/"word", a tokenizer that does not fit it,
+            ``max_size`` < 3, ``min_count`` < 1, a ``<pad>`` token in the text
+            (whitespace tokenizer), or no token left to put in the vocabulary.
         """
         _check_level(level)
+        tokenizer = _check_tokenizer(level, tokenizer)
         if not isinstance(lower, bool):
             raise TypeError(f"lower must be a bool; got {type(lower).__name__} {lower!r}")
         if max_size is not None:
@@ -198,19 +244,24 @@ class Vocabulary:
                 )
         _check_int("min_count", min_count, 1)
         counts = Counter()
-        for line in _as_lines(text_or_lines):
-            counts.update(_tokenize(line.lower() if lower else line, level))
+        for i, line in enumerate(_as_lines(text_or_lines)):
+            tokens = _tokenize(line.lower() if lower else line, level, tokenizer)
+            if tokenizer == "whitespace" and PAD in tokens:
+                raise ValueError(_pad_in_text(f"text_or_lines[{i}]"))
+            counts.update(tokens)
         if not counts:
             raise ValueError("text_or_lines holds no tokens; cannot build a vocabulary from empty text")
-        ranked = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
-        if not ranked:
+        # A text's own <unk> and <eos> (whitespace tokenizer) already have their ids.
+        ranked = sorted((t for t, c in counts.items() if c >= min_count and t not in SPECIALS),
+                        key=lambda t: (-counts[t], t))
+        if not ranked and any(t not in SPECIALS for t in counts):
             raise ValueError(
                 f"min_count = {min_count} removes every token (the most frequent is seen "
-                f"{max(counts.values())} times)"
+                f"{max(c for t, c in counts.items() if t not in SPECIALS)} times)"
             )
         if max_size is not None:
             ranked = ranked[: max_size - len(SPECIALS)]
-        return cls(SPECIALS + tuple(ranked), level=level, lower=lower)
+        return cls(SPECIALS + tuple(ranked), level=level, lower=lower, tokenizer=tokenizer)
 
     # ------------------------------------------------------------------ lookup
 
@@ -227,13 +278,17 @@ class Vocabulary:
     def __eq__(self, other):
         if not isinstance(other, Vocabulary):
             return NotImplemented
-        return (self._tokens, self.level, self.lower) == (other._tokens, other.level, other.lower)
+        return self._key() == other._key()
 
     def __hash__(self):
-        return hash((self._tokens, self.level, self.lower))
+        return hash(self._key())
+
+    def _key(self):
+        return self._tokens, self.level, self.lower, self.tokenizer
 
     def __repr__(self):
-        return f"Vocabulary(level={self.level!r}, lower={self.lower}, size={len(self)})"
+        tokenizer = "" if self.tokenizer is None else f", tokenizer={self.tokenizer!r}"
+        return f"Vocabulary(level={self.level!r}, lower={self.lower}{tokenizer}, size={len(self)})"
 
     def token_to_id(self, token):
         """The id of ``token``; ``unk_id`` (1) for a token not in the vocabulary.
@@ -262,7 +317,7 @@ class Vocabulary:
         """Split ``text`` into tokens as :meth:`encode` does (lower-casing if ``lower``)."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str; got {type(text).__name__}")
-        return _tokenize(text.lower() if self.lower else text, self.level)
+        return _tokenize(text.lower() if self.lower else text, self.level, self.tokenizer)
 
     def encode(self, text, add_eos=False):
         """Ids of the tokens of ``text``; unknown tokens become ``unk_id``.
@@ -277,8 +332,16 @@ class Vocabulary:
         Returns
         -------
         list of int
+
+        Raises
+        ------
+        ValueError
+            ``text`` holds the token ``<pad>`` (whitespace tokenizer).
         """
-        ids = [self._index.get(t, UNK_ID) for t in self.tokenize(text)]
+        tokens = self.tokenize(text)
+        if self.tokenizer == "whitespace" and PAD in tokens:
+            raise ValueError(_pad_in_text("text"))
+        ids = [self._index.get(t, UNK_ID) for t in tokens]
         if add_eos:
             ids.append(EOS_ID)
         return ids
@@ -322,14 +385,22 @@ class Vocabulary:
     # ------------------------------------------------------------------ persistence
 
     def to_json(self):
-        """A JSON-serialisable dict (what :meth:`save` writes and checkpoints embed)."""
-        return {
+        """A JSON-serialisable dict (what :meth:`save` writes and checkpoints embed).
+
+        Format version 1 (no ``"tokenizer"`` key) for character-level and
+        regex word vocabularies, version 2 with ``"tokenizer"`` otherwise.
+        """
+        data = {
             "format": _FORMAT,
-            "format_version": _FORMAT_VERSION,
+            "format_version": 1,
             "level": self.level,
             "lower": self.lower,
             "tokens": list(self._tokens),
         }
+        if self.tokenizer not in (None, "regex"):
+            data["format_version"] = 2
+            data["tokenizer"] = self.tokenizer
+        return data
 
     @classmethod
     def from_json(cls, data):
@@ -338,18 +409,25 @@ class Vocabulary:
             raise ValueError(f"vocabulary data must be a JSON object (dict); got {type(data).__name__}")
         if data.get("format") != _FORMAT:
             raise ValueError(f"vocabulary data has format {data.get('format')!r}; expected {_FORMAT!r}")
-        if data.get("format_version") != _FORMAT_VERSION:
+        version = data.get("format_version")
+        if isinstance(version, bool) or version not in _FORMAT_VERSIONS:
             raise ValueError(
-                f"vocabulary data has format_version {data.get('format_version')!r}; "
-                f"this xseq reads version {_FORMAT_VERSION}"
+                f"vocabulary data has format_version {version!r}; "
+                f"this xseq reads versions {list(_FORMAT_VERSIONS)}"
             )
-        for key in ("level", "lower", "tokens"):
+        keys = ("level", "lower", "tokens") + (("tokenizer",) if version == 2 else ())
+        for key in keys:
             if key not in data:
                 raise ValueError(f"vocabulary data is missing the key {key!r}")
+        if version == 1 and "tokenizer" in data:
+            raise ValueError("vocabulary data of format_version 1 has a 'tokenizer' key; version 2 holds one")
         if not isinstance(data["tokens"], list):
             raise ValueError(f"vocabulary data 'tokens' must be a list; got {type(data['tokens']).__name__}")
+        if version == 2 and data["tokenizer"] in (None, "regex"):
+            raise ValueError(f"vocabulary data of format_version 2 has tokenizer {data['tokenizer']!r}; "
+                             "version 2 is written for the whitespace tokenizer only")
         try:
-            return cls(data["tokens"], level=data["level"], lower=data["lower"])
+            return cls(data["tokens"], level=data["level"], lower=data["lower"], tokenizer=data.get("tokenizer"))
         except TypeError as exc:
             raise ValueError(f"vocabulary data is invalid: {exc}") from None
 
@@ -383,8 +461,15 @@ class Vocabulary:
             raise ValueError(f"{path} is not a valid vocabulary file: {exc}") from None
 
 
-def _tokenize(text, level):
-    return list(text) if level == "char" else word_tokenize(text)
+def _tokenize(text, level, tokenizer):
+    if level == "char":
+        return list(text)
+    return text.split() if tokenizer == "whitespace" else word_tokenize(text)
+
+
+def _pad_in_text(where):
+    return (f"{where} holds the token {PAD!r}: padding is not a word, and a model never predicts it; "
+            "remove or rename it in the text")
 
 
 # ---------------------------------------------------------------------- batches

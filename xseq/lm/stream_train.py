@@ -1,0 +1,598 @@
+"""Training a :class:`~xseq.lm.stream_model.StreamLM` on one token stream, in windows, the state carried.
+
+The recipe of PyTorch's ``word_language_model`` and of the TensorFlow PTB
+tutorial (Zaremba et al. 2014):
+
+* **The stream.** Every line of the corpus, blank ones included, becomes its
+  tokens followed by ``<eos>`` (``line.split() + ['<eos>']`` at word level);
+  the lines are joined into one stream of ids (:func:`stream_ids`).
+* **Validation.** A second file, or else the last ``val_fraction`` of the
+  lines (at least one line, at most all but one), in file order. The
+  vocabulary is built from the training lines only.
+* **Columns.** The stream is cut into ``batch_size`` contiguous columns of
+  ``n = N // batch_size`` tokens each; the last ``N % batch_size`` tokens are
+  dropped (:func:`batchify`). Column ``i`` holds tokens ``i*n .. (i+1)*n - 1``.
+* **Windows.** Window ``k`` covers steps ``[k*bptt, min((k+1)*bptt, n-1))``:
+  its inputs are those columns' tokens, its targets the tokens one step
+  later; the last window of an epoch may be shorter (:func:`window`). An
+  epoch is ``ceil((n-1) / bptt)`` windows, in order.
+* **Carried state.** Each window starts from the final state of the one
+  before (values only: no gradient crosses a window, truncated
+  back-propagation through time); the state is zero at the start of every
+  epoch.
+* **The loss** of a window is the cross-entropy summed over its steps and
+  averaged over the columns (the TensorFlow tutorial's convention, which
+  ``--lr 1 --clip 5`` assume); reported losses are nats per token, and
+  perplexity is ``exp`` of that.
+* **The step.** Gradient clipping (global norm, or by value), then SGD
+  (``momentum`` defaults to 0 here) or Adam. Epoch ``e`` (from 1) runs at
+  ``lr * lr_decay ** max(0, e - decay_after)``: with ``decay_after = 4``
+  epochs 1-4 run at ``lr`` and each later epoch at ``lr_decay`` times the one
+  before (Zaremba's ``max_epoch``).
+* **Validation** after every epoch runs the same way from a zero state, with
+  the training batch (fewer columns when the validation stream is too short
+  to give every column two tokens: :func:`validation_batch`) and windows of
+  ``bptt`` steps, as the TensorFlow tutorial validates.
+  :func:`evaluate_stream` with one column (``xseq evaluate``) scores a whole
+  file as one stream.
+
+Resuming
+--------
+A checkpoint holds, besides the model: the optimiser state, the recipe, the
+step, epoch and window counters, the carried state after the last window
+(mid-epoch), the dropout stream's state, every window's loss, the history,
+and SHA-256 fingerprints of the training and validation lines. The stream
+and its windows follow from the corpus and the recipe, so the window index
+is the stream position; :meth:`StreamTrainer.resume` continues with exactly
+the losses of the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from .._version import __version__
+from ..backends.arrays import asarray
+from ..nn.optim import SGD, Adam, clip_by_global_norm, clip_by_value
+from .checkpoint import CheckpointError, load_checkpoint
+from .stream_model import StreamLM
+from .train import (
+    _LOSSES_KEY,
+    _OPTIM_PREFIX,
+    DivergedError,
+    TrainConfig,
+    Trainer,
+    _check_corpus_record,
+    _check_history,
+    _check_real,
+    _check_rng_state,
+    _state_error,
+    _state_int,
+    _state_real,
+    corpus_fingerprint,
+)
+from .vocab import Vocabulary
+from .vocab import _check_int as check_int
+
+STREAM_TRAINER_FORMAT_VERSION = 1
+LEVELS = ("word", "char")
+DEFAULT_BPTT = 20
+STREAM_DEFAULT_LR = {"adam": 0.003, "sgd": 1.0}
+EVALUATION_WINDOW = 512  # steps per forward pass when a whole file is scored as one stream
+_STATE_KEYS = ("stream/h", "stream/c")
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamConfig(TrainConfig):
+    """The recipe of a stream run: :class:`~xseq.lm.train.TrainConfig`'s fields and these.
+
+    ``momentum`` defaults to 0 (plain SGD, as the Penn Treebank recipes), the
+    SGD learning rate to 1.0; ``max_seq_len`` is not used (windows have
+    ``bptt`` steps).
+
+    Parameters
+    ----------
+    level : {"word", "char"}
+        Whitespace-separated words, or characters.
+    bptt : int
+        Steps per window.
+    embed_size : int or None
+        ``D``; None for ``hidden_size`` (filled in on construction).
+    tie_weights : bool
+        Share the embedding and the output matrix (needs ``embed_size == hidden_size``).
+    init_scale : float > 0 or None
+        Every parameter uniform in ``[-init_scale, init_scale]``; None for PyTorch's defaults.
+    lr_decay : float in (0, 1]
+        Factor applied to the learning rate after every epoch past ``decay_after``.
+    decay_after : int >= 0
+        Epochs run at the full learning rate.
+    vocab_size : int >= 3 or None
+        Keep the ``vocab_size`` most frequent entries, ``<pad>``, ``<unk>`` and
+        ``<eos>`` included; None keeps every token.
+    min_count : int >= 1
+        Drop tokens seen fewer times in the training lines.
+    """
+
+    momentum: float = 0.0
+    level: str = "word"
+    bptt: int = DEFAULT_BPTT
+    embed_size: int | None = None
+    tie_weights: bool = False
+    init_scale: float | None = None
+    lr_decay: float = 1.0
+    decay_after: int = 0
+    vocab_size: int | None = None
+    min_count: int = 1
+
+    def __post_init__(self):
+        if self.lr is None and self.optimizer in STREAM_DEFAULT_LR:
+            object.__setattr__(self, "lr", STREAM_DEFAULT_LR[self.optimizer])
+        super().__post_init__()
+        if self.level not in LEVELS:
+            raise ValueError(f"level must be one of {LEVELS}; got {self.level!r}")
+        check_int("bptt", self.bptt, 1)
+        check_int("decay_after", self.decay_after, 0)
+        check_int("min_count", self.min_count, 1)
+        if self.vocab_size is not None:
+            check_int("vocab_size", self.vocab_size, 3)
+        if self.embed_size is None:
+            object.__setattr__(self, "embed_size", self.hidden_size)
+        check_int("embed_size", self.embed_size, 1)
+        if not isinstance(self.tie_weights, bool):
+            raise TypeError(f"tie_weights must be True or False; got {self.tie_weights!r}")
+        if self.tie_weights and self.embed_size != self.hidden_size:
+            raise ValueError(f"tie_weights needs embed_size equal to hidden_size; got embed_size={self.embed_size}, "
+                             f"hidden_size={self.hidden_size}")
+        _check_real("lr_decay", self.lr_decay)
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1]; got {self.lr_decay}")
+        if self.init_scale is not None:
+            _check_real("init_scale", self.init_scale)
+            if self.init_scale <= 0:
+                raise ValueError(f"init_scale must be > 0; got {self.init_scale}")
+
+    def learning_rate(self, epoch):
+        """The learning rate of the epoch after ``epoch`` whole epochs: ``lr * lr_decay ** max(0, epoch + 1 - decay_after)``."""
+        return self.lr * self.lr_decay ** max(0, epoch + 1 - self.decay_after)
+
+
+# ---------------------------------------------------------------------- the stream and its windows
+
+
+def build_vocabulary(lines, config):
+    """The vocabulary of the training lines under ``config`` (level, ``vocab_size``, ``min_count``)."""
+    tokenizer = "whitespace" if config.level == "word" else None
+    return Vocabulary.from_text(lines, level=config.level, max_size=config.vocab_size,
+                                min_count=config.min_count, tokenizer=tokenizer)
+
+
+def stream_ids(vocab, lines):
+    """Every line's ids followed by ``<eos>``, one stream: a ``(N,)`` int64 NumPy array.
+
+    Unknown tokens are ``<unk>``; blank lines give a lone ``<eos>``.
+    """
+    ids = []
+    for line in lines:
+        ids.extend(vocab.encode(line, add_eos=True))
+    return np.asarray(ids, dtype=np.int64)
+
+
+def batchify(ids, batch_size):
+    """Cut a stream into ``batch_size`` contiguous columns, as PyTorch's ``word_language_model`` does.
+
+    Parameters
+    ----------
+    ids : (N,) integer array
+    batch_size : int
+        ``m``.
+
+    Returns
+    -------
+    (m, n) array, ``n = N // m``
+        Row ``i`` is ``ids[i*n:(i+1)*n]``; the last ``N - m*n`` ids are dropped.
+
+    Raises
+    ------
+    ValueError
+        ``n < 2``: a column needs an input and a target.
+    """
+    check_int("batch_size", batch_size, 1)
+    ids = np.asarray(ids)
+    n = len(ids) // batch_size
+    if n < 2:
+        raise ValueError(f"a stream of {len(ids)} tokens is too short for {batch_size} columns: each needs at least "
+                         f"2 tokens (an input and its target), so at least {2 * batch_size} tokens")
+    return ids[:n * batch_size].reshape(batch_size, n)
+
+
+def validation_batch(tokens, batch_size):
+    """Columns of a validation stream of ``tokens`` tokens: ``batch_size``, or fewer for a short stream."""
+    return max(1, min(batch_size, tokens // 2))
+
+
+def num_windows(data, bptt):
+    """Windows of ``bptt`` steps in the columns ``data`` (m, n): ``ceil((n - 1) / bptt)``."""
+    return -(-(data.shape[1] - 1) // bptt)
+
+
+def window(data, k, bptt):
+    """Window ``k`` of the columns ``data`` (m, n): ``(inputs, targets)``, each ``(m, T)`` with ``T <= bptt``.
+
+    Inputs are steps ``[k*bptt, min((k+1)*bptt, n-1))``, targets the same
+    steps shifted by one; the last window of ``data`` may be shorter.
+    """
+    start = k * bptt
+    stop = min(start + bptt, data.shape[1] - 1)
+    if not 0 <= start < stop:
+        raise IndexError(f"window {k} is out of range: the columns have {num_windows(data, bptt)} windows of {bptt}")
+    return data[:, start:stop], data[:, start + 1:stop + 1]
+
+
+def evaluate_stream(model, data, bptt=EVALUATION_WINDOW):
+    """Mean cross-entropy per predicted token of ``model`` on the columns ``data``, the state carried.
+
+    Parameters
+    ----------
+    model : StreamLM
+    data : (m, n) integer array
+        From :func:`batchify` (one column, ``ids[None, :]``, scores a whole stream).
+    bptt : int
+        Steps per forward pass. With the state carried, the result does not
+        depend on it (up to rounding); it bounds the memory of a pass.
+
+    Returns
+    -------
+    float
+        Nats per token over the ``m * (n - 1)`` targets (every token but the
+        first of each column, ``<eos>`` included); ``exp`` of it is the perplexity.
+    """
+    check_int("bptt", bptt, 1)
+    state, total = None, 0.0
+    for k in range(num_windows(data, bptt)):
+        inputs, targets = window(data, k, bptt)
+        nll, state = model.nll(inputs, targets, state)
+        total += nll
+    return total / (data.shape[0] * (data.shape[1] - 1))
+
+
+def split_lines(lines, val_lines, val_fraction):
+    """``(training lines, validation lines)``: ``val_lines`` when given, else the last ``val_fraction`` of ``lines``."""
+    if val_lines is not None:
+        return list(lines), list(val_lines)
+    N = len(lines)
+    if N < 2:
+        raise ValueError(f"the corpus has {N} line; training needs at least 2 (the last is held out for "
+                         "validation), or a validation file")
+    n_val = min(max(1, round(val_fraction * N)), N - 1)
+    return list(lines[:N - n_val]), list(lines[N - n_val:])
+
+
+# ---------------------------------------------------------------------- the trainer
+
+
+class StreamTrainer(Trainer):
+    """A training run of a :class:`StreamLM` on a token stream; see the module docstring for the recipe.
+
+    Parameters
+    ----------
+    lines : list of str
+        The training corpus, one entry per line, blank lines included
+        (``xseq.read_corpus(path, keep_blank=True)``).
+    config : StreamConfig
+    val_lines : list of str, optional
+        The validation corpus; None holds out the last ``val_fraction`` of ``lines``.
+    backend : str, default "auto"
+    source, val_source : str, optional
+        Where the corpora came from, recorded in the checkpoint.
+
+    Attributes
+    ----------
+    model : StreamLM
+    train_data, val_data : (m, n) int64 NumPy arrays
+        The training and validation columns (:func:`batchify`).
+    state : the carried state after the last window of the current epoch, or None at an epoch's start.
+    dropped : int
+        Training tokens beyond the last whole row of the columns, left out.
+    step, epoch, batch_in_epoch : int
+        Windows trained, whole epochs, and windows of the current epoch.
+    chars_seen : int
+        Tokens predicted in training so far (named as the line trainer's counter).
+    Others as :class:`~xseq.lm.train.Trainer`; ``losses`` are nats per token of every window.
+    """
+
+    token_unit = "tokens"
+
+    def __init__(self, lines, config=None, *, val_lines=None, backend="auto", source=None, val_source=None):
+        config = StreamConfig() if config is None else config
+        if not isinstance(config, StreamConfig):
+            raise TypeError(f"config must be an xseq.lm.stream_train.StreamConfig; got {type(config).__name__}")
+        lines = list(lines)
+        train_lines, _ = split_lines(lines, val_lines, config.val_fraction)
+        model = StreamLM(build_vocabulary(train_lines, config), config.hidden_size, cell=config.cell,
+                         num_layers=config.num_layers, embed_size=config.embed_size,
+                         tie_weights=config.tie_weights, dropout=config.dropout, init_scale=config.init_scale,
+                         backend=backend, dtype=config.dtype, seed=config.seed)
+        self._setup(lines, config, model, source, val_lines=val_lines, val_source=val_source)
+
+    def _setup(self, lines, config, model, source, *, val_lines=None, val_source=None):
+        train_lines, held_out = split_lines(lines, val_lines, config.val_fraction)
+        train_ids = stream_ids(model.vocab, train_lines)
+        try:
+            self.train_data = batchify(train_ids, config.batch_size)
+        except ValueError as exc:
+            raise ValueError(f"the training stream is too short: {exc}; lower batch_size") from None
+        self.dropped = len(train_ids) - self.train_data.size
+        val_ids = stream_ids(model.vocab, held_out)
+        if len(val_ids) < 2:
+            raise ValueError(f"the validation stream has {len(val_ids)} token; it needs at least 2 "
+                             "(an input and its target)")
+        self.val_data = batchify(val_ids, validation_batch(len(val_ids), config.batch_size))
+        self.config = config
+        self.model = model
+        self.source = source
+        self.corpus = {"source": source, "sha256": corpus_fingerprint(lines), "sequences": len(lines)}
+        self.validation = {"source": val_source, "sha256": corpus_fingerprint(held_out), "sequences": len(held_out)}
+        params = model.parameters()
+        if config.optimizer == "adam":
+            self.optimizer = Adam(params, lr=config.lr)
+        else:
+            self.optimizer = SGD(params, lr=config.lr, momentum=config.momentum)
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.losses, self.history = [], []
+        self.seconds = 0.0
+        self.chars_seen = 0
+        self.stop_requested = False
+        self.state = None
+
+    # ------------------------------------------------------------------ lengths
+
+    @property
+    def steps_per_epoch(self):
+        """Windows in one pass over the training columns (the last one may be shorter)."""
+        return num_windows(self.train_data, self.config.bptt)
+
+    # ------------------------------------------------------------------ training
+
+    def train_step(self):
+        """One optimiser step on the next window; returns its loss (nats per token)."""
+        inputs, targets = window(self.train_data, self.batch_in_epoch, self.config.bptt)
+        self.optimizer.lr = self.config.learning_rate(self.epoch)
+        loss = self.learn(inputs, targets)
+        self.step += 1
+        self.batch_in_epoch += 1
+        self.chars_seen += targets.size
+        self.losses.append(loss)
+        if self.batch_in_epoch == self.steps_per_epoch:
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            self.state = None
+        return loss
+
+    def learn(self, inputs, targets):
+        """Forward from the carried state, backward, clipping, one optimiser step; returns nats per token.
+
+        The one place where the model is trained (a subclass may train another
+        implementation on exactly the same windows). The carried state moves
+        on only when the step is taken.
+        """
+        # Overflow shows up as a non-finite loss, which stops the run with DivergedError below.
+        with np.errstate(over="ignore", invalid="ignore"):
+            nll, state = self.model.loss_and_backward(inputs, targets, self.state, training=True)
+        loss = nll / targets.size
+        if not math.isfinite(loss):
+            raise DivergedError(f"training diverged at step {self.step + 1}: the training loss is {loss}")
+        grads = self.model.grads()
+        clip = self.config.clip
+        if clip:
+            if self.config.clip_mode == "norm":
+                grads, _ = clip_by_global_norm(grads, clip)
+            else:
+                grads = clip_by_value(grads, clip)
+        self.optimizer.step(grads)
+        self.state = state
+        return loss
+
+    def validation_loss(self):
+        """Nats per token of the model on the validation columns, from a zero state."""
+        return evaluate_stream(self.model, self.val_data, self.config.bptt)
+
+    def _report(self, record, log):
+        if log is not None:
+            train = record["train_loss"]
+            train = "" if train is None else f"  train {train:.4f} (ppl {_perplexity(train):.2f})"
+            log(f"epoch {record['epoch']:g}  step {record['step']}  lr {self.optimizer.lr:g}{train}  "
+                f"val {record['val_loss']:.4f} (ppl {_perplexity(record['val_loss']):.2f})  "
+                f"({record['seconds']:.1f} s)")
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save(self, path):
+        """Write the model and everything needed to resume to one ``.npz`` file, atomically."""
+        arrays = {_LOSSES_KEY: np.asarray(self.losses, dtype=np.float64)}
+        optimizer_state = {}
+        for key, value in self.optimizer.state_dict().items():
+            if hasattr(value, "shape"):
+                arrays[_OPTIM_PREFIX + key] = value
+            else:
+                optimizer_state[key] = value
+        if self.state is not None:
+            parts = self.state if isinstance(self.state, tuple) else (self.state,)
+            arrays.update(zip(_STATE_KEYS, parts))
+        trainer = {
+            "format_version": STREAM_TRAINER_FORMAT_VERSION,
+            "kind": "stream",
+            "xseq_version": __version__,
+            "config": dataclasses.asdict(self.config),
+            "corpus": self.corpus,
+            "validation": self.validation,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "dropout_rng": self.model.dropout_rng.bit_generator.state,
+            "optimizer": optimizer_state,
+            "history": self.history,
+            "seconds": self.seconds,
+            "tokens_seen": self.chars_seen,
+        }
+        self.model.save(path, arrays=arrays, meta={"trainer": trainer})
+
+    @classmethod
+    def resume(cls, path, lines, *, val_lines=None, backend="auto", epochs=None, steps=None, source=None,
+               val_source=None):
+        """Continue a run saved by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+        lines, val_lines : list of str
+            The same training corpus and validation corpus (or None, when the
+            saved run held out the end of the corpus) as the saved run; their
+            fingerprints are checked.
+        backend : str
+        epochs, steps : int, optional
+            A new length for the run, counted from its start (at most one).
+        source, val_source : str, optional
+            Where the corpora came from, for messages and the checkpoint.
+
+        Raises
+        ------
+        CheckpointError
+            As :meth:`Trainer.resume <xseq.lm.train.Trainer.resume>`: an unreadable
+            file, no or another version of training state, any field of the
+            wrong type or range or contradicting the model or the other fields
+            (counters, carried state, random stream, history, losses, recipe),
+            or another training or validation corpus.
+        """
+        arrays, meta = load_checkpoint(path)
+        return cls.from_checkpoint(arrays, meta, lines, val_lines=val_lines, backend=backend, epochs=epochs,
+                                   steps=steps, source=source, val_source=val_source,
+                                   where=f"checkpoint {str(path)!r}")
+
+    @classmethod
+    def from_checkpoint(cls, arrays, meta, lines, *, val_lines=None, backend="auto", epochs=None, steps=None,
+                        source=None, val_source=None, where="checkpoint"):
+        """:meth:`resume` from what :func:`xseq.load_checkpoint` returned."""
+        model = StreamLM.from_checkpoint(arrays, meta, backend=backend, where=where)
+        state = meta.get("trainer")
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{where} holds a model but no training state; it cannot be resumed")
+        if state.get("format_version") != STREAM_TRAINER_FORMAT_VERSION or state.get("kind") != "stream":
+            raise CheckpointError(f"{where} has training-state format_version {state.get('format_version')!r}, "
+                                  f"kind {state.get('kind')!r}; this version of xseq reads "
+                                  f"{STREAM_TRAINER_FORMAT_VERSION}, 'stream'")
+        lines = list(lines)
+        try:
+            config = _recipe(where, state["config"], model, epochs, steps)
+            recorded = _check_corpus_record(where, state["corpus"])
+            if recorded["sha256"] != corpus_fingerprint(lines):
+                raise CheckpointError(
+                    f"{where} was trained on another corpus ({recorded['source'] or 'unknown source'}, "
+                    f"{recorded['sequences']} lines) than {source or 'the given one'} ({len(lines)} lines); "
+                    "resume with the same corpus")
+            validation = _check_corpus_record(where, state["validation"])
+            _, held_out = split_lines(lines, val_lines, config.val_fraction)
+            if validation["sha256"] != corpus_fingerprint(held_out):
+                saved = (f"the validation file {validation['source']}" if validation["source"]
+                         else "the end of the training corpus")
+                given = f"the validation file {val_source}" if val_lines is not None else "the end of the corpus"
+                raise CheckpointError(f"{where} was validated on {saved} ({validation['sequences']} lines), "
+                                      f"not on {given} ({len(held_out)} lines); resume with the same validation "
+                                      "corpus")
+            trainer = cls.__new__(cls)
+            trainer._setup(lines, config, model, source if source is not None else recorded["source"],
+                           val_lines=val_lines,
+                           val_source=val_source if val_source is not None else validation["source"])
+            trainer._restore(where, arrays, state)
+        except KeyError as exc:
+            raise CheckpointError(f"{where} has an invalid training state: no entry {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{where} has an invalid training state: {type(exc).__name__}: {exc}") from None
+        return trainer
+
+    def _restore(self, where, arrays, state):
+        """Counters, optimiser, random stream, carried state, losses and history of a saved run, each checked."""
+        model = self.model
+        optimizer_arrays = {k[len(_OPTIM_PREFIX):]: v for k, v in arrays.items() if k.startswith(_OPTIM_PREFIX)}
+        for name, value in optimizer_arrays.items():
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                raise CheckpointError(f"{where} has an invalid training state: optimizer array {name!r} "
+                                      "holds NaN or infinite values")
+        self.optimizer.load_state_dict({**state["optimizer"], **optimizer_arrays})
+        per_epoch = self.steps_per_epoch
+        step = _state_int(where, "step", state["step"], 0)
+        epoch = _state_int(where, "epoch", state["epoch"], 0)
+        batch_in_epoch = _state_int(where, "batch_in_epoch", state["batch_in_epoch"], 0, per_epoch)
+        if step != epoch * per_epoch + batch_in_epoch:
+            raise CheckpointError(f"{where} has an invalid training state: step {step} is not epoch {epoch} "
+                                  f"x {per_epoch} windows per epoch + batch_in_epoch {batch_in_epoch}")
+        self.step, self.epoch, self.batch_in_epoch = step, epoch, batch_in_epoch
+        self.state = self._carried_state(where, arrays, batch_in_epoch > 0)
+        rng = model.dropout_rng
+        rng.bit_generator.state = _check_rng_state(where, "dropout_rng", state["dropout_rng"], rng)
+        losses = arrays[_LOSSES_KEY]
+        if losses.ndim != 1 or losses.dtype.kind != "f" or len(losses) != step:
+            raise _state_error(where, f"array {_LOSSES_KEY!r}", f"{losses.dtype} {losses.shape}",
+                               f"the float losses of the {step} windows, shape ({step},)")
+        self.losses = [float(x) for x in losses]
+        self.history = _check_history(where, state["history"], step)
+        self.seconds = _state_real(where, "seconds", state["seconds"], 0)
+        self.chars_seen = _state_int(where, "tokens_seen", state["tokens_seen"], 0)
+
+    def _carried_state(self, where, arrays, mid_epoch):
+        """The saved state after the last window (mid-epoch only), checked against the model and the batch."""
+        model = self.model
+        keys = _STATE_KEYS if model.cell == "lstm" else _STATE_KEYS[:1]
+        present = [key for key in _STATE_KEYS if key in arrays]
+        if not mid_epoch:
+            if present:
+                raise _state_error(where, "the carried state", present, "none at the start of an epoch")
+            return None
+        if present != list(keys):
+            raise _state_error(where, "the carried state", present, f"the arrays {list(keys)} in the middle of an epoch")
+        shape = (model.num_layers, model.hidden_size, self.config.batch_size)
+        parts = []
+        for key in keys:
+            a = arrays[key]
+            if a.dtype != np.dtype(model.dtype_name) or a.shape != shape:
+                raise _state_error(where, f"array {key!r}", f"{a.dtype} {a.shape}",
+                                   f"{model.dtype_name} of shape (num_layers, n_a, batch) = {shape}")
+            if not np.isfinite(a).all():
+                raise CheckpointError(f"{where} has an invalid training state: array {key!r} holds NaN or "
+                                      "infinite values")
+            parts.append(asarray(a, backend=model.xp, dtype=model.dtype))
+        return tuple(parts) if model.cell == "lstm" else parts[0]
+
+
+_STREAM_RECIPE_FIELDS = tuple(field.name for field in dataclasses.fields(StreamConfig))
+
+
+def _recipe(where, saved, model, epochs, steps):
+    """The saved recipe as a StreamConfig, with every field present and agreeing with the model."""
+    missing = [field for field in _STREAM_RECIPE_FIELDS if not isinstance(saved, dict) or field not in saved]
+    if missing:
+        raise _state_error(where, "config", saved, f"the recipe with every field of stream format version "
+                           f"{STREAM_TRAINER_FORMAT_VERSION}; it lacks {missing}")
+    unknown = sorted(set(saved) - set(_STREAM_RECIPE_FIELDS))
+    if unknown:
+        raise _state_error(where, "config", saved, f"only the recipe's fields; it has {unknown}")
+    config = dict(saved)
+    if epochs is not None or steps is not None:
+        config.update(epochs=epochs, steps=steps)
+    config = StreamConfig(**config)
+    for field, value in (("cell", model.cell), ("hidden_size", model.hidden_size), ("num_layers", model.num_layers),
+                         ("dropout", model.dropout), ("dtype", model.dtype_name), ("embed_size", model.embed_size),
+                         ("tie_weights", model.tie_weights), ("level", model.vocab.level)):
+        if getattr(config, field) != value:
+            raise _state_error(where, f"config[{field!r}]", getattr(config, field), f"the model's {value!r}")
+    return config
+
+
+def _perplexity(loss):
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
