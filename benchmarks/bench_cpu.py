@@ -1,4 +1,4 @@
-"""CPU benchmark: xseq (NumPy float32) against a naive course-style NumPy version and PyTorch.
+"""CPU benchmark: xseq (NumPy float32) against a naive course-style NumPy version, PyTorch and JAX.
 
 What is timed (``harness/contenders/cpu.py``)
 ---------------------------------------------
@@ -6,10 +6,14 @@ Models (``--models``): ``lstm`` and ``rnn`` through the course's functional
 API (xseq's ``lstm_forward``/``lstm_backward``, ``rnn_forward``/``rnn_backward``)
 against ``naive`` (what a reader of the course writes, ``harness/contenders/naive.py``)
 and ``torch`` (``nn.LSTM``/``nn.RNN`` + ``nn.Linear`` + softmax, autograd);
-``gru`` and ``lstm-2layer-bidirectional`` through xseq's layer API
-(``xseq.GRU``, ``xseq.LSTM(num_layers=2, bidirectional=True)``) against the
-``torch.nn`` module with the same options and weights. Modes (``--modes``):
-``forward`` (torch in inference) and ``forward+backward`` (the gradient of
+``lstm-layer``, ``gru`` and ``lstm-2layer-bidirectional`` through xseq's layer API
+(``xseq.LSTM``, ``xseq.GRU``, ``xseq.LSTM(num_layers=2, bidirectional=True)``) against the
+``torch.nn`` module with the same options and weights. Every model also runs
+as ``jax`` where JAX is installed (``harness/contenders/jaxscan.py``: a jitted
+``lax.scan`` with stacked gates and a hoisted input projection,
+``value_and_grad`` for the gradients); where it is not, the script says so
+and skips it (``pip install jax==0.10.2 jaxlib==0.10.2``). Modes (``--modes``):
+``forward`` (torch in inference, JAX computing the outputs only) and ``forward+backward`` (the gradient of
 ``sum(a * da)`` for a fixed random ``da``: every contender computes ``dx``,
 the initial state's gradient and every weight gradient).
 
@@ -19,7 +23,7 @@ Before timing, a check process builds every contender of every case exactly
 as a worker will, at the timed size, runs it twice and compares every output
 and every gradient (every layer, every direction) with xseq's array-API
 reference (the same xseq call under ``XSEQ_FUSED=0``): xseq within
-``checks.SAME_FORMULAS``, naive and torch within ``checks.OTHER_IMPLEMENTATION``
+``checks.SAME_FORMULAS``, naive, torch and jax within ``checks.OTHER_IMPLEMENTATION``
 (``harness/checks.py``). A difference stops the script with exit status 1
 before anything is timed. ``--no-check`` skips it; the targets are then not
 claimed.
@@ -28,7 +32,7 @@ Method (``harness/method.py``)
 ------------------------------
 For every round of every (model, size, mode) the parent starts a fresh worker
 process per contender, forked from a server that has imported NumPy and xseq
-(naive, xseq) or torch (``--spawn``: a new interpreter each). A worker builds
+(naive, xseq), torch, or JAX (``--spawn``: a new interpreter each). A worker builds
 its inputs, runs one warm-up iteration and connects back to the parent; the
 parent times the contenders in interleaved turns (A B C A B C ...; order
 rotated from round to round) until each has ``--iters`` timed iterations (a
@@ -88,15 +92,21 @@ def parse_size(text):
 
 def worker_env(contender, torch_no_mkldnn):
     """A worker's environment: naive and xseq without OpenBLAS's overrides; torch told whether to use oneDNN."""
-    return method.environment(strip_openblas=contender in ("naive", "xseq"),
+    return method.environment(strip_openblas=contender in ("naive", "xseq", cpu.ONEDNN),
                               BENCH_TORCH_MKLDNN="0" if torch_no_mkldnn else "1")
 
 
 def preload(group):
-    """What a fork server imports before it forks workers: NumPy and xseq, or torch."""
+    """What a fork server imports before it forks workers: NumPy and xseq, torch, or JAX.
+
+    JAX is imported but not started: its CPU client (and the threads that make
+    forking unsafe) comes up in each worker at its first computation.
+    """
     def load():
         if group == "torch":
             import torch  # noqa: F401
+        elif group == "jax":
+            import jax  # noqa: F401
         else:
             import xseq  # noqa: F401
     return load
@@ -129,9 +139,9 @@ def run_worker(args):
     return 0
 
 
-def run_check(models, sizes, modes):
+def run_check(models, sizes, modes, onednn):
     """``--check``: every contender of every case against xseq's reference; exits 1 on a difference."""
-    result = cpu.check(models, sizes, modes)
+    result = cpu.check(models, sizes, modes, onednn=onednn)
     result.exit_if_failed()
     print(f"check: {result.arrays} arrays, every output and gradient of every contender and case, agree with "
           f"xseq's array-API reference (xseq's NumPy steps: {report.xseq_steps()})", flush=True)
@@ -143,7 +153,9 @@ def machine_info(torch_no_mkldnn):
     info = method.run_json(SCRIPT, ["--info"], env=worker_env("xseq", torch_no_mkldnn), cwd=ROOT)
     lines.append(f"numpy {info['numpy']}; BLAS: {info['blas']}")
     lines.append(f"torch {info['torch']}; {info['torch_threads']} intra-op threads; {info['torch_blas']}")
+    lines.append(f"jax {info['jax']}")
     lines.append(f"xseq's NumPy steps: {info['xseq_steps']}")
+    lines.append(f"xseq's float32 matrix products: {info['xseq_products']}")
     env_set = {v: os.environ[v] for v in method.OPENBLAS_VARS if v in os.environ}
     if env_set:
         lines.append(f"environment: {env_set} -- removed for the naive and xseq workers")
@@ -175,6 +187,9 @@ def parse_args(argv):
     ap.add_argument("--torch-no-mkldnn", action="store_true",
                     help="turn oneDNN off in the torch workers (torch.backends.mkldnn.enabled = False): torch's "
                          "LSTM then runs its own per-step cells instead of oneDNN's fused LSTM kernels")
+    ap.add_argument("--onednn", action="store_true",
+                    help=f"also time {cpu.ONEDNN}: xseq with its oneDNN matrix products turned on (XSEQ_ONEDNN=1; "
+                         "pip install onednn-cpu-gomp)")
     ap.add_argument("--json", metavar="PATH", help="also write every measurement (all rounds) to PATH")
     ap.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
                     help="before each measurement, wait up to SECONDS for the CPUs to be idle (>= 85%% over 0.25 s): "
@@ -184,7 +199,7 @@ def parse_args(argv):
     ap.add_argument("--profile", action="store_true", help="with --worker: run under cProfile and print the top functions")
     ap.add_argument("--info", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--server", choices=("numpy", "torch"), help=argparse.SUPPRESS)
+    ap.add_argument("--server", choices=("numpy", "torch", "jax"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.iters is None:
         args.iters = 1 if args.quick else 3
@@ -204,7 +219,7 @@ def main(argv=None):
         print(json.dumps(report.library_info()))
         return 0
     if args.check:
-        return run_check(args.models, args.sizes, args.modes)
+        return run_check(args.models, args.sizes, args.modes, args.onednn)
     if args.server:
         return method.run_fork_server(cpu.build, preload(args.server))
 
@@ -220,11 +235,14 @@ def main(argv=None):
         print(f"warning: the CPUs were only {idle:.0%} idle before the run: other processes are busy and the "
               "timings will be noisy (each library uses every core); see --wait-idle")
 
+    if not cpu.jax_available():
+        print(f"note: JAX is not installed, so its contender is skipped ({cpu.JAX_INSTALL} adds it)")
     checked = not args.no_check
     if checked:
         sizes = [cpu.size_name(size) for size in args.sizes]
         done = subprocess.run([sys.executable, str(SCRIPT), "--check", "--models", *args.models, "--sizes", *sizes,
-                               "--modes", *args.modes], env=worker_env("xseq", args.torch_no_mkldnn), cwd=ROOT)
+                               "--modes", *args.modes, *(["--onednn"] if args.onednn else [])],
+                              env=worker_env("xseq", args.torch_no_mkldnn), cwd=ROOT)
         if done.returncode != 0:
             print("the check failed (see above): nothing is timed", file=sys.stderr)
             return 1
@@ -232,7 +250,8 @@ def main(argv=None):
         print("check: skipped (--no-check); the results are not compared with the reference and no target is claimed")
 
     cases = [(model, size, mode) for model in args.models for size in args.sizes for mode in args.modes]
-    rounds = method.Rounds([("xseq", "torch"), ("naive", "xseq")])
+    rounds = method.Rounds([("xseq", "torch"), ("xseq", "jax"), ("naive", "xseq"), (cpu.ONEDNN, "torch"),
+                            (cpu.ONEDNN, "xseq")])
     how = "new interpreters" if args.spawn else "forked from per-library servers"
     if args.torch_no_mkldnn:
         how += "; torch with oneDNN turned off"
@@ -247,7 +266,7 @@ def main(argv=None):
         for r in range(repeats):
             for case in cases:
                 model, size, mode = case
-                order = method.rotated(cpu.contenders_for(model), r)
+                order = method.rotated(cpu.contenders_for(model, onednn=args.onednn), r)
                 medians = method.interleaved_round(runner, [model, cpu.size_name(size), mode], order, args.iters,
                                                    args.gap, waiter.wait if waiter else None)
                 rounds.add(case, medians)
@@ -276,13 +295,16 @@ def print_report(args, cases, rounds, checked):
           "iterations, milliseconds.")
     print("Ratios: median over the rounds of the ratio within the round (the two contenders timed seconds apart).")
     print()
+    timed = ["naive", "xseq", *([cpu.ONEDNN] if args.onednn else []), "torch", "jax"]
+    pairs = [("xseq", "torch"), ("xseq", "jax"), ("naive", "xseq")]
+    pairs += [(cpu.ONEDNN, "torch"), (cpu.ONEDNN, "xseq")] if args.onednn else []
     rows = []
     for case in cases:
         model, size, mode = case
-        rows.append([model, size, mode, *(report.fmt_ms(rounds.median(c, case)) for c in ("naive", "xseq", "torch")),
-                     report.fmt_ratio(rounds.ratio(case, "xseq", "torch")),
-                     report.fmt_ratio(rounds.ratio(case, "naive", "xseq"))])
-    header = ["model", "size (n_x, n_a, m, T_x)", "mode", "naive ms", "xseq ms", "torch ms", "xseq/torch", "naive/xseq"]
+        rows.append([model, size, mode, *(report.fmt_ms(rounds.median(c, case)) for c in timed),
+                     *(report.fmt_ratio(rounds.ratio(case, a, b)) for a, b in pairs)])
+    header = ["model", "size (n_x, n_a, m, T_x)", "mode", *(f"{c} ms" for c in timed),
+              *(f"{a}/{b}" for a, b in pairs)]
     for line in report.markdown_table(header, rows, right_from=3):
         print(line)
 

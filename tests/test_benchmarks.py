@@ -89,8 +89,9 @@ def test_targets_are_not_claimed_without_the_check():
 
 
 def test_cpu_check_covers_every_output_and_gradient(torch):
-    result = cpu.check(cpu.MODELS, [TINY], cpu.MODES, out=lambda line: None)
+    result = cpu.check(cpu.MODELS, [TINY], cpu.MODES, out=lambda line: None, jax=False)
     assert result.passed, result.failures
+    assert "jax" not in sys.modules  # JAX's threads would make every later fork in this test run unsafe
     # What the reference reports, every contender must report in forward+backward (the check requires
     # every gradient of the reference): every parameter of every layer and direction, dx, the initial states'.
     size = cpu.size_name(TINY)
@@ -105,7 +106,8 @@ def test_cpu_check_covers_every_output_and_gradient(torch):
 
 def test_cpu_check_finds_a_wrong_gradient_of_the_second_layers_reverse_direction(torch, monkeypatch):
     plant_in_fast_path(monkeypatch, "db_hh", when=lambda trace: trace.reverse)
-    result = cpu.check(["lstm", "lstm-2layer-bidirectional"], [TINY], ["forward+backward"], out=lambda line: None)
+    result = cpu.check(["lstm", "lstm-2layer-bidirectional"], [TINY], ["forward+backward"], out=lambda line: None,
+                       jax=False)
     assert not result.passed
     assert all(": xseq:" in f and "lstm-2layer-bidirectional" in f for f in result.failures)
     assert {f.split(": xseq: ")[1].split()[0] for f in result.failures} == {"db_hh_l0_reverse", "db_hh_l1_reverse"}
@@ -154,6 +156,61 @@ def test_bench_cpu_claims_no_target_under_no_check(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "check: skipped" in out
     assert "targets not claimed" in out and "all targets met" not in out
+
+
+def test_cpu_check_covers_xseq_with_its_onednn_products(torch):
+    from xseq.ops import blas
+
+    result = cpu.check(["lstm", "gru"], [TINY], ["forward+backward"], out=lambda line: None, jax=False, onednn=True)
+    with cpu.onednn_on():
+        usable = blas.matmul_for(np.float32) is not None
+    if usable:  # the xseq-onednn contender compared like xseq, every output and gradient
+        assert result.passed, result.failures
+        alone = cpu.check(["lstm", "gru"], [TINY], ["forward+backward"], out=lambda line: None, jax=False)
+        assert result.arrays == alone.arrays + 9 + 8  # lstm: a y c dx da0 + 4 weights; gru: outputs h_n dx dh0 + 4
+    else:  # timing it would time plain xseq under another name
+        assert any("xseq would not use oneDNN" in f for f in result.failures)
+
+
+def test_jax_contender_is_checked_in_a_process_of_its_own(torch):
+    # JAX's threads make a later fork in this process unsafe, so the check that includes it runs as
+    # bench_cpu.py's own check process. With JAX installed every output and gradient of the jax
+    # contender must match the reference (the check requires each gradient the reference reports).
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_cpu.py"), "--check", "--models", *cpu.MODELS,
+                           "--sizes", cpu.size_name(TINY)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("check ") and "largest difference" in line]
+    assert len(lines) == len(cpu.MODELS)
+    assert all((" jax " in line) == cpu.jax_available() for line in lines), lines
+    assert "MISMATCH" not in done.stdout
+
+
+def test_bench_cpu_skips_jax_with_a_note_where_it_is_not_installed(monkeypatch, capsys):
+    import bench_cpu
+
+    class FakeRunner:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def close(self):
+            pass
+
+    orders = []
+
+    def timed(runner, case, order, iters, gap, before):
+        orders.append(order)
+        return {c: 1.0 for c in order}
+
+    monkeypatch.setattr(cpu, "jax_available", lambda: False)
+    monkeypatch.setattr(bench_cpu, "machine_info", lambda torch_no_mkldnn: [])
+    monkeypatch.setattr(bench_cpu.method, "cpu_idle", lambda seconds: None)
+    monkeypatch.setattr(bench_cpu.method, "Runner", FakeRunner)
+    monkeypatch.setattr(bench_cpu.method, "interleaved_round", timed)
+    assert bench_cpu.main(["--models", "lstm", "gru", "--sizes", "3x5x2x11", "--repeats", "1", "--no-check"]) == 0
+    out = capsys.readouterr().out
+    assert "JAX is not installed, so its contender is skipped" in out
+    assert orders and all("jax" not in order for order in orders)
+    assert all(row.split("|")[7].strip() == "—" for row in out.splitlines() if row.startswith("| lstm"))
 
 
 # ---------------------------------------------------------------- bench_gpu.py's check, on the CPU
@@ -245,3 +302,101 @@ def test_lm_vs_torch_stops_when_a_runs_first_loss_differs(torch, monkeypatch, ca
     assert stopped.value.code not in (0, None)
     assert "first-step loss 3.000000 differs" in str(stopped.value.code)
     assert "wall time" not in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- ptb.py, on a tiny corpus written here
+
+
+def write_tiny_ptb(directory):
+    """Three PTB-like files (short lines over 30 words, a leading space, blank lines among them)."""
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(30)]
+    for split, n in (("train", 300), ("valid", 40), ("test", 40)):
+        text = "".join(" " + " ".join(rng.choice(words, size=rng.integers(0, 9))) + " \n" for _ in range(n))
+        (directory / f"ptb.{split}.txt").write_text(text)
+    return directory
+
+
+TINY_PTB = ["--hidden", "8", "--batch", "4", "--bptt", "5"]  # 2 layers, like the paper's model
+
+
+def tiny_ptb(tmp_path):
+    from harness.contenders import ptb
+
+    lines, mikolov = ptb.read_ptb(write_tiny_ptb(tmp_path))
+    assert not mikolov
+    # clip 1: the tiny model's gradient norms are 1.06, 1.38, 1.18, so the first two updates are clipped
+    return lines, ptb.small_recipe(epochs=1, hidden_size=8, batch_size=4, bptt=5, clip=1.0)
+
+
+def test_ptb_check_compares_every_gradient_of_three_windows_with_clipped_updates(torch, tmp_path):
+    from harness.contenders import ptb
+
+    printed = []
+    result, losses = ptb.check(*tiny_ptb(tmp_path), out=printed.append)
+    assert result.passed, result.failures
+    assert result.arrays == 2 * 3 * 11  # xseq and torch, 3 windows: embedding, 2 x 4 LSTM arrays, Wy, by
+    assert all(ptb.losses_agree(a, b) for a, b in zip(losses["torch"], losses["reference"], strict=True))
+    assert "the update of window(s) 1, 2 was clipped, so clipping is covered" in printed[0]
+
+
+def test_ptb_check_finds_a_wrong_xseq_gradient_and_a_torch_model_that_drops_the_state(torch, tmp_path,
+                                                                                      monkeypatch):
+    from harness.contenders import ptb
+
+    plant_in_fast_path(monkeypatch, "dW_hh")
+    carried = ptb.TorchStreamModel.loss_and_backward
+    monkeypatch.setattr(ptb.TorchStreamModel, "loss_and_backward",
+                        lambda self, inputs, targets, state=None: carried(self, inputs, targets, None))
+    result, _ = ptb.check(*tiny_ptb(tmp_path), out=lambda line: None)
+    first = [f.split(": xseq: ")[1].split()[0] for f in result.failures if f.startswith("window 1: xseq")]
+    assert first == ["dW_hh_l0", "dW_hh_l1"]
+    assert not any(f.startswith("window 1: torch") for f in result.failures)  # no state to drop in window 1
+    assert any(f.startswith("window 2: torch: loss") for f in result.failures)
+
+
+def test_ptb_workers_train_the_same_epoch_to_the_same_perplexity(torch, tmp_path, capsys):
+    import json
+
+    import ptb as ptb_script
+
+    results = {}
+    for contender in ("xseq", "torch"):
+        argv = ["--worker", contender, "--data", str(write_tiny_ptb(tmp_path)), *TINY_PTB]
+        assert ptb_script.main(argv) == 0
+        results[contender] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    x, t = results["xseq"], results["torch"]
+    assert x["windows"] == t["windows"] == 77 and x["tokens"] == t["tokens"]
+    assert x["val_loss"] == pytest.approx(t["val_loss"], rel=1e-5)
+    assert x["train_loss"] == pytest.approx(t["train_loss"], rel=1e-5)
+
+
+def test_ptb_times_nothing_after_a_failed_check_or_a_worker_that_started_elsewhere(tmp_path, monkeypatch, capsys):
+    import ptb as ptb_script
+
+    data = ["--data", str(write_tiny_ptb(tmp_path)), *TINY_PTB]
+    monkeypatch.setattr(ptb_script.method, "cpu_idle", lambda seconds: None)
+    started = []
+    monkeypatch.setattr(ptb_script, "start", lambda args, argv, strip_openblas=False: started.append(argv))
+    assert ptb_script.main(data) == 1
+    assert started == [["--check"]]
+    assert "nothing is timed" in capsys.readouterr().err
+
+    def start(args, argv, strip_openblas=False):
+        if argv == ["--check"]:
+            return {"reference": [3.4, 3.3]}
+        return {"first_loss": 3.4 * (1 + 2 * ptb_script.ptb.FIRST_LOSS_RTOL)}
+
+    monkeypatch.setattr(ptb_script, "start", start)
+    assert ptb_script.main(data) == 1
+    out, err = capsys.readouterr()
+    assert "first-window loss 3.400068 differs" in err and "target" not in out
+
+
+def test_ptb_refuses_a_missing_data_directory_in_one_line(tmp_path, capsys):
+    import ptb as ptb_script
+
+    assert ptb_script.main(["--data", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ptb.py: error: the PTB data directory")
+    assert "nowhere" in err and "ptb.train.txt" in err

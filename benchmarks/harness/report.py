@@ -65,7 +65,7 @@ def library_info():
 
     Returns
     -------
-    dict with numpy, blas, torch, torch_threads, torch_blas, xseq_steps (str or int)
+    dict with numpy, blas, torch, torch_threads, torch_blas, jax, xseq_steps, xseq_products (str or int)
     """
     import numpy as np
 
@@ -100,7 +100,18 @@ def library_info():
         found = [line.strip() for line in par if any(k in line for k in ("Math Kernel", "OpenBLAS", "MKL-DNN", "oneDNN"))]
         torch_blas = "; ".join(found) or ("MKL" if torch.backends.mkl.is_available() else "BLAS unknown")
     return {"numpy": np.__version__, "blas": blas, "torch": torch_version, "torch_threads": torch_threads,
-            "torch_blas": torch_blas, "xseq_steps": xseq_steps()}
+            "torch_blas": torch_blas, "jax": jax_info(), "xseq_steps": xseq_steps(), "xseq_products": xseq_products()}
+
+
+def jax_info():
+    """JAX's and jaxlib's versions and the CPU devices XLA sees, or 'not installed'."""
+    try:
+        version = metadata.version("jax")
+    except metadata.PackageNotFoundError:
+        return "not installed"
+    import jax
+
+    return f"{version} (jaxlib {metadata.version('jaxlib')}); XLA:CPU, {len(jax.devices('cpu'))} device(s), one thread per core"
 
 
 def xseq_steps():
@@ -109,6 +120,16 @@ def xseq_steps():
         from xseq.ops import host as host_kernels
 
         return host_kernels.status()
+    except ImportError as exc:
+        return f"unknown ({exc})"
+
+
+def xseq_products():
+    """Which library computes xseq's float32 NumPy matrix products (OpenBLAS, or oneDNN where turned on) and why."""
+    try:
+        from xseq.ops import blas
+
+        return blas.status()
     except ImportError as exc:
         return f"unknown ({exc})"
 

@@ -19,6 +19,13 @@ model (:class:`~xseq.lm.stream_model.StreamLM`, with ``--level word`` or
 windows with the state carried, :mod:`xseq.lm.stream_train`). ``sample``,
 ``evaluate`` and ``info`` read either kind from the checkpoint.
 
+Under an MPI launcher (``mpiexec -n 4 xseq train ...``) ``train`` and
+``evaluate`` run on every process of the job (:mod:`xseq.distributed`):
+training is data-parallel with ``--batch`` the global batch, the first line
+says so, rank 0 alone prints and writes files, and an error on any rank ends
+the whole job (its message prefixed with the rank). Without a launcher, or
+without ``mpi4py``, they run as one process.
+
 Also ``python -m xseq``. Bad input (a missing, empty or binary corpus, an
 unwritable output, a corrupt model, an unknown or unusable backend, bad
 option values) prints one line on stderr and exits with status 2. So do
@@ -35,6 +42,7 @@ quietly with status 141, as a program killed by SIGPIPE does.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import math
 import os
@@ -46,6 +54,16 @@ import numpy as np
 
 from ..backends.arrays import BackendUnavailableError, backend_name
 from ..backends.arrays import backend as backend_named
+from ..distributed import (
+    DistributedError,
+    SingleProcess,
+    abort_on_error,
+    apply_thread_defaults,
+    from_environment,
+    gpu_communicator,
+    rank_prefix,
+    use_local_gpu,
+)
 from . import resources
 from .checkpoint import (
     CheckpointError,
@@ -300,17 +318,70 @@ def _run(argv):
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed
         return exc.code
     try:
-        return args.func(args)
+        args.comm = _communicator(args)
+    except DistributedError as exc:  # MPI cannot start: every rank fails alike
+        args.comm = SingleProcess()
+        _error(args, exc)
+        return EXIT_BAD_INPUT
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(abort_on_error(args.comm))
+        if args.comm.rank != 0:  # rank 0 alone prints; every rank's errors go to stderr
+            stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+        status, every_rank = _command(args)
+        # A failure of this rank alone would leave the others waiting for it: end them all.
+        if status != 0 and not every_rank and args.comm.size > 1:
+            args.comm.abort(status)
+    return status
+
+
+def _command(args):
+    """Run the command; returns its exit status and whether every rank of the job ends with it."""
+    try:
+        return args.func(args), True
     except (UsageError, CorpusError, CheckpointError, BackendUnavailableError) as exc:
-        print(f"xseq {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except DivergedError as exc:
-        print(f"xseq {args.command}: error: {exc}; no checkpoint was written after it: lower --lr "
-              "or clip the gradients (--clip)", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        _error(args, exc)
+        return EXIT_BAD_INPUT, False
+    except DistributedError as exc:  # raised on every rank together
+        _error(args, exc)
+        return EXIT_BAD_INPUT, True
+    except DivergedError as exc:  # every rank sees the same summed loss: rank 0 says it
+        if args.comm.rank == 0:
+            _error(args, f"{exc}; no checkpoint was written after it: lower --lr or clip the gradients (--clip)")
+        return EXIT_BAD_INPUT, True
     except KeyboardInterrupt:
-        print(f"xseq {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        print(f"xseq {args.command}: {rank_prefix(args.comm)}interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED, False
+
+
+def _error(args, message):
+    print(f"xseq {args.command}: error: {rank_prefix(args.comm)}{message}", file=sys.stderr)
+
+
+def _communicator(args):
+    """The processes of the job for ``train`` and ``evaluate`` (MPI under a launcher); the others run alone.
+
+    With several ranks on a node, BLAS threads share its cores
+    (:func:`~xseq.distributed.apply_thread_defaults`) and each rank takes the
+    GPU of its local rank before any backend is chosen.
+    """
+    if args.command not in ("train", "evaluate"):
+        return SingleProcess()
+    comm = from_environment()
+    if comm.size > 1:
+        apply_thread_defaults(comm)
+        if args.backend in ("auto", "cupy"):
+            use_local_gpu(comm)
+    return comm
+
+
+def _backend_for_ranks(args):
+    """The backend of ``args.backend``; with several CuPy ranks, the communicator becomes the GPUs' (NCCL)."""
+    xp = backend_named(args.backend)
+    if args.comm.size > 1 and backend_name(xp) == "cupy":
+        args.comm = gpu_communicator(args.comm)
+    if args.comm.size > 1:
+        _say(f"data-parallel over {args.comm.size} processes ({args.comm.description})")
+    return xp
 
 
 # ---------------------------------------------------------------------- helpers
@@ -371,21 +442,23 @@ def _corpus(path, keep_blank=False):
 
 
 def cmd_train(args):
-    xp = backend_named(args.backend)
+    xp = _backend_for_ranks(args)
+    comm = args.comm
     resumed = None if args.resume is None else load_checkpoint(args.resume)
     stream = _check_model_kind(args, resumed)
     lines, source = _corpus(args.corpus, keep_blank=stream)
-    _check_writable(args.out, "--out")
     plt = None
-    if args.plot is not None:
-        plt = _pyplot()
-        _check_writable(args.plot, "--plot")
+    if comm.rank == 0:  # rank 0 alone writes files
+        _check_writable(args.out, "--out")
+        if args.plot is not None:
+            plt = _pyplot()
+            _check_writable(args.plot, "--plot")
     given = {key: getattr(args, key) for key in RECIPE_OPTIONS if getattr(args, key) is not None}
     if stream:
         trainer = _stream_trainer(args, xp, lines, source, resumed)
     elif args.resume is not None:
         trainer = Trainer.resume(args.resume, lines, backend=xp, epochs=args.epochs, steps=args.steps,
-                                 source=source)
+                                 source=source, comm=comm)
         saved = trainer.config
         for key, value in given.items():
             if value != getattr(saved, key):
@@ -396,7 +469,7 @@ def cmd_train(args):
         try:
             config = TrainConfig(epochs=args.epochs, steps=args.steps, **given)
             _check_training_fits(config, lines, args.samples, xp, resumed=False)
-            trainer = Trainer(lines, config, backend=xp, source=source)
+            trainer = Trainer(lines, config, backend=xp, source=source, comm=comm)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
 
@@ -409,11 +482,14 @@ def cmd_train(args):
         raise UsageError(f"cannot write --out {args.out!r}: {exc}") from None
     if not completed:
         validation = "" if getattr(args, "val_corpus", None) is None else f" --val-corpus {shlex.quote(args.val_corpus)}"
-        print(f"xseq train: interrupted at step {trainer.step}; checkpoint saved to {args.out}; "
-              f"continue with: xseq train {'' if args.corpus is None else shlex.quote(args.corpus) + ' '}"
-              f"--resume {shlex.quote(args.out)}{validation}", file=sys.stderr)
+        if comm.rank == 0:
+            print(f"xseq train: interrupted at step {trainer.step}; checkpoint saved to {args.out}; "
+                  f"continue with: xseq train {'' if args.corpus is None else shlex.quote(args.corpus) + ' '}"
+                  f"--resume {shlex.quote(args.out)}{validation}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
+    if comm.rank != 0:
+        return 0
     val = trainer.history[-1]["val_loss"]
     print(f"validation loss: {val:.4f} nats per {_unit(trainer.model)} (perplexity {_perplexity(val):.2f})")
     if args.samples:
@@ -475,7 +551,8 @@ def _stream_trainer(args, xp, lines, source, resumed):
         arrays, meta = resumed
         trainer = StreamTrainer.from_checkpoint(arrays, meta, lines, val_lines=val_lines, backend=xp,
                                                 epochs=args.epochs, steps=args.steps, source=source,
-                                                val_source=args.val_corpus, where=f"checkpoint {args.resume!r}")
+                                                val_source=args.val_corpus, where=f"checkpoint {args.resume!r}",
+                                                comm=args.comm)
         saved = trainer.config
         for key, value in given.items():
             if value != getattr(saved, key):
@@ -492,7 +569,7 @@ def _stream_trainer(args, xp, lines, source, resumed):
         config = StreamConfig(epochs=args.epochs, steps=args.steps, **given)
         _check_stream_training_fits(config, lines, val_lines, args.samples, xp, resumed=False)
         return StreamTrainer(lines, config, val_lines=val_lines, backend=xp, source=source,
-                             val_source=args.val_corpus)
+                             val_source=args.val_corpus, comm=args.comm)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -703,13 +780,18 @@ def cmd_sample(args):
 
 
 def cmd_evaluate(args):
-    model = _load_model(args.model, args.backend)
+    """Score a corpus; under a launcher every rank scores a share of the lines (a stream model: rank 0 alone)."""
+    backend = _backend_for_ranks(args)
+    arrays, meta = load_checkpoint(args.model)
+    model = _model_from(arrays, meta, backend, f"checkpoint {str(args.model)!r}")
     if isinstance(model, StreamLM):
-        return _evaluate_stream(args, model)
+        # The file is one stream, its state carried from the first token to the last: cut into pieces it
+        # would score another number, so rank 0 scores it alone.
+        return _evaluate_stream(args, model) if args.comm.rank == 0 else 0
     lines = read_corpus(args.corpus)
     vocab = model.vocab
     unknown = sum(t not in vocab for line in lines for t in vocab.tokenize(line))
-    if unknown:
+    if unknown and args.comm.rank == 0:
         print(f"xseq evaluate: note: {unknown} characters of {args.corpus} are not in the model's vocabulary "
               "(they count as <unk>)", file=sys.stderr)
     if args.max_seq_len is None:
@@ -722,7 +804,7 @@ def cmd_evaluate(args):
                 {"max_seq_len": args.max_seq_len},
                 {"max_seq_len": ("--max-seq-len", args.max_seq_len, DEFAULT_MAX_SEQ_LEN)},
                 "evaluating", f"batches of {m} sequences of up to {T_x - 1} characters, {model.vocab_size} tokens")
-    loss = evaluate(model, pieces, max_seq_len=args.max_seq_len)
+    loss = evaluate(model, pieces, max_seq_len=args.max_seq_len, comm=args.comm)
     characters = sum(len(p) for p in pieces)
     split = "" if len(pieces) == len(lines) else f" (split into {len(pieces)} of at most {args.max_seq_len} characters)"
     print(f"{args.corpus}: {len(lines)} sequence{'s' * (len(lines) != 1)}{split}, {characters} characters "

@@ -45,6 +45,18 @@ and SHA-256 fingerprints of the training and validation lines. The stream
 and its windows follow from the corpus and the recipe, so the window index
 is the stream position; :meth:`StreamTrainer.resume` continues with exactly
 the losses of the uninterrupted run.
+
+Across processes
+----------------
+As the line trainer (:mod:`xseq.lm.train`, "Across processes"), with the
+columns as the examples: each rank trains a contiguous share of the
+``batch_size`` columns (:func:`~xseq.lm.train.share`; with fewer columns than
+ranks some have none) and carries the state of its own columns; its
+gradients are scaled by its share of the columns (every column has the same
+number of steps), the loss and the gradients summed over the ranks.
+Validation shares the validation columns the same way. A checkpoint holds the
+state of every column (gathered from the ranks), so it resumes on any number
+of ranks.
 """
 
 from __future__ import annotations
@@ -55,7 +67,8 @@ import math
 import numpy as np
 
 from .._version import __version__
-from ..backends.arrays import asarray
+from ..backends.arrays import asarray, to_numpy
+from ..distributed import SingleProcess
 from ..nn.optim import SGD, Adam, clip_by_global_norm, clip_by_value
 from .checkpoint import CheckpointError, load_checkpoint
 from .stream_model import StreamLM
@@ -73,6 +86,7 @@ from .train import (
     _state_int,
     _state_real,
     corpus_fingerprint,
+    share,
 )
 from .vocab import Vocabulary
 from .vocab import _check_int as check_int
@@ -231,7 +245,7 @@ def window(data, k, bptt):
     return data[:, start:stop], data[:, start + 1:stop + 1]
 
 
-def evaluate_stream(model, data, bptt=EVALUATION_WINDOW):
+def evaluate_stream(model, data, bptt=EVALUATION_WINDOW, comm=None):
     """Mean cross-entropy per predicted token of ``model`` on the columns ``data``, the state carried.
 
     Parameters
@@ -242,6 +256,9 @@ def evaluate_stream(model, data, bptt=EVALUATION_WINDOW):
     bptt : int
         Steps per forward pass. With the state carried, the result does not
         depend on it (up to rounding); it bounds the memory of a pass.
+    comm : Communicator, optional
+        Every rank of ``comm`` passes the same ``data`` and scores its
+        :func:`~xseq.lm.train.share` of the columns; the sums are reduced.
 
     Returns
     -------
@@ -250,11 +267,16 @@ def evaluate_stream(model, data, bptt=EVALUATION_WINDOW):
         first of each column, ``<eos>`` included); ``exp`` of it is the perplexity.
     """
     check_int("bptt", bptt, 1)
+    comm = SingleProcess() if comm is None else comm
+    start, stop = share(data.shape[0], comm)
+    mine = data[start:stop]
     state, total = None, 0.0
-    for k in range(num_windows(data, bptt)):
-        inputs, targets = window(data, k, bptt)
+    for k in range(num_windows(data, bptt) if len(mine) else 0):
+        inputs, targets = window(mine, k, bptt)
         nll, state = model.nll(inputs, targets, state)
         total += nll
+    if comm.size > 1:
+        total = float(comm.allreduce_sum(np.array([total]))[0])
     return total / (data.shape[0] * (data.shape[1] - 1))
 
 
@@ -287,13 +309,17 @@ class StreamTrainer(Trainer):
     backend : str, default "auto"
     source, val_source : str, optional
         Where the corpora came from, recorded in the checkpoint.
+    comm : Communicator, optional
+        The processes to train with; None for this process alone (see
+        "Across processes" in :mod:`xseq.lm.stream_train`).
 
     Attributes
     ----------
     model : StreamLM
     train_data, val_data : (m, n) int64 NumPy arrays
-        The training and validation columns (:func:`batchify`).
-    state : the carried state after the last window of the current epoch, or None at an epoch's start.
+        The training and validation columns (:func:`batchify`), all of them on every rank.
+    state : the carried state after the last window of the current epoch, or None at an epoch's start;
+        across processes, of this rank's columns only.
     dropped : int
         Training tokens beyond the last whole row of the columns, left out.
     step, epoch, batch_in_epoch : int
@@ -305,7 +331,8 @@ class StreamTrainer(Trainer):
 
     token_unit = "tokens"
 
-    def __init__(self, lines, config=None, *, val_lines=None, backend="auto", source=None, val_source=None):
+    def __init__(self, lines, config=None, *, val_lines=None, backend="auto", source=None, val_source=None,
+                 comm=None):
         config = StreamConfig() if config is None else config
         if not isinstance(config, StreamConfig):
             raise TypeError(f"config must be an xseq.lm.stream_train.StreamConfig; got {type(config).__name__}")
@@ -315,9 +342,10 @@ class StreamTrainer(Trainer):
                          num_layers=config.num_layers, embed_size=config.embed_size,
                          tie_weights=config.tie_weights, dropout=config.dropout, init_scale=config.init_scale,
                          backend=backend, dtype=config.dtype, seed=config.seed)
-        self._setup(lines, config, model, source, val_lines=val_lines, val_source=val_source)
+        self._setup(lines, config, model, source, val_lines=val_lines, val_source=val_source, comm=comm)
+        self._start_ranks()
 
-    def _setup(self, lines, config, model, source, *, val_lines=None, val_source=None):
+    def _setup(self, lines, config, model, source, *, val_lines=None, val_source=None, comm=None):
         train_lines, held_out = split_lines(lines, val_lines, config.val_fraction)
         train_ids = stream_ids(model.vocab, train_lines)
         try:
@@ -332,6 +360,7 @@ class StreamTrainer(Trainer):
         self.val_data = batchify(val_ids, validation_batch(len(val_ids), config.batch_size))
         self.config = config
         self.model = model
+        self._attach(comm)
         self.source = source
         self.corpus = {"source": source, "sha256": corpus_fingerprint(lines), "sequences": len(lines)}
         self.validation = {"source": val_source, "sha256": corpus_fingerprint(held_out), "sequences": len(held_out)}
@@ -346,6 +375,9 @@ class StreamTrainer(Trainer):
         self.chars_seen = 0
         self.stop_requested = False
         self.state = None
+
+    def _fingerprints(self):
+        return {**super()._fingerprints(), "validation corpora": self.validation["sha256"]}
 
     # ------------------------------------------------------------------ lengths
 
@@ -376,15 +408,26 @@ class StreamTrainer(Trainer):
 
         The one place where the model is trained (a subclass may train another
         implementation on exactly the same windows). The carried state moves
-        on only when the step is taken.
+        on only when the step is taken. ``inputs`` and ``targets`` are the
+        whole window, every column; across processes this rank learns from its
+        :func:`~xseq.lm.train.share` of the columns.
         """
-        # Overflow shows up as a non-finite loss, which stops the run with DivergedError below.
-        with np.errstate(over="ignore", invalid="ignore"):
-            nll, state = self.model.loss_and_backward(inputs, targets, self.state, training=True)
+        start, stop = share(inputs.shape[0], self.comm)
+        self.model.dropout_rng.start_step(range(start, stop))
+        nll, state, grads = 0.0, None, None
+        if stop > start:
+            # Overflow shows up as a non-finite loss, which stops the run with DivergedError below.
+            with np.errstate(over="ignore", invalid="ignore"):
+                nll, state = self.model.loss_and_backward(inputs[start:stop], targets[start:stop], self.state,
+                                                          training=True)
+            grads = self.model.grads()
         loss = nll / targets.size
+        if self.comm.size > 1:
+            # The model's gradients average over this rank's columns; the step's over all of them.
+            grads, loss = self._reduce(self._zero_grads() if grads is None else grads,
+                                       (stop - start) / inputs.shape[0], loss)
         if not math.isfinite(loss):
             raise DivergedError(f"training diverged at step {self.step + 1}: the training loss is {loss}")
-        grads = self.model.grads()
         clip = self.config.clip
         if clip:
             if self.config.clip_mode == "norm":
@@ -397,7 +440,7 @@ class StreamTrainer(Trainer):
 
     def validation_loss(self):
         """Nats per token of the model on the validation columns, from a zero state."""
-        return evaluate_stream(self.model, self.val_data, self.config.bptt)
+        return evaluate_stream(self.model, self.val_data, self.config.bptt, comm=self.comm)
 
     def _report(self, record, log):
         if log is not None:
@@ -409,8 +452,7 @@ class StreamTrainer(Trainer):
 
     # ------------------------------------------------------------------ checkpoints
 
-    def save(self, path):
-        """Write the model and everything needed to resume to one ``.npz`` file, atomically."""
+    def _checkpoint_contents(self):
         arrays = {_LOSSES_KEY: np.asarray(self.losses, dtype=np.float64)}
         optimizer_state = {}
         for key, value in self.optimizer.state_dict().items():
@@ -418,9 +460,8 @@ class StreamTrainer(Trainer):
                 arrays[_OPTIM_PREFIX + key] = value
             else:
                 optimizer_state[key] = value
-        if self.state is not None:
-            parts = self.state if isinstance(self.state, tuple) else (self.state,)
-            arrays.update(zip(_STATE_KEYS, parts))
+        if self.batch_in_epoch:
+            arrays.update(zip(_STATE_KEYS, self._every_columns_state()))
         trainer = {
             "format_version": STREAM_TRAINER_FORMAT_VERSION,
             "kind": "stream",
@@ -437,12 +478,30 @@ class StreamTrainer(Trainer):
             "seconds": self.seconds,
             "tokens_seen": self.chars_seen,
         }
-        self.model.save(path, arrays=arrays, meta={"trainer": trainer})
+        return arrays, {"trainer": trainer}
+
+    def _every_columns_state(self):
+        """The carried state of every column, ``(h,)`` or ``(h, c)`` of ``(num_layers, n_a, batch_size)`` host
+        arrays: this rank's columns, and across processes the others' (each rank adds its own columns to zeros,
+        and the sum over the ranks puts every column in place)."""
+        model, comm = self.model, self.comm
+        parts = () if self.state is None else self.state if isinstance(self.state, tuple) else (self.state,)
+        if comm.size == 1:
+            return tuple(np.asarray(to_numpy(part)) for part in parts)
+        start, stop = share(self.config.batch_size, comm)
+        shape = (model.num_layers, model.hidden_size, self.config.batch_size)
+        gathered = []
+        for i in range(2 if model.cell == "lstm" else 1):
+            full = np.zeros(shape, dtype=model.dtype_name)
+            if parts:
+                full[:, :, start:stop] = to_numpy(parts[i])
+            gathered.append(comm.allreduce_sum(full))
+        return tuple(gathered)
 
     @classmethod
     def resume(cls, path, lines, *, val_lines=None, backend="auto", epochs=None, steps=None, source=None,
-               val_source=None):
-        """Continue a run saved by :meth:`save`.
+               val_source=None, comm=None):
+        """Continue a run saved by :meth:`save`, on any number of processes.
 
         Parameters
         ----------
@@ -456,6 +515,8 @@ class StreamTrainer(Trainer):
             A new length for the run, counted from its start (at most one).
         source, val_source : str, optional
             Where the corpora came from, for messages and the checkpoint.
+        comm : Communicator, optional
+            As for :class:`StreamTrainer`; every rank reads ``path``.
 
         Raises
         ------
@@ -469,11 +530,11 @@ class StreamTrainer(Trainer):
         arrays, meta = load_checkpoint(path)
         return cls.from_checkpoint(arrays, meta, lines, val_lines=val_lines, backend=backend, epochs=epochs,
                                    steps=steps, source=source, val_source=val_source,
-                                   where=f"checkpoint {str(path)!r}")
+                                   where=f"checkpoint {str(path)!r}", comm=comm)
 
     @classmethod
     def from_checkpoint(cls, arrays, meta, lines, *, val_lines=None, backend="auto", epochs=None, steps=None,
-                        source=None, val_source=None, where="checkpoint"):
+                        source=None, val_source=None, where="checkpoint", comm=None):
         """:meth:`resume` from what :func:`xseq.load_checkpoint` returned."""
         model = StreamLM.from_checkpoint(arrays, meta, backend=backend, where=where)
         state = meta.get("trainer")
@@ -504,12 +565,13 @@ class StreamTrainer(Trainer):
             trainer = cls.__new__(cls)
             trainer._setup(lines, config, model, source if source is not None else recorded["source"],
                            val_lines=val_lines,
-                           val_source=val_source if val_source is not None else validation["source"])
+                           val_source=val_source if val_source is not None else validation["source"], comm=comm)
             trainer._restore(where, arrays, state)
         except KeyError as exc:
             raise CheckpointError(f"{where} has an invalid training state: no entry {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{where} has an invalid training state: {type(exc).__name__}: {exc}") from None
+        trainer._check_ranks_agree("after resuming")
         return trainer
 
     def _restore(self, where, arrays, state):
@@ -562,7 +624,13 @@ class StreamTrainer(Trainer):
             if not np.isfinite(a).all():
                 raise CheckpointError(f"{where} has an invalid training state: array {key!r} holds NaN or "
                                       "infinite values")
-            parts.append(asarray(a, backend=model.xp, dtype=model.dtype))
+            parts.append(a)
+        # This rank carries its own columns' state only.
+        start, stop = share(self.config.batch_size, self.comm)
+        if stop == start:
+            return None
+        parts = [asarray(np.ascontiguousarray(a[:, :, start:stop]), backend=model.xp, dtype=model.dtype)
+                 for a in parts]
         return tuple(parts) if model.cell == "lstm" else parts[0]
 
 

@@ -34,6 +34,30 @@ stream at the start of the current epoch (the epoch's order is drawn again
 from it), the dropout stream's state, every step's training loss and the
 per-epoch history, and a SHA-256 fingerprint of the corpus, which must match
 on resume.
+
+Across processes
+----------------
+Given a communicator (``comm``, :mod:`xseq.distributed`) of several ranks,
+the trainer is data-parallel and computes the run a single process computes,
+up to the rounding of sums taken in another order:
+
+* every rank reads the corpus and draws the same split and the same order;
+  rank 0's initial parameters are broadcast, and the corpus, the recipe and
+  the parameters are compared across ranks (by digest) at the start, after a
+  resume and at every checkpoint;
+* each rank takes a contiguous share of every global batch of ``batch_size``
+  sequences (:func:`share`; the last, short batch of an epoch may leave a rank
+  none); its mean gradient is scaled by its share of the batch's tokens, and
+  the scaled gradients, the loss and the stop flag are summed over the ranks
+  with one all-reduce per bucket (:func:`xseq.distributed.allreduce_arrays`);
+  every rank then clips and applies the same update, so optimiser state is
+  never sent;
+* dropout masks follow the examples (:class:`xseq.distributed.ExampleDropout`,
+  in a single process too): they depend on the seed, the step and an
+  example's place in the global batch, not on the number of ranks, so a
+  checkpoint written by N ranks resumes on M ranks exactly;
+* validation sums are reduced the same way; rank 0 alone reports and writes
+  checkpoints (:meth:`Trainer.save` is collective: every rank calls it).
 """
 
 from __future__ import annotations
@@ -49,6 +73,14 @@ import time
 import numpy as np
 
 from .._version import __version__
+from ..backends.arrays import to_numpy
+from ..distributed import (
+    ExampleDropout,
+    SingleProcess,
+    allreduce_arrays,
+    check_same_on_all_ranks,
+    digest,
+)
 from ..nn.optim import SGD, Adam, clip_by_global_norm, clip_by_value
 from .checkpoint import CheckpointError, load_checkpoint
 from .model import CELLS, CharLM
@@ -64,6 +96,9 @@ EVALUATION_BATCH = 256  # sequences per forward pass of evaluate
 DEFAULT_LR = {"adam": 0.003, "sgd": 0.5}
 _OPTIM_PREFIX = "optim/"
 _LOSSES_KEY = "train/losses"
+# Packed with the gradients of a step (a name no parameter has): this rank's share of the loss, and 1 when it
+# asks to stop.
+_STEP_SCALARS = "step/loss,stop"
 
 
 class DivergedError(ArithmeticError):
@@ -222,7 +257,24 @@ def split_sequences(sequences, max_len):
     return pieces
 
 
-def evaluate(model, sequences, batch_size=EVALUATION_BATCH, max_seq_len=DEFAULT_MAX_SEQ_LEN):
+def share(n, comm):
+    """The ``[start, stop)`` of this rank's contiguous share of ``n`` items, in rank order.
+
+    The first ``n % size`` ranks take one item more; a rank takes none when
+    ``n < size`` (then the last ranks have none).
+
+    Examples
+    --------
+    >>> from xseq.distributed import SingleProcess
+    >>> share(5, SingleProcess())
+    (0, 5)
+    """
+    base, extra = divmod(n, comm.size)
+    start = comm.rank * base + min(comm.rank, extra)
+    return start, start + base + (comm.rank < extra)
+
+
+def evaluate(model, sequences, batch_size=EVALUATION_BATCH, max_seq_len=DEFAULT_MAX_SEQ_LEN, comm=None):
     """Mean cross-entropy per predicted token (``<eos>`` included) of ``model`` on ``sequences``.
 
     Parameters
@@ -236,22 +288,28 @@ def evaluate(model, sequences, batch_size=EVALUATION_BATCH, max_seq_len=DEFAULT_
         Sequences longer than this are split first (:func:`split_sequences`),
         as training splits them, so a forward pass holds at most
         ``batch_size`` sequences of ``max_seq_len + 1`` steps.
+    comm : Communicator, optional
+        Every rank of ``comm`` passes the same ``sequences`` and scores every
+        ``size``-th of them, by length; the sums are reduced over the ranks.
 
     Returns
     -------
     float
-        Nats per token; ``exp`` of it is the perplexity.
+        Nats per token; ``exp`` of it is the perplexity (the same on every rank).
     """
     if not sequences:
         raise ValueError("sequences is empty; nothing to evaluate")
+    comm = SingleProcess() if comm is None else comm
     sequences = split_sequences(sequences, max_seq_len)
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))[comm.rank::comm.size]
     total = count = 0
     for start in range(0, len(order), batch_size):
         batch_total, batch_count = model.loss(*model.batch([sequences[i] for i in order[start:start + batch_size]]))
         total += batch_total
         count += batch_count
-    return total / count
+    if comm.size > 1:
+        total, count = comm.allreduce_sum(np.array([total, count], dtype=np.float64))
+    return float(total / count)
 
 
 class Trainer:
@@ -266,6 +324,10 @@ class Trainer:
         Where the model lives (see :func:`xseq.backend`).
     source : str, optional
         Where the corpus came from (a path, or "built-in"), recorded in the checkpoint.
+    comm : Communicator, optional
+        The processes to train with (:func:`xseq.distributed.from_environment`);
+        None for this process alone. Every rank builds its Trainer with the same
+        arguments; see "Across processes" in :mod:`xseq.lm.train`.
 
     Attributes
     ----------
@@ -289,12 +351,14 @@ class Trainer:
         the previous record), ``val_loss``, ``seconds`` (training time so far).
     stop_requested : bool
         Set it (from a signal handler, another thread, a callback) to end
-        :meth:`run` after the current step.
+        :meth:`run` after the current step. Across processes, a request on any
+        rank ends the run on every rank after the same step.
+    comm : Communicator
     """
 
     token_unit = "chars"  # what the progress bar counts per second
 
-    def __init__(self, lines, config=None, *, backend="auto", source=None):
+    def __init__(self, lines, config=None, *, backend="auto", source=None, comm=None):
         config = TrainConfig() if config is None else config
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be an xseq.train.TrainConfig; got {type(config).__name__}")
@@ -302,14 +366,16 @@ class Trainer:
         model = CharLM(Vocabulary.from_text(lines), config.hidden_size, cell=config.cell,
                        num_layers=config.num_layers, dropout=config.dropout, backend=backend,
                        dtype=config.dtype, seed=config.seed)
-        self._setup(lines, config, model, source)
+        self._setup(lines, config, model, source, comm)
+        self._start_ranks()
 
-    def _setup(self, lines, config, model, source):
+    def _setup(self, lines, config, model, source, comm=None):
         """Everything but the model: data, optimiser, streams and counters at the start of a run."""
         sequences = split_sequences([model.vocab.encode(s) for s in lines], config.max_seq_len)
         self.train_ids, self.val_ids = split_corpus(sequences, config.val_fraction, config.seed)
         self.config = config
         self.model = model
+        self._attach(comm)
         self.source = source
         self.corpus = {"source": source, "sha256": corpus_fingerprint(lines), "sequences": len(lines)}
         params = model.parameters()
@@ -325,6 +391,65 @@ class Trainer:
         self.stop_requested = False
         self._order = None
         self._epoch_start_rng_state = None
+
+    # ------------------------------------------------------------------ ranks
+
+    def _attach(self, comm):
+        """Take the communicator, and dropout masks that follow the examples (so any split gives the same run)."""
+        self.comm = SingleProcess() if comm is None else comm
+        self._stop_agreed = False
+        layer = self.model.layer
+        if not isinstance(layer.dropout_rng, ExampleDropout):
+            layer.dropout_rng = ExampleDropout(layer.dropout_rng)
+
+    def _fingerprints(self):
+        """What every rank must hold alike, by name: the data and the recipe."""
+        return {"training corpora": self.corpus["sha256"],
+                "recipes": repr(sorted(dataclasses.asdict(self.config).items()))}
+
+    def _check_ranks_agree(self, when, parameters=True):
+        """DistributedError on every rank unless all ranks hold the same data and recipe (and step and
+        parameters)."""
+        if self.comm.size == 1:
+            return
+        for what, value in self._fingerprints().items():
+            check_same_on_all_ranks(self.comm, f"the {what} {when}", value)
+        if parameters:
+            check_same_on_all_ranks(self.comm, f"the parameters {when}",
+                                    f"step {self.step}, {digest(self.model.parameters())}")
+
+    def _start_ranks(self):
+        """A new run: the ranks' data compared, rank 0's initial parameters on every rank, then compared too."""
+        if self.comm.size == 1:
+            return
+        self._check_ranks_agree("at the start", parameters=False)
+        params = self.model.parameters()
+        for name in params:  # the same dict object: the optimiser stays attached
+            params[name] = self.comm.broadcast(params[name], root=0)
+        self._check_ranks_agree("at the start")
+
+    def _reduce(self, grads, weight, loss_part):
+        """Sum over the ranks ``weight * grads`` and ``loss_part`` (and the stop requests).
+
+        ``weight`` is this rank's share of the step's tokens (``grads`` being
+        the gradients of the mean over this rank's tokens); ``loss_part`` its
+        part of the step's loss (the parts add up to it). Returns the summed
+        gradients and loss; every rank learns whether any rank asked to stop.
+        """
+        xp, dtype = self.model.xp, self.model.dtype
+        scalars = xp.asarray([loss_part, float(self.stop_requested)], dtype=dtype)
+        summed = allreduce_arrays(self.comm, {**{k: g * weight for k, g in grads.items()}, _STEP_SCALARS: scalars})
+        loss, stop = (float(v) for v in to_numpy(summed.pop(_STEP_SCALARS)))
+        self._stop_agreed = stop > 0
+        return summed, loss
+
+    def _stopping(self):
+        """Whether :meth:`run` stops now: this rank's request alone, or (across ranks) the one all agreed on."""
+        return self.stop_requested if self.comm.size == 1 else self._stop_agreed
+
+    def _zero_grads(self):
+        """The gradients of a rank with no example in this step."""
+        return {k: self.model.xp.zeros_like(p) for k, p in self.model.parameters().items()}
 
     # ------------------------------------------------------------------ lengths
 
@@ -372,16 +497,25 @@ class Trainer:
         Parameters
         ----------
         sequences : list of lists of int
-            The batch's encoded sequences (without ``<eos>``).
+            The global batch's encoded sequences (without ``<eos>``); across
+            processes this rank learns from its :func:`share` of them.
         """
-        # Overflow shows up as a non-finite loss, which stops the run with DivergedError below; NumPy's
-        # warnings on the way there would only bury that message.
-        with np.errstate(over="ignore", invalid="ignore"):
-            loss = self.model.loss_and_backward(*self.model.batch(sequences), training=True)
+        start, stop = share(len(sequences), self.comm)
+        mine = sequences[start:stop]
+        self.model.layer.dropout_rng.start_step(range(start, stop))
+        loss, grads = 0.0, None
+        if mine:
+            # Overflow shows up as a non-finite loss, which stops the run with DivergedError below; NumPy's
+            # warnings on the way there would only bury that message.
+            with np.errstate(over="ignore", invalid="ignore"):
+                loss = self.model.loss_and_backward(*self.model.batch(mine), training=True)
+            grads = self.model.grads()
+        if self.comm.size > 1:
+            weight = sum(len(s) + 1 for s in mine) / sum(len(s) + 1 for s in sequences)
+            grads, loss = self._reduce(self._zero_grads() if grads is None else grads, weight, loss * weight)
         if not math.isfinite(loss):
             # Before the update, so the weights in memory (and any checkpoint written since) stay finite.
             raise DivergedError(f"training diverged at step {self.step + 1}: the training loss is {loss}")
-        grads = self.model.grads()
         clip = self.config.clip
         if clip:
             if self.config.clip_mode == "norm":
@@ -392,8 +526,8 @@ class Trainer:
         return loss
 
     def validation_loss(self):
-        """Mean cross-entropy per character of the model on the validation split."""
-        return evaluate(self.model, self.val_ids, max_seq_len=self.config.max_seq_len)
+        """Mean cross-entropy per character of the model on the validation split (shared among the ranks)."""
+        return evaluate(self.model, self.val_ids, max_seq_len=self.config.max_seq_len, comm=self.comm)
 
     def validate(self):
         """Record the validation loss in :attr:`history` and return the record."""
@@ -432,12 +566,17 @@ class Trainer:
             (so the run stops after the current step and saves); a second one
             interrupts at once. Only from the main thread.
 
+        Across processes every rank calls it; only rank 0 shows progress,
+        logs and writes ``out``.
+
         Returns
         -------
         bool
             True when the run completed, False when it was stopped early.
         """
         total = self.total_steps
+        if self.comm.rank != 0:
+            progress, log = False, None
         bar = None
         if progress:
             from tqdm import tqdm
@@ -450,7 +589,7 @@ class Trainer:
         chars_at_start, seconds_at_start = self.chars_seen, self.seconds
         try:
             with guard:
-                while self.step < total and not self.stop_requested:
+                while self.step < total and not self._stopping():
                     started = time.perf_counter()
                     loss = self.train_step()
                     self.seconds += time.perf_counter() - started
@@ -483,8 +622,20 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def save(self, path):
-        """Write the model and everything needed to resume to one ``.npz`` file, atomically."""
+        """Write the model and everything needed to resume to one ``.npz`` file, atomically.
 
+        Across processes every rank calls it: the ranks are compared (the
+        same parameters, data and recipe), rank 0 writes the file, and the
+        others wait until it is written.
+        """
+        self._check_ranks_agree("at a checkpoint")
+        arrays, meta = self._checkpoint_contents()
+        if self.comm.rank == 0:
+            self.model.save(path, arrays=arrays, meta=meta)
+        self.comm.barrier()
+
+    def _checkpoint_contents(self):
+        """The trainer's arrays and metadata for :meth:`save` (every rank computes them)."""
         arrays = {_LOSSES_KEY: np.asarray(self.losses, dtype=np.float64)}
         optimizer_state = {}
         for key, value in self.optimizer.state_dict().items():
@@ -509,11 +660,11 @@ class Trainer:
             "seconds": self.seconds,
             "chars_seen": self.chars_seen,
         }
-        self.model.save(path, arrays=arrays, meta={"trainer": trainer})
+        return arrays, {"trainer": trainer}
 
     @classmethod
-    def resume(cls, path, lines, *, backend="auto", epochs=None, steps=None, source=None):
-        """Continue a run saved by :meth:`save`.
+    def resume(cls, path, lines, *, backend="auto", epochs=None, steps=None, source=None, comm=None):
+        """Continue a run saved by :meth:`save`, on any number of processes.
 
         Parameters
         ----------
@@ -527,6 +678,9 @@ class Trainer:
             None keeps the saved one.
         source : str, optional
             Where ``lines`` came from, for the error message and the checkpoint.
+        comm : Communicator, optional
+            As for :class:`Trainer`: every rank reads ``path`` (a file system
+            all ranks see), and the ranks are compared after resuming.
 
         Raises
         ------
@@ -570,7 +724,7 @@ class Trainer:
                     f"{recorded['sequences']} sequences) than {source or 'the given one'} "
                     f"({len(lines)} sequences); resume with the same corpus")
             trainer = cls.__new__(cls)
-            trainer._setup(lines, config, model, source if source is not None else recorded["source"])
+            trainer._setup(lines, config, model, source if source is not None else recorded["source"], comm)
             optimizer_arrays = {k[len(_OPTIM_PREFIX):]: v for k, v in arrays.items() if k.startswith(_OPTIM_PREFIX)}
             for name, value in optimizer_arrays.items():
                 if value.dtype.kind == "f" and not np.isfinite(value).all():
@@ -604,6 +758,7 @@ class Trainer:
             raise CheckpointError(f"{where} has an invalid training state: no entry {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{where} has an invalid training state: {type(exc).__name__}: {exc}") from None
+        trainer._check_ranks_agree("after resuming")
         return trainer
 
 

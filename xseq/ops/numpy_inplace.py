@@ -70,7 +70,15 @@ class NumpyOps(ArrayAPIOps):
     def empty(self, shape, dtype, device):
         return WORKSPACE.empty(shape, dtype)
 
+    #: A faster product for some shapes, set by ``ops_for`` (``blas.matmul``: returns None for the
+    #: shapes it leaves to NumPy); None: NumPy's for every product.
+    gemm = None
+
     def matmul(self, a, b, out):
+        if self.gemm is not None:
+            done = self.gemm(a, b, out)
+            if done is not None:
+                return done
         return np.matmul(a, b, out=out)
 
     def add_into(self, acc, x):

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 from ..backends.arrays import backend_name
+from . import blas
 from .cuda import FusedCupyOps
 from .host import host_ops
 from .numpy_inplace import NumpyOps
@@ -31,5 +32,7 @@ def ops_for(xp, dtype=None):
     if name == "cupy" and fused_enabled():
         return FusedCupyOps(xp)
     if name == "numpy" and fused_enabled():
-        return host_ops(xp, dtype) or NumpyOps(xp)
+        ops = host_ops(xp, dtype) or NumpyOps(xp)
+        ops.gemm = blas.matmul_for(dtype)  # oneDNN for the large float32 products, where installed
+        return ops
     return ArrayAPIOps(xp)

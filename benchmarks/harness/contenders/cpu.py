@@ -1,13 +1,17 @@
 """``bench_cpu.py``'s contenders -- the naive course version, xseq and torch on the CPU -- and their check.
 
+Contenders: ``naive``, ``xseq``, ``torch`` and, where JAX is installed, ``jax``
+(``jaxscan.py``: a jitted ``lax.scan`` with stacked gates and a hoisted input
+projection).
+
 Models:
 
 * ``lstm``, ``rnn``: the course's functional API. ``naive`` (``naive.py``),
   ``xseq`` (``lstm_forward``/``lstm_backward``, ``rnn_forward``/``rnn_backward``)
   and ``torch`` (``nn.LSTM``/``nn.RNN`` + ``nn.Linear`` + softmax, autograd),
   all from the same course parameters.
-* ``gru``, ``lstm-2layer-bidirectional``: xseq's layer API (``xseq.GRU``,
-  ``xseq.LSTM(num_layers=2, bidirectional=True)``: ``forward`` then
+* ``lstm-layer``, ``gru``, ``lstm-2layer-bidirectional``: xseq's layer API
+  (``xseq.LSTM``, ``xseq.GRU``, ``xseq.LSTM(num_layers=2, bidirectional=True)``: ``forward`` then
   ``zero_grad`` and ``backward``) and ``nn.GRU``/``nn.LSTM`` with the same
   options, both loaded with the same weights.
 
@@ -36,18 +40,34 @@ import numpy as np
 from .. import checks
 from . import naive
 
-MODELS = ("lstm", "rnn", "gru", "lstm-2layer-bidirectional")
+MODELS = ("lstm", "rnn", "lstm-layer", "gru", "lstm-2layer-bidirectional")
 FUNCTIONAL = ("lstm", "rnn")
 MODES = ("forward", "forward+backward")
-GROUPS = {"naive": "numpy", "xseq": "numpy", "torch": "torch"}  # which server forks a contender's workers
+# xseq-onednn: xseq with its optional oneDNN matrix products turned on (XSEQ_ONEDNN=1, xseq/ops/blas.py)
+ONEDNN = "xseq-onednn"
+GROUPS = {"naive": "numpy", "xseq": "numpy", ONEDNN: "numpy", "torch": "torch", "jax": "jax"}  # which server forks a contender's workers
+JAX_INSTALL = "pip install jax==0.10.2 jaxlib==0.10.2"
 # Outputs every contender of a model reports (torch's nn.LSTM does not return every cell state c).
-REQUIRED_OUTPUTS = {"lstm": ("a", "y"), "rnn": ("a", "y"), "gru": ("outputs", "h_n"),
-                    "lstm-2layer-bidirectional": ("outputs", "h_n", "c_n")}
+REQUIRED_OUTPUTS = {"lstm": ("a", "y"), "rnn": ("a", "y"), "lstm-layer": ("outputs", "h_n", "c_n"),
+                    "gru": ("outputs", "h_n"), "lstm-2layer-bidirectional": ("outputs", "h_n", "c_n")}
 COURSE_GATES = "ifco"  # the course's gate letters in torch's stacking order i, f, g, o
 
 
-def contenders_for(model):
-    return ("naive", "xseq", "torch") if model in FUNCTIONAL else ("xseq", "torch")
+def jax_available():
+    """Whether JAX (the optional ``jax`` contender) is installed; it is not imported here."""
+    import importlib.util
+
+    return importlib.util.find_spec("jax") is not None
+
+
+def contenders_for(model, jax=None, onednn=False):
+    """The contenders of ``model``; ``jax`` (None: whether it is installed) adds the JAX contender,
+    ``onednn`` the ``xseq-onednn`` one."""
+    jax = jax_available() if jax is None else jax
+    names = ("naive", "xseq") if model in FUNCTIONAL else ("xseq",)
+    names += (ONEDNN,) if onednn else ()
+    names += ("torch",)
+    return names + ("jax",) if jax else names
 
 
 def size_name(size):
@@ -165,6 +185,15 @@ class Step:
 
 def build(contender, model, size_text, mode):
     """The :class:`Step` of ``contender`` for one case; ``size_text`` is ``n_x x n_a x m x T_x``."""
+    if contender == ONEDNN:
+        with onednn_on():
+            step = build("xseq", model, size_text, mode)
+
+        def run(kept):
+            with onednn_on():
+                step.run(kept)
+
+        return Step(run, step.collect)
     size = tuple(int(v) for v in size_text.split("x"))
     backward = mode == "forward+backward"
     x, a0, da, p = make_problem(model, size)
@@ -191,6 +220,10 @@ def build(contender, model, size_text, mode):
         return _xseq_layer_step(model, size, x, da, p, backward)
     if contender == "torch":
         return _torch_step(model, size, x, da, p, backward)
+    if contender == "jax":
+        from . import jaxscan
+
+        return jaxscan.build(model, size, x, da, p, backward)
     raise ValueError(f"unknown contender {contender!r} for model {model!r}")
 
 
@@ -300,43 +333,64 @@ def torch_modules(torch, model, size, p):
         rnn = (nn.GRU if model == "gru" else nn.LSTM)(n_x, n_a, **layer_options(model))
         rnn.load_state_dict({k: torch.from_numpy(v) for k, v in p.items()})
         return [rnn]
+    rnn = nn.LSTM(n_x, n_a) if model == "lstm" else nn.RNN(n_x, n_a, nonlinearity="tanh")
+    stacked = stacked_course_parameters(model, p)
+    Wy, by = stacked.pop("Wy"), stacked.pop("by")
+    lin = nn.Linear(n_a, Wy.shape[0])
+    with torch.no_grad():
+        for name, value in stacked.items():
+            getattr(rnn, name).copy_(torch.from_numpy(value))
+        lin.weight.copy_(torch.from_numpy(Wy))
+        lin.bias.copy_(torch.from_numpy(by[:, 0].copy()))
+    return [rnn, lin]
+
+
+def stacked_course_parameters(model, p):
+    """The course parameters of ``lstm``/``rnn`` in torch's stacked layout, contiguous.
+
+    Returns ``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0`` (the course's
+    bias), ``bias_hh_l0`` (zero: the course has one bias), and the output
+    layer's ``Wy`` (n_y, n_a) and ``by`` (n_y, 1).
+    """
     if model == "lstm":
-        rnn = nn.LSTM(n_x, n_a)
+        n_a = p["Wf"].shape[0]
         W = np.concatenate([p[f"W{g}"] for g in COURSE_GATES], axis=0)
         b = np.concatenate([p[f"b{g}"] for g in COURSE_GATES], axis=0)[:, 0]
         w_ih, w_hh, Wy, by = W[:, n_a:], W[:, :n_a], p["Wy"], p["by"]
     else:
-        rnn = nn.RNN(n_x, n_a, nonlinearity="tanh")
         w_ih, w_hh, b, Wy, by = p["Wax"], p["Waa"], p["ba"][:, 0], p["Wya"], p["by"]
-    lin = nn.Linear(n_a, Wy.shape[0])
-    with torch.no_grad():
-        rnn.weight_ih_l0.copy_(torch.from_numpy(np.ascontiguousarray(w_ih)))
-        rnn.weight_hh_l0.copy_(torch.from_numpy(np.ascontiguousarray(w_hh)))
-        rnn.bias_ih_l0.copy_(torch.from_numpy(np.ascontiguousarray(b)))
-        rnn.bias_hh_l0.zero_()
-        lin.weight.copy_(torch.from_numpy(Wy))
-        lin.bias.copy_(torch.from_numpy(by[:, 0].copy()))
-    return [rnn, lin]
+    stacked = {"weight_ih_l0": w_ih, "weight_hh_l0": w_hh, "bias_ih_l0": b, "bias_hh_l0": np.zeros_like(b),
+               "Wy": Wy, "by": by}
+    return {k: np.ascontiguousarray(v) for k, v in stacked.items()}
 
 
 # ---------------------------------------------------------------- the check
 
 
 @contextlib.contextmanager
-def reference_path():
-    """xseq's array-API reference steps (``XSEQ_FUSED=0``) for the calls inside the block."""
-    before = os.environ.get("XSEQ_FUSED")
-    os.environ["XSEQ_FUSED"] = "0"
+def _environment(name, value):
+    before = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
         if before is None:
-            del os.environ["XSEQ_FUSED"]
+            del os.environ[name]
         else:
-            os.environ["XSEQ_FUSED"] = before
+            os.environ[name] = before
 
 
-def check(models, sizes, modes, out=print):
+def reference_path():
+    """xseq's array-API reference steps (``XSEQ_FUSED=0``) for the calls inside the block."""
+    return _environment("XSEQ_FUSED", "0")
+
+
+def onednn_on():
+    """xseq's oneDNN matrix products (``XSEQ_ONEDNN=1``) for the calls inside the block."""
+    return _environment("XSEQ_ONEDNN", "1")
+
+
+def check(models, sizes, modes, out=print, jax=None, onednn=False):
     """Every contender of every case, built and run as it will be timed, against xseq's reference.
 
     For each model and size, xseq's reference (the same call under
@@ -347,12 +401,25 @@ def check(models, sizes, modes, out=print):
     :data:`checks.SAME_FORMULAS`, naive and torch within
     :data:`checks.OTHER_IMPLEMENTATION`.
 
+    ``jax`` (None: whether JAX is installed) includes the JAX contender. JAX
+    starts threads that make a later ``os.fork`` unsafe (and warn), so a
+    process that forks afterwards, such as a test run, passes ``jax=False``
+    and checks JAX in a process of its own (``bench_cpu.py --check``).
+    ``onednn`` includes ``xseq-onednn`` (within ``SAME_FORMULAS`` too); where
+    xseq would not use oneDNN (not installed, not loadable) that is a failure.
+
     Returns
     -------
     checks.Check
         The comparisons made; :meth:`~checks.Check.exit_if_failed` reports a failure.
     """
     check_ = checks.Check()
+    if onednn:
+        from xseq.ops import blas
+
+        with onednn_on():
+            if blas.matmul_for(np.float32) is None:
+                check_.failures.append(f"{ONEDNN}: xseq would not use oneDNN: {blas.status()}")
     for model in models:
         for size in sizes:
             text = size_name(size)
@@ -364,10 +431,11 @@ def check(models, sizes, modes, out=print):
                 required = list(REQUIRED_OUTPUTS[model])
                 if mode == "forward+backward":
                     required += checks.gradient_names(want)
-                for contender in contenders_for(model):
+                for contender in contenders_for(model, jax, onednn):
                     step = build(contender, model, text, mode)
                     step()
-                    tolerance = checks.SAME_FORMULAS if contender == "xseq" else checks.OTHER_IMPLEMENTATION
+                    same = contender in ("xseq", ONEDNN)
+                    tolerance = checks.SAME_FORMULAS if same else checks.OTHER_IMPLEMENTATION
                     label = f"{model} {text} {mode}: {contender}"
                     error = check_.compare(label, step.results(), want, tolerance, required)
                     worst[contender] = max(worst.get(contender, 0.0), error)
