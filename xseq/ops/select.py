@@ -9,6 +9,10 @@
 * :class:`~xseq.ops.numpy_inplace.NumpyOps` -- the same math with NumPy's ``out=``, in
   place, for other NumPy arrays and where there is no host build.
 
+NumPy's ops take their float32 matrix products from :mod:`xseq.ops.blas`
+(oneDNN's ``dnnl_sgemm``) where that is installed and ``XSEQ_ONEDNN=1``, and
+from NumPy's OpenBLAS otherwise.
+
 ``XSEQ_FUSED=0`` turns every fast path off, leaving the reference everywhere;
 ``XSEQ_HOST_KERNELS=0`` only the host build; ``XSEQ_DIRECT=0`` only CuPy's direct loop.
 """
