@@ -20,7 +20,9 @@ For each case and rank count a job ``mpiexec -n R python bench_distributed.py --
 ``--warmup`` steps, then times ``--steps`` steps one by one (all ranks start each step together, after a
 barrier); rank 0 reports the median step, the median time spent in the step's all-reduces (the gradients, the
 loss and the stop flag in one flat buffer: this includes waiting for the slower rank), and the median of an
-isolated all-reduce of a buffer of the gradients' size after a barrier (the transfer alone). One process has
+isolated all-reduce of a buffer of what a step sends after a barrier (the transfer alone). A step sends every
+gradient but the embedding's whole: of the embedding only the rows of the window's ids travel (the others are
+zero on every rank), so "sent per step" is below "gradients" for PTB small. One process has
 no all-reduce at all. Rounds (``--repeats``) alternate the rank counts; the table shows the median over rounds.
 
 On a machine with as many cores as ranks, two ranks cannot be faster than one: each single-threaded GEMM
@@ -145,15 +147,16 @@ def main(argv=None):
             for ranks in (RANKS if round_ % 2 == 0 else RANKS[::-1]):
                 results.setdefault((case, ranks), []).append(
                     job(ranks, "--worker", case, "--steps", str(args.steps), "--warmup", str(args.warmup)))
-    header = ["case", "ranks", "gradients", "step ms", "all-reduce ms (in step)", "share", "all-reduce ms (alone)",
-              "share"]
+    header = ["case", "ranks", "gradients", "sent per step", "step ms", "all-reduce ms (in step)", "share",
+              "all-reduce ms (alone)", "share"]
     rows, shares = [], {}
     for (case, ranks), runs in results.items():
         step = statistics.median(r["step"] for r in runs)
         in_step = statistics.median(r["allreduce"] for r in runs)
         alone = statistics.median(r["isolated"] for r in runs)
         shares[(case, ranks)] = alone / step
-        rows.append([case, ranks, f"{runs[0]['bytes'] / 2**20:.1f} MiB", report.fmt_ms(step),
+        sent = statistics.median(r["sent"] for r in runs)
+        rows.append([case, ranks, f"{runs[0]['bytes'] / 2**20:.1f} MiB", f"{sent / 2**20:.1f} MiB", report.fmt_ms(step),
                      report.fmt_ms(in_step), f"{in_step / step:.1%}", report.fmt_ms(alone), f"{alone / step:.1%}"])
     print()
     for line in report.markdown_table(header, rows, right_from=1):

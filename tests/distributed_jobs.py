@@ -132,6 +132,9 @@ RUNS = {
                                                      optimizer="sgd", lr=1.0, clip=0.05, clip_mode="value")),
     # one column: every rank but rank 0 has none
     "stream-gru-adam-norm": ("stream", dict(cell="gru", batch_size=1, optimizer="adam", clip=0.5, clip_mode="norm")),
+    # tied weights: the embedding's gradient is dense and travels whole (untied, only the window's rows do)
+    "stream-rnn-sgd-tied": ("stream", dict(cell="rnn", embed_size=6, tie_weights=True, batch_size=4, optimizer="sgd",
+                                           lr=0.5)),
 }
 
 

@@ -114,6 +114,43 @@ def test_allreduce_arrays_sums_with_one_call_per_bucket_and_keeps_the_keys_and_i
     assert len(comm.calls) == 5
 
 
+@pytest.mark.parametrize("tie", [False, True])
+def test_a_stream_step_sends_only_its_windows_embedding_rows_and_gets_the_whole_matrixs_sums(tie):
+    """An embedding's gradient is zero outside the rows of the window's ids (on every rank: every rank holds the
+    whole window): only those rows travel, and the sums scattered back equal the whole matrix's exactly. A tied
+    embedding is also the output matrix, dense: it travels whole."""
+    from xseq.lm.stream_train import StreamConfig, StreamTrainer, window
+
+    words = ["the cat sat on the mat", "a dog ran in the park", "the dog sat on a log", "cats and dogs ran far",
+             "one two three four five six seven eight nine ten"] * 2
+    config = StreamConfig(hidden_size=6, embed_size=6, level="word", bptt=3, batch_size=2, dtype="float64",
+                          steps=1, seed=1, tie_weights=tie)
+    trainer = StreamTrainer(words, config, backend="numpy", source="words")
+    inputs, targets = window(trainer.train_data, 1, config.bptt)
+    trainer.model.loss_and_backward(inputs, targets)
+    grads = {k: np.array(v, copy=True) for k, v in trainer.model.grads().items()}
+    rows = trainer._embedding_rows(inputs)
+    if tie:
+        assert rows is None
+        return
+    ids = np.unique(inputs)
+    assert list(rows) == ["embedding"] and np.array_equal(rows["embedding"], ids)
+    V, D = grads["embedding"].shape
+    assert 0 < ids.size < V - 5
+    untouched = np.setdiff1d(np.arange(V), ids)
+    assert not grads["embedding"][untouched].any() and grads["embedding"][ids].any()
+
+    trainer.comm = dense_comm = RecordingCommunicator()
+    dense, dense_loss = trainer._reduce(grads, 0.5, 1.25)
+    trainer.comm = sparse_comm = RecordingCommunicator()
+    sparse, sparse_loss = trainer._reduce(grads, 0.5, 1.25, rows=rows)
+    assert list(sparse) == list(dense) and sparse_loss == dense_loss == 2.5
+    for name in dense:
+        np.testing.assert_array_equal(sparse[name], dense[name], err_msg=name)
+    sent = [sum(np.prod(shape) for _, shape in comm.calls) for comm in (dense_comm, sparse_comm)]
+    assert sent[0] - sent[1] == (V - ids.size) * D
+
+
 # ---------------------------------------------------------------------- the single process
 
 

@@ -250,3 +250,31 @@ def test_arrays_of_two_libraries(other):
         projection_cross_entropy(h, xseq.asarray(W, backend=xp), b, targets)
     with pytest.raises(TypeError, match=f"targets is a {other} array"):
         projection_cross_entropy(h, W, b, xp.asarray(targets))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("chunk_rows", [None, 5])
+def test_numpys_one_pass_a_row_equals_the_reference(monkeypatch, dtype, chunk_rows):
+    """NumPy's host build does bias, softmax, loss, gradient and db in one pass a row where the window is one chunk
+    (a loss-only pass also chunk by chunk); its results are the reference's, and so are the fallback's."""
+    from xseq.ops import host
+
+    if host.library().lib is None:
+        pytest.skip(f"no host build of the kernels on this machine: {host.library().reason}")
+    h, W, b, targets = make_window(np.random.default_rng(8), N=12, n_a=6, V=40)
+    args = [a.astype(dtype) for a in (h, W, b)] + [targets.astype(np.int64)]
+    calls = []
+
+    def spy(z, b_, t, scale, db):
+        calls.append(db is not None)
+        return host.softmax_xent_rows(z, b_, t, scale, db)
+
+    monkeypatch.setattr(projection_loss, "softmax_xent_rows", spy)
+    rtol = 2e-5 if dtype == "float32" else 1e-12
+    expected = dense_reference(h, W, b, targets, 0.25)
+    assert_results_close(projection_cross_entropy(*args, scale=0.25, chunk_rows=chunk_rows), expected, rtol)
+    assert projection_nll(*args, chunk_rows=chunk_rows) == pytest.approx(expected[0], rel=rtol)
+    one_chunk = chunk_rows is None
+    assert calls == ([True] if one_chunk else []) + [False] * (1 if one_chunk else 3)
+    monkeypatch.setattr(projection_loss, "softmax_xent_rows", lambda *a: None)  # no host build: NumPy's passes
+    assert_results_close(projection_cross_entropy(*args, scale=0.25, chunk_rows=chunk_rows), expected, rtol)

@@ -119,7 +119,7 @@ def xseq_steps():
     try:
         from xseq.ops import host as host_kernels
 
-        return host_kernels.status()
+        return f"{host_kernels.status()}; time loops: {host_kernels.lanes_status()}"
     except ImportError as exc:
         return f"unknown ({exc})"
 

@@ -106,9 +106,14 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
     bias = _folded_bias(xp, kind, b_ih, b_hh, G * n_a, dtype, dev)
     W_ih1 = xp.concat([W_ih, xp.reshape(bias, (G * n_a, 1))], axis=1)
     X1_rows = xp.reshape(X1, (T * m, n_x + 1))
+    # The time loop: the ops' direct loop (CuPy's launches by address, NumPy's lanes) where it has one
+    # for this shape, else the step methods below.
+    direct = (ops.direct_steps(dtype, dev, check=check_direct, rows=m, n_a=n_a, gates=G)
+              if mask is None else None)
     # The projection of every step, in chunks of ops.projection_steps steps (all of them for the
-    # GPU: one GEMM; a few for NumPy, each computed just before its steps read it, from cache).
-    chunk = min(T, ops.projection_steps)
+    # GPU and for a direct loop: one GEMM; a few for NumPy's steps, each computed just before its
+    # steps read it, from cache).
+    chunk = T if direct is not None else min(T, ops.projection_steps)
     XW_rows = empty(T * m, G * n_a)
 
     def project(t0):
@@ -137,8 +142,7 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
 
     W_hhT = c_order(xp, W_hh.T)  # a contiguous right operand makes the per-step GEMM faster
     hw_buffer = empty(m, G * n_a)
-    # CuPy: the same loop with two host calls per step and no array views (_kernels.DirectSteps).
-    direct = ops.direct_steps(dtype, dev, check=check_direct) if mask is None and chunk == T else None
+    # The same loop with two host calls per step and no array views (ops.fused.DirectSteps).
     if direct is not None:
         direct.forward(kind, XW, W_hhT, None if b_hn is None else c_order(xp, b_hn), saved, S, C, hw_buffer)
     else:
@@ -237,7 +241,7 @@ def sequence_backward(trace, dY=None, dh_T=None, dc_T=None, ops=None):
     dZ = empty(T, m, G * n_a)
     dHW = empty(T, m, G * n_a) if kind == "gru" else dZ
     W_hh = tr.W_hh
-    direct = ops.direct_steps(dtype, dev, check=check_direct) if mask is None else None
+    direct = ops.direct_steps(dtype, dev, check=check_direct, rows=m, n_a=n_a, gates=G) if mask is None else None
     if direct is not None:
         dh, dc = direct.backward(kind, tr.saved, S, C, c_order(xp, W_hh), dY, c_order(xp, dh),
                                  None if dc is None else c_order(xp, dc), dZ, dHW, empty)
@@ -301,16 +305,19 @@ def _backward_steps(ops, xp, kind, saved, S, C, W_hh, dY, dh, dc, dZ, dHW, mask,
 
 # ---------------------------------------------------------------- the direct loop's self-check
 
-def check_direct(device, xp=None):
+def check_direct(device, xp=None, ops=None):
     """Run a small sequence of each cell through ``device``'s direct loop and the step methods; raise if they differ.
 
     Both sides launch the same kernel source and differ only in the gemm's
     implementation (rounding); a wrong address, stride or gemm argument
     differs by the size of the values. ``xp`` is the arrays' namespace
-    (CuPy's by default).
+    (CuPy's by default); ``ops`` the two ops to compare, without and with the
+    direct loop (by default CuPy's fused ops without and with ``device``).
     """
     if xp is None:
         import array_api_compat.cupy as xp
+    if ops is None:
+        ops = (FusedCupyOps(xp, direct=False), FusedCupyOps(xp, direct=device))
     dtype = device.dtype
     tol = 1e-4 if dtype == np.float32 else 1e-10
     rng = np.random.default_rng(12345)
@@ -324,9 +331,9 @@ def check_direct(device, xp=None):
                 draw(m, n_a), draw(m, n_a) if kind == "lstm" else None)
         grads = dict(dY=draw(T, m, n_a), dh_T=draw(m, n_a), dc_T=draw(m, n_a) if kind == "lstm" else None)
         results = []
-        for ops in (FusedCupyOps(xp, direct=False), FusedCupyOps(xp, direct=device)):
-            Y, h, c, trace = sequence_forward(*args, ops=ops)
-            back = sequence_backward(trace, **grads, ops=ops)
+        for each in ops:
+            Y, h, c, trace = sequence_forward(*args, ops=each)
+            back = sequence_backward(trace, **grads, ops=each)
             results.append(dict(Y=Y, h=h, c=c, **back))
         for key, want in results[0].items():
             if want is None:

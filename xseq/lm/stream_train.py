@@ -425,7 +425,7 @@ class StreamTrainer(Trainer):
         if self.comm.size > 1:
             # The model's gradients average over this rank's columns; the step's over all of them.
             grads, loss = self._reduce(self._zero_grads() if grads is None else grads,
-                                       (stop - start) / inputs.shape[0], loss)
+                                       (stop - start) / inputs.shape[0], loss, rows=self._embedding_rows(inputs))
         if not math.isfinite(loss):
             raise DivergedError(f"training diverged at step {self.step + 1}: the training loss is {loss}")
         clip = self.config.clip
@@ -437,6 +437,16 @@ class StreamTrainer(Trainer):
         self.optimizer.step(grads)
         self.state = state
         return loss
+
+    def _embedding_rows(self, inputs):
+        """The embedding rows whose gradient may be non-zero on some rank: the window's ids (every column's).
+
+        A tied embedding is also the output matrix, whose gradient is dense:
+        then the whole matrix is reduced.
+        """
+        if self.model.tie_weights:
+            return None
+        return {"embedding": asarray(np.unique(to_numpy(inputs)).astype(np.int64), backend=self.model.backend_name)}
 
     def validation_loss(self):
         """Nats per token of the model on the validation columns, from a zero state."""

@@ -56,6 +56,7 @@ from ..backends.checks import (
     check_sizes,
     namespace_and_checks,
 )
+from ..ops.host import softmax_xent_rows
 
 LOGITS_BUDGET_BYTES = 64 * 2**20
 """Default bound on the logits buffer of one chunk, in bytes."""
@@ -210,9 +211,13 @@ class NumpyLikeOps(StandardOps):
 
     name = "numpy-inplace"
 
-    def __init__(self, xp, lib):
+    def __init__(self, xp, lib, rows_pass=None):
         super().__init__(xp)
         self.lib = lib
+        # NumPy's host build (xseq.ops.host.softmax_xent_rows): bias, softmax, loss and gradient in one
+        # pass a row, the row in cache, instead of seven passes over the whole chunk; None where it
+        # cannot serve the arrays
+        self.rows_pass = rows_pass
 
     def run(self, h, W, b, targets, scale, chunk_rows, grad):
         lib = self.lib
@@ -226,10 +231,20 @@ class NumpyLikeOps(StandardOps):
             dW = lib.empty((V, n_a), dtype=h.dtype)
             db = lib.empty(V, dtype=h.dtype)
             partial_dW = lib.empty((V, n_a), dtype=h.dtype) if N > n_max else None
+        fused = self.rows_pass is not None and (not grad or N <= n_max)
+        if grad and fused:
+            db[...] = 0
         for r0 in range(0, N, n_max):
             r1 = min(r0 + n_max, N)
             h_c, t_c, rows, z = h[r0:r1], targets[r0:r1], all_rows[:r1 - r0], buffer[:r1 - r0]
             lib.matmul(h_c, W.T, out=z)
+            nll = self.rows_pass(z, b, t_c, scale, db if grad else None) if fused else None
+            if nll is not None:
+                total = total + nll
+                if grad:
+                    lib.matmul(z, W, out=dh[r0:r1])
+                    lib.matmul(z.T, h_c, out=dW)
+                continue
             z += b
             z -= z.max(axis=1, keepdims=True)
             picked = z[rows, t_c]  # a copy: z is about to become exp(z)
@@ -306,7 +321,7 @@ def ops_for(xp):
     """The implementation for namespace ``xp``: the single dispatch point."""
     name = backend_name(xp)
     if name == "numpy":
-        return NumpyLikeOps(xp, np)
+        return NumpyLikeOps(xp, np, rows_pass=softmax_xent_rows)
     if name == "cupy":
         return NumpyLikeOps(xp, importlib.import_module("cupy"))
     if name == "torch":

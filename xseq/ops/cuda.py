@@ -87,7 +87,7 @@ class FusedCupyOps(FusedSteps, ArrayAPIOps):
     def _step_array(self, key, like):
         return self.xp.empty_like(like)
 
-    def direct_steps(self, dtype, device=None, check=None):
+    def direct_steps(self, dtype, device=None, check=None, rows=None, n_a=None, gates=None):
         """:class:`DirectSteps` for arrays of ``dtype`` on ``device``, or None for the engine's loop.
 
         ``check(device)`` proves a new :class:`CupyDevice` against the step methods

@@ -57,8 +57,12 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import array_api_compat.numpy as xp_numpy
 import numpy as np
 
 from .fused import FusedSteps
@@ -72,6 +76,7 @@ from .switches import fused_enabled
 HOST_PRELUDE = r"""
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #define __device__
 #define __forceinline__ inline
 #define XSEQ_ROW(i, n_a) _row
@@ -155,6 +160,42 @@ void softmax_rows(T* z, ptrdiff_t rows, ptrdiff_t cols) {
         for (ptrdiff_t j = 0; j < cols; ++j) row[j] /= total;
     }
 }
+// The softmax cross-entropy of a chunk of logits, one pass over memory a row (a row of a
+// vocabulary stays in cache): each row of z (rows, cols) gets the bias b added, is shifted by
+// its maximum and exponentiated; the row's -log softmax at its target is added to the returned
+// sum; with grad, the row becomes the gradient of scale * nll with respect to the logits,
+// (softmax - one_hot(target)) * scale, and is added into db (cols). Same formulas as
+// xseq.nn.projection_loss.StandardOps.chunk.
+template <typename T>
+double softmax_xent_rows(T* z, const T* b, const int64_t* targets, ptrdiff_t rows, ptrdiff_t cols, T scale,
+                         int grad, T* db) {
+    double total = 0.0;
+    for (ptrdiff_t r = 0; r < rows; ++r) {
+        T* row = z + r * cols;
+        T top = row[0] + b[0];
+        for (ptrdiff_t j = 0; j < cols; ++j) {
+            row[j] += b[j];
+            top = row[j] > top ? row[j] : top;
+        }
+        const ptrdiff_t t = targets[r];
+        const T picked = row[t] - top;
+        T sum = T(0);
+        for (ptrdiff_t j = 0; j < cols; ++j) {
+            row[j] = exp(row[j] - top);
+            sum += row[j];
+        }
+        total += std::log(static_cast<double>(sum)) - static_cast<double>(picked);
+        if (!grad) continue;
+        const T f = scale / sum;
+        for (ptrdiff_t j = 0; j < cols; ++j) {
+            row[j] *= f;
+            db[j] += row[j];
+        }
+        row[t] -= scale;
+        db[t] -= scale;
+    }
+    return total;
+}
 }
 """
 
@@ -168,16 +209,101 @@ extern "C" void xseq_gather3_{ctype}(const {ctype}* src, ptrdiff_t s0, ptrdiff_t
 extern "C" void xseq_softmax_rows_{ctype}({ctype}* z, ptrdiff_t rows, ptrdiff_t cols) {{
     xseq_helpers::softmax_rows(z, rows, cols);
 }}
+extern "C" double xseq_softmax_xent_rows_{ctype}({ctype}* z, const {ctype}* b, const int64_t* targets, ptrdiff_t rows,
+                                              ptrdiff_t cols, {ctype} scale, int grad, {ctype}* db) {{
+    return xseq_helpers::softmax_xent_rows(z, b, targets, rows, cols, scale, grad, db);
+}}
+"""
+
+
+# The time loops of ops.fused.DirectSteps in C++, for one lane's rows (see "lanes" below): the same two
+# calls a step -- the product through the BLAS function given by address (CBLAS, row-major, 64-bit
+# integers) and the step's kernel above -- with no Python between the steps, so a lane holds no lock
+# while it runs. Pointers are each buffer's first step of the lane's rows; strides are in elements
+# from one step to the next (negative for a buffer flipped in time).
+LOOPS = r"""
+#include <cstdint>
+namespace xseq_loops {
+template <typename T>
+using gemm_t = void (*)(int, int, int, int64_t, int64_t, int64_t, T, const T*, int64_t, const T*, int64_t, T, T*,
+                        int64_t);
+// C (m x n, row stride ldc) = A (m x k) @ B (k x n) + beta C, all row-major
+template <typename T>
+inline void mm(gemm_t<T> gemm, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
+               T beta, T* c, int64_t ldc) {
+    gemm(101, 111, 111, m, n, k, T(1), a, lda, b, ldb, beta, c, ldc);
+}
+}
+"""
+
+
+def _loop_exports(ctype):
+    """The forward and backward loops of each cell for one element type, calling the kernels above."""
+    k = lambda name: f"k_xseq_{name}_{ctype}::xseq_{name}_{ctype}"  # noqa: E731
+    return f"""
+extern "C" void xseq_forward_loop_{ctype}(int kind, void* gemm_p, int64_t T, int64_t m, int64_t n_a,
+        const {ctype}* xw, int64_t xw_step, {ctype}* s, int64_t s_step, {ctype}* c, int64_t c_step,
+        {ctype}* g, int64_t g_step, const {ctype}* w_hhT, const {ctype}* b_hn, {ctype}* hw) {{
+    typedef {ctype} T_;
+    auto gemm = reinterpret_cast<xseq_loops::gemm_t<T_>>(gemm_p);
+    const int64_t G = kind == 0 ? 1 : kind == 1 ? 4 : 3, GN = G * n_a, n = m * n_a;
+    for (int64_t t = 0; t < T; ++t) {{
+        T_* h = s + t * s_step;
+        xseq_loops::mm<T_>(gemm, m, GN, n_a, h, n_a, w_hhT, GN, T_(0), hw, GN);  // hw = h @ W_hh.T
+        const T_* x = xw + t * xw_step;
+        if (kind == 0) {k("rnn_forward")}(x, hw, h + s_step, n);
+        else if (kind == 1) {k("lstm_forward")}(x, hw, c + t * c_step, (int)n_a, g + t * g_step,
+                                                 c + (t + 1) * c_step, h + s_step, n);
+        else {k("gru_forward")}(x, hw, b_hn, h, (int)n_a, g + t * g_step, h + s_step, n);
+    }}
+}}
+
+extern "C" void xseq_backward_loop_{ctype}(int kind, void* gemm_p, int64_t T, int64_t m, int64_t n_a,
+        const {ctype}* g, int64_t g_step, const {ctype}* s, int64_t s_step, const {ctype}* c, int64_t c_step,
+        const {ctype}* w_hh, const {ctype}* dy, int64_t dy_step, {ctype}* dz, int64_t z_step,
+        {ctype}* dhw, int64_t hw_step, {ctype}* dh, {ctype}* dc, {ctype}* work) {{
+    // dh, dc: the final states' gradients in, the first states' out; work: 4 (m, n_a) blocks
+    typedef {ctype} T_;
+    auto gemm = reinterpret_cast<xseq_loops::gemm_t<T_>>(gemm_p);
+    const int64_t G = kind == 0 ? 1 : kind == 1 ? 4 : 3, GN = G * n_a, n = m * n_a;
+    T_* dh_buf[2] = {{work, work + n}};
+    T_* dc_buf[2] = {{work + 2 * n, work + 3 * n}};
+    const T_* dh_cur = dh;
+    const T_* dc_cur = dc;
+    for (int64_t t = T - 1; t >= 0; --t) {{
+        T_* dh_prev = dh_buf[t % 2];
+        T_ beta = T_(0);
+        if (kind == 0) {k("rnn_backward")}(s + (t + 1) * s_step, dh_cur, dy + t * dy_step, dz + t * z_step, n);
+        else if (kind == 1) {{
+            T_* dc_prev = dc_buf[t % 2];
+            {k("lstm_backward")}(g + t * g_step, c + t * c_step, c + (t + 1) * c_step, dh_cur, dy + t * dy_step,
+                                 dc_cur, (int)n_a, dz + t * z_step, dc_prev, n);
+            dc_cur = dc_prev;
+        }} else {{
+            // the kernel writes the direct part of dh_prev; the product adds the part through W_hh
+            {k("gru_backward")}(g + t * g_step, s + t * s_step, dh_cur, dy + t * dy_step, (int)n_a,
+                                dz + t * z_step, dhw + t * hw_step, dh_prev, n);
+            beta = T_(1);
+        }}
+        xseq_loops::mm<T_>(gemm, m, n_a, GN, dhw + t * hw_step, GN, w_hh, n_a, beta, dh_prev, n_a);
+        dh_cur = dh_prev;
+    }}
+    for (int64_t i = 0; i < n; ++i) dh[i] = dh_cur[i];
+    if (kind == 1)
+        for (int64_t i = 0; i < n; ++i) dc[i] = dc_cur[i];
+}}
 """
 
 
 def host_source():
-    """The C++ of every kernel and helper in both precisions."""
+    """The C++ of every kernel, helper and time loop in both precisions."""
     return (
         HOST_PRELUDE
         + "".join(host_function(name, src, ctype) for name, src in KERNELS.items() for ctype in CTYPES.values())
         + HELPERS
         + "".join(_helper_exports(ctype) for ctype in CTYPES.values())
+        + LOOPS
+        + "".join(_loop_exports(ctype) for ctype in CTYPES.values())
     )
 
 
@@ -526,14 +652,37 @@ class HostFusedOps(FusedSteps, NumpyOps):
 
     Buffers, products and everything but the six step methods are NumPy's
     (``_numpy_ops.NumpyOps``); the step methods are ``_kernels.FusedSteps``',
-    the same launches the GPU makes.
+    the same launches the GPU makes. Unmasked sequences large enough to
+    share take their time loops from :meth:`direct_steps`: the rows split
+    over lanes, one core each (:class:`LaneSteps`). ``lanes`` is None for
+    that choice, False for never, or a :class:`LaneSteps` (the check's).
     """
 
     name = "host-kernels"
 
-    def __init__(self, xp, lib):
+    def __init__(self, xp, lib, lanes=None):
         super().__init__(xp)
         self._lib = lib
+        self._lanes = lanes
+
+    def direct_steps(self, dtype, device=None, check=None, rows=None, n_a=None, gates=None):
+        """:class:`LaneSteps` for a sequence of ``rows`` examples of ``n_a`` units, or None for the engine's loop.
+
+        ``check(device, xp, ops)`` proves a new :class:`HostDevice` against the
+        step methods (the engine's ``check_direct``); without one, or for a
+        shape below :func:`lane_count`'s thresholds, the engine keeps its loop.
+        """
+        if self._lanes is not None:
+            return self._lanes or None
+        if check is None or rows is None or n_a is None or gates is None:
+            return None
+        if self.gemm is not None:  # the products go to another library (oneDNN): one thread pool, not two
+            return None
+        lanes = lane_count(rows, n_a, gates)
+        if lanes < 2:
+            return None
+        device = host_device(dtype, self._lib, check)
+        return LaneSteps(device, lanes, run_lanes) if device is not None else None
 
     def _launch(self, name, *args):
         _kernel(self._lib, name)(*args)
@@ -580,7 +729,33 @@ def _helpers(lib):
             fn = getattr(lib, f"xseq_{name}_{ctype}")
             fn.argtypes, fn.restype = argtypes, None
             helpers[dtype][name] = fn
+        fn = getattr(lib, f"xseq_softmax_xent_rows_{ctype}")
+        scalar = ctypes.c_float if ctype == "float" else ctypes.c_double
+        fn.argtypes, fn.restype = [P, P, P, N, N, scalar, ctypes.c_int, P], ctypes.c_double
+        helpers[dtype]["softmax_xent_rows"] = fn
     return helpers
+
+
+def softmax_xent_rows(z, b, targets, scale, db):
+    """The host build's fused softmax cross-entropy of the logits ``z`` (rows, V), in place; None where it cannot run.
+
+    ``z`` (C-contiguous, float32/float64) gets the bias ``b`` (V,) added and
+    becomes ``(softmax - one_hot(targets)) * scale``, its column sums added
+    into ``db`` (V,); without ``db`` only the loss is computed (``z`` is left
+    as the exponentials). ``targets`` are int64 ids (rows,), checked by the
+    caller. Returns the sum over the rows of ``-log softmax(z + b)[target]``.
+    """
+    lib = library().lib
+    if lib is None or not fused_enabled():
+        return None
+    functions = _helpers(lib).get(z.dtype)
+    arrays = (z, b, targets) + ((db,) if db is not None else ())
+    if (functions is None or z.ndim != 2 or z.shape[1] == 0 or targets.dtype != np.int64
+            or any(not a.flags.c_contiguous for a in arrays) or b.dtype != z.dtype
+            or (db is not None and (db.dtype != z.dtype or not db.flags.writeable))):
+        return None
+    return functions["softmax_xent_rows"](z.ctypes.data, b.ctypes.data, targets.ctypes.data, z.shape[0], z.shape[1],
+                                          scale, int(db is not None), 0 if db is None else db.ctypes.data)
 
 
 def host_ops(xp, dtype):
@@ -589,3 +764,340 @@ def host_ops(xp, dtype):
         return None
     lib = library()
     return None if lib.lib is None else HostFusedOps(xp, lib.lib)
+
+
+# ---------------------------------------------------------------- lanes: the time loop on row blocks, one core each
+#
+# The per-step product of a recurrence is small: (64, 256) @ (256, 1024) is 34 MFLOP, a fraction of a
+# millisecond, and NumPy's OpenBLAS splits it over its threads at every step, then runs the step's
+# pointwise kernel on one core while the other waits. The examples of a batch never meet in a
+# recurrence, so the time loop can be cut by rows instead: each core runs the whole loop on its own
+# examples (one-thread products, its own pointwise work, no Python array views: DirectSteps' two calls
+# a step, by address) and no core waits for another until the loop ends.
+
+#: Lanes are used where they were measured faster than the engine's loop with NumPy's threads (the
+#: 2-core benchmark machine, forward + backward, benchmarks/README.md "Lanes"): at the sizes of small
+#: language models, whose per-step product is too small to split well over threads (0.72x-0.92x of the
+#: engine's time at m = 32, n_a = 64-128); not at m = 64, n_a = 256-320 or PTB small's m = 20, n_a = 200,
+#: where one thread's product on half the rows is slower than two threads' on all of them (1.05x-1.35x).
+#: So: the whole step's product at most this many floating-point operations, and every lane at least
+#: MIN_LANE_ROWS rows.
+MAX_STEP_FLOPS = 5e6
+MIN_LANE_ROWS = 8
+MAX_LANES = 8
+
+
+def lanes_enabled():
+    """``XSEQ_LANES=0`` keeps NumPy's time loops on the engine's steps (the products on NumPy's BLAS threads)."""
+    return os.environ.get("XSEQ_LANES", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def lane_count(rows, n_a, gates):
+    """How many lanes a sequence of ``rows`` examples, ``n_a`` units and ``gates`` gate blocks gets (1: none).
+
+    None above :data:`MAX_STEP_FLOPS` per step. Otherwise one per thread of
+    NumPy's OpenBLAS (``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS``, else one
+    per core: a user's limit is the lanes' limit too), at most
+    :data:`MAX_LANES`, and no more than keep :data:`MIN_LANE_ROWS` rows in
+    every lane.
+    """
+    if not lanes_enabled() or 2.0 * rows * n_a * gates * n_a > MAX_STEP_FLOPS:
+        return 1
+    blas, _ = numpy_openblas()
+    if blas is None:
+        return 1
+    return max(1, min(blas.threads(), MAX_LANES, rows // MIN_LANE_ROWS))
+
+
+class _OpenBLAS:
+    """NumPy's bundled OpenBLAS (scipy-openblas, 64-bit integers), as NumPy loaded it."""
+
+    def __init__(self, lib, path):
+        self.path = path
+        i64, p = ctypes.c_int64, ctypes.c_void_p
+        self.gemm = {}
+        for dtype, name, scalar in ((np.dtype(np.float32), "scipy_cblas_sgemm64_", ctypes.c_float),
+                                    (np.dtype(np.float64), "scipy_cblas_dgemm64_", ctypes.c_double)):
+            fn = getattr(lib, name)
+            fn.argtypes = [ctypes.c_int] * 3 + [i64] * 3 + [scalar, p, i64, p, i64, scalar, p, i64]
+            fn.restype = None
+            self.gemm[dtype] = fn
+        self.set_threads_local = lib.openblas_set_num_threads_local  # OpenBLAS >= 0.3.27
+        self.set_threads_local.argtypes, self.set_threads_local.restype = [ctypes.c_int], ctypes.c_int
+        self._threads = lib.scipy_openblas_get_num_threads64_
+        self._threads.argtypes, self._threads.restype = [], ctypes.c_int
+
+    def threads(self):
+        """OpenBLAS's thread count now (what NumPy's products use)."""
+        return int(self._threads())
+
+
+@functools.cache
+def numpy_openblas():
+    """``(_OpenBLAS, "")`` for the OpenBLAS NumPy has loaded, or ``(None, reason)``.
+
+    Only a library already in the process is taken (``RTLD_NOLOAD``): nothing
+    is loaded that NumPy did not load itself.
+    """
+    if not hasattr(os, "RTLD_NOLOAD"):
+        return None, "this platform cannot look up a loaded library (no RTLD_NOLOAD)"
+    libs = Path(np.__file__).resolve().parent.parent / "numpy.libs"
+    candidates = sorted(libs.glob("libscipy_openblas64_*.so*")) if libs.is_dir() else []
+    reason = "NumPy's BLAS is not its bundled OpenBLAS (scipy-openblas64)"
+    for path in candidates:
+        try:
+            lib = ctypes.CDLL(str(path), mode=os.RTLD_NOLOAD | os.RTLD_NOW)
+        except OSError:
+            reason = f"{path.name} is not loaded in this process"
+            continue
+        try:
+            return _OpenBLAS(lib, path), ""
+        except AttributeError as exc:
+            reason = f"{path.name} lacks {exc} (OpenBLAS 0.3.27 or later is needed)"
+    return None, reason
+
+
+class HostDevice:
+    """:class:`~xseq.ops.fused.DirectSteps`' device on the CPU: the host kernels and NumPy's OpenBLAS, by address.
+
+    :meth:`one_thread_each` makes every OpenBLAS product run on its calling
+    thread alone while lanes run, so that a lane is one core.
+    ``openblas_set_num_threads_local`` sets the process's count in NumPy's
+    (pthreads) build, not the thread's: it is set once around a run of
+    lanes, and restored after, under a lock (runs of lanes from several
+    threads take turns; meanwhile NumPy's other products run on one thread).
+    """
+
+    _lock = threading.Lock()
+
+    def __init__(self, dtype, lib, blas):
+        self.dtype = np.dtype(dtype)
+        self._blas = blas
+        self._gemm = blas.gemm[self.dtype]
+        self._one = 1.0
+        self._kernels = {name: HostKernel(lib, name).functions[self.dtype] for name in KERNELS}
+        self._gemm_address = ctypes.cast(self._gemm, ctypes.c_void_p).value
+        ctype = CTYPES[self.dtype]
+        i64, p = ctypes.c_int64, ctypes.c_void_p
+        self._forward = getattr(lib, f"xseq_forward_loop_{ctype}")
+        self._forward.argtypes = [ctypes.c_int, p, i64, i64, i64] + [p, i64] * 4 + [p, p, p]
+        self._forward.restype = None
+        self._backward = getattr(lib, f"xseq_backward_loop_{ctype}")
+        self._backward.argtypes = [ctypes.c_int, p, i64, i64, i64] + [p, i64] * 3 + [p] + [p, i64] * 3 + [p, p, p]
+        self._backward.restype = None
+
+    @contextlib.contextmanager
+    def session(self):
+        yield self
+
+    @contextlib.contextmanager
+    def one_thread_each(self):
+        with self._lock:
+            previous = self._blas.set_threads_local(1)
+            try:
+                yield
+            finally:
+                self._blas.set_threads_local(previous)
+
+    def address(self, a):
+        return _address(a)
+
+    def launch(self, name, n, args):
+        self._kernels[name](*args, n)
+
+    def gemm(self, m, n, k, a, lda, b, ldb, beta, c, ldc):
+        # CBLAS row-major (101), no transposes (111): C = A @ B + beta C
+        self._gemm(101, 111, 111, m, n, k, 1.0, a, lda, b, ldb, float(beta), c, ldc)
+
+    def forward_loop(self, kind, XW, W_hhT, b_hn, saved, S, C, hw):
+        """:class:`~xseq.ops.fused.DirectSteps`' forward loop in one C++ call (see :data:`LOOPS`)."""
+        T, m, _ = XW.shape
+        if T == 0:
+            return
+        xw, xw_step = self._steps(XW)
+        s, s_step = self._steps(S)
+        c, c_step = self._steps(C) if C is not None else (None, 0)
+        g, g_step = self._steps(saved) if saved is not None else (None, 0)
+        self._forward(_KIND_CODES[kind], self._gemm_address, T, m, S.shape[2], xw, xw_step, s, s_step, c, c_step,
+                      g, g_step, self._block(W_hhT), None if b_hn is None else self._block(b_hn), self._block(hw))
+
+    def backward_loop(self, kind, saved, S, C, W_hh, dY, dh, dc, dZ, dHW):
+        """:class:`~xseq.ops.fused.DirectSteps`' backward loop in one C++ call: ``dh``/``dc`` (C-contiguous) hold the
+        final states' gradients and are overwritten with the first states'."""
+        T, m, _ = dZ.shape
+        if T == 0:
+            return
+        n_a = S.shape[2]
+        if dY is None:  # no output gradient: every step reads one block of zeros
+            dY = np.zeros((1, m, n_a), dtype=self.dtype)
+            dy, dy_step = self._block(dY[0]), 0
+        else:
+            dy, dy_step = self._steps(dY)
+        g, g_step = self._steps(saved) if saved is not None else (None, 0)
+        c, c_step = self._steps(C) if C is not None else (None, 0)
+        s, s_step = self._steps(S)
+        z, z_step = self._steps(dZ)
+        hw, hw_step = self._steps(dHW)
+        work = np.empty(4 * m * n_a, dtype=self.dtype)
+        self._backward(_KIND_CODES[kind], self._gemm_address, T, m, n_a, g, g_step, s, s_step, c, c_step,
+                       self._block(W_hh), dy, dy_step, z, z_step, hw, hw_step, self._block(dh),
+                       None if dc is None else self._block(dc), self._block(work))
+
+    def _block(self, a):
+        if a.dtype != self.dtype or not a.flags.c_contiguous:
+            raise ValueError(f"the time loops need C-contiguous {self.dtype} blocks; got {a.dtype} "
+                             f"of shape {a.shape} with strides {a.strides}")
+        return _address(a)
+
+    def _steps(self, a):
+        """``(address of a[0], elements from a[t] to a[t+1])``; each step's block C-contiguous."""
+        return self._block(a[0, ...]), a.strides[0] // a.itemsize
+
+
+_KIND_CODES = {"rnn": 0, "lstm": 1, "gru": 2}
+
+#: ``(dtype name, host library) -> (HostDevice or None, reason)``: built and checked once each.
+_DEVICES = {}
+
+
+def host_device(dtype, lib, check):
+    """The checked :class:`HostDevice` for ``dtype``, or None (the reason in :func:`lanes_status`).
+
+    ``check(device, xp, ops)`` runs small sequences of each cell through two
+    lanes and through the step methods and raises if they differ (the
+    engine's ``check_direct``). A failure keeps the engine's loop, with a
+    ``RuntimeWarning`` once.
+    """
+    dtype = np.dtype(dtype)
+    key = (dtype.name, lib)
+    if key not in _DEVICES:
+        _DEVICES[key] = (None, "being checked")  # a check that re-enters gets the engine's loop
+        try:
+            blas, reason = numpy_openblas()
+            if blas is None:
+                raise RuntimeError(reason)
+            device = HostDevice(dtype, lib, blas)
+            ops = (HostFusedOps(xp_numpy, lib, lanes=False),
+                   HostFusedOps(xp_numpy, lib, lanes=LaneSteps(device, 2, run_lanes)))
+            check(device, xp_numpy, ops)
+            _DEVICES[key] = (device, "")
+        except Exception as exc:  # any failure is a reason to keep the engine's loop
+            reason = f"{type(exc).__name__}: {exc}"
+            _DEVICES[key] = (None, reason)
+            warnings.warn(f"xseq: time-loop lanes disabled for {dtype.name}, using the engine's loop ({reason})",
+                          RuntimeWarning, stacklevel=3)
+    return _DEVICES[key][0]
+
+
+def lanes_status():
+    """How NumPy's unmasked time loops run, and why: a line for humans."""
+    if not lanes_enabled():
+        return "engine's loop (XSEQ_LANES=0)"
+    blas, reason = numpy_openblas()
+    if blas is None:
+        return f"engine's loop ({reason})"
+    failed = sorted({f"{dtype}: {why}" for (dtype, _), (device, why) in _DEVICES.items() if device is None})
+    lanes = f"up to {min(blas.threads(), MAX_LANES)} lanes"
+    rule = f"(steps of at most {MAX_STEP_FLOPS / 1e6:g} MFLOP, at least {MIN_LANE_ROWS} rows a lane)"
+    if blas.threads() < 2:
+        return "engine's loop (NumPy's OpenBLAS has 1 thread)"
+    return f"{lanes} of one-thread products {rule}" + (f"; not used for {'; '.join(failed)}" if failed else "")
+
+
+_POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def _forget_pool():
+    global _POOL
+    _POOL = None  # a forked child has none of the parent's threads
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def run_lanes(jobs):
+    """Run the zero-argument callables ``jobs`` at once (the first on this thread); their results, in order.
+
+    Every job is waited for before anything is raised: no lane is still
+    writing when the caller sees an error.
+    """
+    global _POOL
+    if len(jobs) > 1:
+        with _POOL_LOCK:
+            if _POOL is None:
+                _POOL = ThreadPoolExecutor(max_workers=MAX_LANES - 1, thread_name_prefix="xseq-lane")
+            pool = _POOL
+        futures = [pool.submit(job) for job in jobs[1:]]
+    else:
+        futures = []
+    try:
+        first = jobs[0]()
+    finally:
+        for future in futures:
+            future.exception()  # waits
+    return [first] + [future.result() for future in futures]
+
+
+def row_blocks(m, lanes):
+    """``lanes`` contiguous ``(start, stop)`` blocks of ``range(m)``, as equal as can be (the first ones larger)."""
+    size, extra = divmod(m, lanes)
+    blocks, start = [], 0
+    for k in range(lanes):
+        stop = start + size + (1 if k < extra else 0)
+        blocks.append((start, stop))
+        start = stop
+    return blocks
+
+
+class LaneSteps:
+    """The engine's unmasked time loops on blocks of rows, one lane (thread) per block.
+
+    The examples of a batch never meet in a recurrence: row ``r`` of step
+    ``t + 1`` depends only on row ``r`` of step ``t``. So each lane runs the
+    whole time loop on its own rows -- its own per-step product ``(rows, n_a)
+    @ (n_a, G n_a)`` on one core and its own pointwise work, in one C++ call
+    (:data:`LOOPS`: :class:`~xseq.ops.fused.DirectSteps`' two calls a step)
+    -- and the lanes never wait for each other; the loops end together.
+    Every buffer a lane touches is its rows of the engine's buffers (each
+    step's rows stay one contiguous block), so the results are the engine's
+    loop's (up to the rounding of a product split differently over threads).
+
+    ``device`` is :class:`HostDevice` (``one_thread_each()`` makes the
+    products single-threaded while the lanes run); ``run(jobs)`` runs
+    zero-argument callables concurrently (the first on the calling thread)
+    and returns their results in order.
+    """
+
+    def __init__(self, device, lanes, run):
+        self.device, self.lanes, self._run = device, lanes, run
+
+    def forward(self, kind, XW, W_hhT, b_hn, saved, S, C, hw):
+        """As :meth:`~xseq.ops.fused.DirectSteps.forward`: writes ``S[1:]``, ``C[1:]``, ``saved``."""
+        def lane(start, stop):
+            rows = slice(start, stop)
+            self.device.forward_loop(kind, XW[:, rows], W_hhT, b_hn, None if saved is None else saved[:, rows],
+                                     S[:, rows], None if C is None else C[:, rows], hw[rows])
+
+        with self.device.one_thread_each():
+            self._run([functools.partial(lane, *block) for block in row_blocks(XW.shape[1], self.lanes)])
+
+    def backward(self, kind, saved, S, C, W_hh, dY, dh, dc, dZ, dHW, empty):
+        """As :meth:`~xseq.ops.fused.DirectSteps.backward`: writes ``dZ`` (and ``dHW``); returns ``(dh0, dc0)``."""
+        m, n_a = dh.shape
+        dh0 = empty(m, n_a)
+        dh0[...] = dh
+        dc0 = None
+        if dc is not None:
+            dc0 = empty(m, n_a)
+            dc0[...] = dc
+
+        def lane(start, stop):
+            rows = slice(start, stop)
+            self.device.backward_loop(kind, None if saved is None else saved[:, rows], S[:, rows],
+                                      None if C is None else C[:, rows], W_hh, None if dY is None else dY[:, rows],
+                                      dh0[rows], None if dc0 is None else dc0[rows], dZ[:, rows], dHW[:, rows])
+
+        with self.device.one_thread_each():
+            self._run([functools.partial(lane, *block) for block in row_blocks(m, self.lanes)])
+        return dh0, dc0

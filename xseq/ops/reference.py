@@ -56,7 +56,7 @@ class ArrayAPIOps:
         out[...] = x
         return out
 
-    def direct_steps(self, dtype, device=None, check=None):
+    def direct_steps(self, dtype, device=None, check=None, rows=None, n_a=None, gates=None):
         """An object that runs whole unmasked time loops (``_kernels.DirectSteps``), or None: the engine's loops."""
         return None
 

@@ -61,12 +61,14 @@ class TimedCommunicator:
         self.description = comm.description
         self.seconds = 0.0
         self.calls = 0
+        self.bytes = 0
 
     def allreduce_sum(self, array):
         started = time.perf_counter()
         summed = self.comm.allreduce_sum(array)
         self.seconds += time.perf_counter() - started
         self.calls += 1
+        self.bytes += int(np.prod(array.shape)) * array.dtype.itemsize
         return summed
 
     def broadcast(self, value, root=0):
@@ -87,34 +89,39 @@ def gradient_bytes(trainer):
 def time_steps(case, comm, steps, warmup):
     """Per-step times of ``case`` on ``comm``'s ranks: the step, its all-reduces, and an isolated all-reduce.
 
-    Returns rank 0's medians in milliseconds (``step``, ``allreduce`` within the step, ``isolated``: the
-    gradient buffer summed alone after a barrier, the transfer without waiting for a slower rank), the
-    gradient size in bytes and the all-reduce calls per step.
+    Returns rank 0's medians in milliseconds (``step``, ``allreduce`` within the step, ``isolated``: a
+    buffer of the bytes a step sends summed alone after a barrier, the transfer without waiting for a
+    slower rank), the gradients' size in bytes (``bytes``), the median bytes a step's all-reduces send
+    (``sent``: 0 on one process) and the all-reduce calls per step.
     """
     timed = TimedCommunicator(comm)
     trainer = make_trainer(case, timed)
     for _ in range(warmup):
         trainer.train_step()
-    step_ms, reduce_ms = [], []
+    step_ms, reduce_ms, sent = [], [], []
     calls = timed.calls
     for _ in range(steps):
         comm.barrier()  # every rank starts the step together: what is timed is the step, not the last one's skew
-        reduce_before = timed.seconds
+        reduce_before, bytes_before = timed.seconds, timed.bytes
         started = time.perf_counter()
         trainer.train_step()
         step_ms.append((time.perf_counter() - started) * 1e3)
         reduce_ms.append((timed.seconds - reduce_before) * 1e3)
+        sent.append(timed.bytes - bytes_before)
     calls = (timed.calls - calls) / steps
     nbytes = gradient_bytes(trainer)
+    sent_bytes = int(np.median(sent))
     isolated = []
-    buffer = np.ones(nbytes // np.dtype(trainer.config.dtype).itemsize, dtype=trainer.config.dtype)
+    # What a step sends (the embedding's gradient travels as the rows of the window's ids), summed alone.
+    buffer = np.ones(max(sent_bytes, 1) // np.dtype(trainer.config.dtype).itemsize, dtype=trainer.config.dtype)
     for _ in range(steps if comm.size > 1 else 0):
         comm.barrier()
         started = time.perf_counter()
         comm.allreduce_sum(buffer)
         isolated.append((time.perf_counter() - started) * 1e3)
     return {"step": float(np.median(step_ms)), "allreduce": float(np.median(reduce_ms)),
-            "isolated": float(np.median(isolated)) if isolated else 0.0, "bytes": nbytes, "calls": calls,
+            "isolated": float(np.median(isolated)) if isolated else 0.0, "bytes": nbytes, "sent": sent_bytes,
+            "calls": calls,
             "ranks": comm.size}
 
 

@@ -1,0 +1,226 @@
+"""NumPy's time loops in lanes (``xseq/ops/host.py``: ``LaneSteps``, ``HostDevice``, ``lane_count``): the rows of
+a batch split over threads, each running the whole loop on its own examples with one-thread products.
+
+Every result is compared with the array-API reference; the choice of lanes, NumPy's OpenBLAS thread count
+around a run, failures inside a lane and after a fork are checked too.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import array_api_compat.numpy as xp
+import numpy as np
+import pytest
+
+from xseq.engine import sequence as engine
+from xseq.ops import host
+from xseq.ops.reference import ArrayAPIOps
+
+BUILT = host.library()
+BLAS, BLAS_REASON = host.numpy_openblas()
+pytestmark = [
+    pytest.mark.skipif(BUILT.lib is None, reason=f"no host build of the kernels on this machine: {BUILT.reason}"),
+    pytest.mark.skipif(BLAS is None, reason=f"lanes need NumPy's bundled OpenBLAS: {BLAS_REASON}"),
+]
+KINDS = ("rnn", "lstm", "gru")
+
+
+def lanes_ops(lanes, dtype, calls=None):
+    """Host ops whose every unmasked loop runs in ``lanes`` lanes (recording each run's lane count)."""
+    device = host.HostDevice(dtype, BUILT.lib, BLAS)
+
+    def run(jobs):
+        if calls is not None:
+            calls.append(len(jobs))
+        return host.run_lanes(jobs)
+
+    return host.HostFusedOps(xp, BUILT.lib, lanes=host.LaneSteps(device, lanes, run))
+
+
+def run_sequence(kind, ops, *, dtype=np.float64, m=7, reverse=False, with_dY=True, with_final=True, mask=None):
+    rng = np.random.default_rng(5)
+    T, n_x, n_a, G = 6, 4, 5, engine.GATES[kind]
+
+    def draw(*shape):
+        return (rng.standard_normal(shape) * 0.7).astype(dtype)
+
+    args = dict(X=draw(T, m, n_x), W_ih=draw(G * n_a, n_x), W_hh=draw(G * n_a, n_a), b_ih=draw(G * n_a),
+                b_hh=draw(G * n_a), h0=draw(m, n_a), c0=draw(m, n_a) if kind == "lstm" else None)
+    final = dict(dh_T=draw(m, n_a), dc_T=draw(m, n_a) if kind == "lstm" else None)
+    grads_in = dict(dY=draw(T, m, n_a) if with_dY else None, **(final if with_final else {}))
+    Y, h_T, c_T, trace = engine.sequence_forward(kind, **args, mask=mask, reverse=reverse, ops=ops)
+    grads = engine.sequence_backward(trace, **grads_in, ops=ops)
+    return {k: np.array(v) for k, v in dict(Y=Y, h_T=h_T, c_T=c_T, **grads).items() if v is not None}
+
+
+def assert_same(got, want, dtype, what):
+    assert got.keys() == want.keys()
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    for key in want:
+        scale = max(1.0, float(np.abs(want[key]).max()))
+        np.testing.assert_allclose(got[key], want[key], rtol=0, atol=tol * scale, err_msg=f"{what}: {key}")
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 3, 7])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_lanes_compute_what_the_reference_computes(kind, dtype, lanes):
+    """7 examples in 1, 2, 3 or 7 lanes (blocks of unequal rows): outputs, final states and every gradient."""
+    calls = []
+    got = run_sequence(kind, lanes_ops(lanes, dtype, calls), dtype=dtype)
+    want = run_sequence(kind, ArrayAPIOps(xp), dtype=dtype)
+    assert calls == [lanes, lanes]  # the forward and the backward loop both ran in lanes
+    assert_same(got, want, dtype, f"{kind} in {lanes} lanes")
+
+
+@pytest.mark.parametrize("with_dY, with_final", [(True, False), (False, True)], ids=["dY", "dh_T"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward-time", "reverse"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_lanes_in_reverse_and_without_output_gradients(kind, reverse, with_dY, with_final):
+    got = run_sequence(kind, lanes_ops(2, np.float64), reverse=reverse, with_dY=with_dY, with_final=with_final)
+    want = run_sequence(kind, ArrayAPIOps(xp), reverse=reverse, with_dY=with_dY, with_final=with_final)
+    assert_same(got, want, np.float64, f"{kind} reverse={reverse}")
+
+
+def test_masked_sequences_keep_the_engines_loop():
+    calls = []
+    mask = (np.arange(6)[:, None] < np.array([6, 2, 4, 6, 1, 3, 5])[None, :])[:, :, None]
+    got = run_sequence("lstm", lanes_ops(2, np.float64, calls), mask=mask)
+    want = run_sequence("lstm", ArrayAPIOps(xp), mask=mask)
+    assert calls == []
+    assert_same(got, want, np.float64, "masked")
+
+
+def test_row_blocks_cover_the_rows_once_as_equal_as_can_be():
+    for m in range(0, 20):
+        for lanes in range(1, 6):
+            blocks = host.row_blocks(m, lanes)
+            assert len(blocks) == lanes and blocks[0][0] == 0 and blocks[-1][1] == m
+            assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+            sizes = [stop - start for start, stop in blocks]
+            assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+
+
+def test_the_lane_count_follows_numpys_threads_the_thresholds_and_the_switch(monkeypatch):
+    monkeypatch.setattr(BLAS, "threads", lambda: 2)
+    assert host.lane_count(32, 128, 4) == 2  # the character model's LSTM
+    monkeypatch.setattr(BLAS, "threads", lambda: 1)  # OPENBLAS_NUM_THREADS=1: a user's limit
+    assert host.lane_count(32, 128, 4) == 1
+    monkeypatch.setattr(BLAS, "threads", lambda: 64)
+    assert host.lane_count(1024, 16, 4) == host.MAX_LANES
+    assert host.lane_count(3 * host.MIN_LANE_ROWS + 1, 64, 4) == 3  # rows bound it
+    assert host.lane_count(host.MIN_LANE_ROWS * 2 - 1, 64, 4) == 1
+    # the step's product: 2 m G n_a^2 floating-point operations, at most MAX_STEP_FLOPS
+    largest = int((host.MAX_STEP_FLOPS / (2 * 32 * 4)) ** 0.5)
+    assert host.lane_count(32, largest, 4) > 1 and host.lane_count(32, largest + 1, 4) == 1
+    assert host.lane_count(64, 256, 4) == 1  # measured slower in lanes
+    monkeypatch.setenv("XSEQ_LANES", "0")
+    assert host.lane_count(32, 128, 4) == 1
+    assert host.lanes_status() == "engine's loop (XSEQ_LANES=0)"
+
+
+def test_the_engine_takes_lanes_where_the_count_says_so(monkeypatch):
+    """Through ``ops_for``: lanes where ``lane_count`` gives 2 or more, the engine's loop otherwise."""
+    # the library ops_for takes now (another test may have built it again), checked before counting
+    assert host.host_device(np.float64, host.library().lib, engine.check_direct) is not None
+    calls = []
+    real = host.run_lanes
+    monkeypatch.setattr(host, "run_lanes", lambda jobs: calls.append(len(jobs)) or real(jobs))
+    monkeypatch.setattr(host, "lane_count", lambda rows, n_a, gates: 2)
+    got = run_sequence("gru", None)
+    assert calls == [2, 2]
+    monkeypatch.setattr(host, "lane_count", lambda rows, n_a, gates: 1)
+    again = run_sequence("gru", None)
+    assert calls == [2, 2]
+    assert_same(got, again, np.float64, "lanes against the engine's loop")
+
+
+def test_numpys_thread_count_is_restored_after_lanes_even_when_a_lane_fails():
+    before = BLAS.threads()
+    device = host.HostDevice(np.float64, BUILT.lib, BLAS)
+    seen = []
+
+    def lane():
+        seen.append(BLAS.threads())
+        raise ValueError("lane failed")
+
+    with pytest.raises(ValueError, match="lane failed"):
+        with device.one_thread_each():
+            host.run_lanes([lambda: seen.append(BLAS.threads()), lane])
+    assert seen == [1, 1]  # one-thread products while the lanes ran
+    assert BLAS.threads() == before
+
+
+def test_every_lane_has_finished_before_an_error_is_raised():
+    finished = threading.Event()
+
+    def slow():
+        finished.wait(0.2)
+        finished.set()
+        return "slow"
+
+    def fails():
+        raise RuntimeError("first lane")
+
+    with pytest.raises(RuntimeError, match="first lane"):
+        host.run_lanes([fails, slow])
+    assert finished.is_set()
+    assert host.run_lanes([lambda: 1, lambda: 2, lambda: 3]) == [1, 2, 3]
+
+
+def test_a_device_that_computes_wrong_products_is_refused_by_the_check(monkeypatch, recwarn):
+    """The engine's check runs before a device is used: wrong products mean the engine's loop, and a warning."""
+    class WrongGemm(host.HostDevice):
+        def forward_loop(self, kind, XW, W_hhT, b_hn, saved, S, C, hw):
+            super().forward_loop(kind, XW, W_hhT, b_hn, saved, S, C, hw)
+            S[-1, 0, 0] += 1.0  # one element of one lane's last state off
+
+    monkeypatch.setattr(host, "HostDevice", WrongGemm)
+    monkeypatch.setattr(host, "_DEVICES", {})
+    with pytest.warns(RuntimeWarning, match="lanes disabled for float64.*differs"):
+        assert host.host_device(np.float64, BUILT.lib, engine.check_direct) is None
+    assert "not used for float64: RuntimeError: self-check" in host.lanes_status()
+    monkeypatch.setattr(host, "HostDevice", WrongGemm.__mro__[1])
+    monkeypatch.setattr(host, "_DEVICES", {})
+    assert host.host_device(np.float64, BUILT.lib, engine.check_direct) is not None
+
+
+def test_lanes_work_in_a_forked_child():
+    """The lanes' threads do not survive a fork; a child makes its own."""
+    code = textwrap.dedent("""
+        import os, sys
+        import numpy as np
+        from xseq.ops import host
+        import tests.test_lanes as t
+        want = t.run_sequence("lstm", t.lanes_ops(2, np.float64))  # the parent's pool is made here
+        pid = os.fork()
+        if pid == 0:
+            got = t.run_sequence("lstm", t.lanes_ops(2, np.float64))
+            ok = all(np.array_equal(got[k], want[k]) for k in want)
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        sys.exit(os.waitstatus_to_exitcode(status))
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_only_the_library_numpy_loaded_is_used():
+    assert BLAS.path.parent.name == "numpy.libs" and "openblas" in BLAS.path.name
+    assert "lanes" in host.lanes_status() or "1 thread" in host.lanes_status()
+
+
+def test_no_lanes_where_the_products_go_to_another_library(monkeypatch):
+    """With oneDNN's products on (``XSEQ_ONEDNN=1``) every product stays with it: one thread pool, not two."""
+    monkeypatch.setattr(host, "lane_count", lambda rows, n_a, gates: 2)
+    ops = host.HostFusedOps(xp, BUILT.lib)
+    assert isinstance(ops.direct_steps(np.float64, check=engine.check_direct, rows=8, n_a=5, gates=4),
+                      host.LaneSteps)
+    ops.gemm = lambda a, b, out: None
+    assert ops.direct_steps(np.float64, check=engine.check_direct, rows=8, n_a=5, gates=4) is None
