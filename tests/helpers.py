@@ -60,3 +60,31 @@ def numeric_gradient(loss, arrays, name):
             value = loss({**arrays, name: shifted})
             grad[index] += sign * value / (2 * EPS)
     return grad
+
+
+#: Steps of :func:`engine_sequence`.
+ENGINE_STEPS = 6
+
+
+def engine_sequence(kind, ops, *, m=3, reverse=False, with_dY=True, with_final=True, dtype=np.float64, mask=None):
+    """A small random sequence through the engine's forward and backward on ``ops`` (None: ``ops_for``'s choice).
+
+    ``ENGINE_STEPS`` steps of ``m`` examples, 4 inputs, 5 units, every bias; the output gradient ``dY`` and
+    the final states' gradients as asked. Returns every output and gradient that is not None, as NumPy arrays.
+    """
+    from xseq.engine import sequence as engine
+
+    rng = np.random.default_rng(11)
+    T, n_x, n_a, G = ENGINE_STEPS, 4, 5, engine.GATES[kind]
+
+    def draw(*shape):
+        return (rng.standard_normal(shape) * 0.7).astype(dtype)
+
+    args = dict(X=draw(T, m, n_x), W_ih=draw(G * n_a, n_x), W_hh=draw(G * n_a, n_a), b_ih=draw(G * n_a),
+                b_hh=draw(G * n_a), h0=draw(m, n_a), c0=draw(m, n_a) if kind == "lstm" else None)
+    final = dict(dh_T=draw(m, n_a), dc_T=draw(m, n_a) if kind == "lstm" else None)
+    grads_in = dict(dY=draw(T, m, n_a) if with_dY else None, **(final if with_final else {}))
+    Y, h_T, c_T, trace = engine.sequence_forward(kind, **args, mask=mask, reverse=reverse, ops=ops)
+    grads = engine.sequence_backward(trace, **grads_in, ops=ops)
+    out = dict(Y=Y, h_T=h_T, c_T=c_T, **grads)
+    return {k: np.array(v) for k, v in out.items() if v is not None}

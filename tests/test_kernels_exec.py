@@ -41,6 +41,8 @@ from xseq.ops.cuda import FusedCupyOps
 from xseq.ops.kernel_source import CTYPES, KERNELS, elementwise_signature
 from xseq.ops.reference import ArrayAPIOps
 
+from .helpers import ENGINE_STEPS, engine_sequence
+
 CXX = next(
     (path for path in (shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++") if c) if path),
     None,
@@ -480,22 +482,8 @@ def test_colmajor_gemm_computes_row_major_products(raw_libs, dtype):
 
 
 def run_sequence(kind, ops, reverse, with_dY, with_final, dtype=np.float64, mask=None):
-    from xseq.engine import sequence as engine
-
-    rng = np.random.default_rng(11)
-    T, m, n_x, n_a, G = 6, 3, 4, 5, GATES[kind]
-
-    def draw(*shape):
-        return (rng.standard_normal(shape) * 0.7).astype(dtype)
-
-    args = dict(X=draw(T, m, n_x), W_ih=draw(G * n_a, n_x), W_hh=draw(G * n_a, n_a), b_ih=draw(G * n_a),
-                b_hh=draw(G * n_a), h0=draw(m, n_a), c0=draw(m, n_a) if kind == "lstm" else None)
-    final = dict(dh_T=draw(m, n_a), dc_T=draw(m, n_a) if kind == "lstm" else None)
-    grads_in = dict(dY=draw(T, m, n_a) if with_dY else None, **(final if with_final else {}))
-    Y, h_T, c_T, trace = engine.sequence_forward(kind, **args, mask=mask, reverse=reverse, ops=ops)
-    grads = engine.sequence_backward(trace, **grads_in, ops=ops)
-    out = dict(Y=Y, h_T=h_T, c_T=c_T, **grads)
-    return {k: np.array(v) for k, v in out.items() if v is not None}, T
+    out = engine_sequence(kind, ops, reverse=reverse, with_dY=with_dY, with_final=with_final, dtype=dtype, mask=mask)
+    return out, ENGINE_STEPS
 
 
 @pytest.mark.parametrize("with_dY, with_final", [(True, False), (False, True), (True, True)],

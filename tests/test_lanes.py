@@ -21,6 +21,8 @@ from xseq.engine import sequence as engine
 from xseq.ops import host
 from xseq.ops.reference import ArrayAPIOps
 
+from .helpers import engine_sequence
+
 BUILT = host.library()
 BLAS, BLAS_REASON = host.numpy_openblas()
 pytestmark = [
@@ -42,20 +44,9 @@ def lanes_ops(lanes, dtype, calls=None):
     return host.HostFusedOps(xp, BUILT.lib, lanes=host.LaneSteps(device, lanes, run))
 
 
-def run_sequence(kind, ops, *, dtype=np.float64, m=7, reverse=False, with_dY=True, with_final=True, mask=None):
-    rng = np.random.default_rng(5)
-    T, n_x, n_a, G = 6, 4, 5, engine.GATES[kind]
-
-    def draw(*shape):
-        return (rng.standard_normal(shape) * 0.7).astype(dtype)
-
-    args = dict(X=draw(T, m, n_x), W_ih=draw(G * n_a, n_x), W_hh=draw(G * n_a, n_a), b_ih=draw(G * n_a),
-                b_hh=draw(G * n_a), h0=draw(m, n_a), c0=draw(m, n_a) if kind == "lstm" else None)
-    final = dict(dh_T=draw(m, n_a), dc_T=draw(m, n_a) if kind == "lstm" else None)
-    grads_in = dict(dY=draw(T, m, n_a) if with_dY else None, **(final if with_final else {}))
-    Y, h_T, c_T, trace = engine.sequence_forward(kind, **args, mask=mask, reverse=reverse, ops=ops)
-    grads = engine.sequence_backward(trace, **grads_in, ops=ops)
-    return {k: np.array(v) for k, v in dict(Y=Y, h_T=h_T, c_T=c_T, **grads).items() if v is not None}
+def run_sequence(kind, ops, **options):
+    """7 examples (blocks of unequal rows in 2 or 3 lanes) through the engine on ``ops``."""
+    return engine_sequence(kind, ops, m=7, **options)
 
 
 def assert_same(got, want, dtype, what):

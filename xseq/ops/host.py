@@ -38,6 +38,12 @@ Build and use
   (read once, at the first NumPy sequence call) turns the build off,
   ``XSEQ_FUSED=0`` every fast path.
 
+Beyond the step kernels the library holds two host-only pieces: the engine's
+time loops in C++ (``LOOPS``), which :class:`LaneSteps` runs on blocks of rows,
+one thread each, for the small sequences where that was measured faster (see
+"lanes" below); and the projection loss's softmax cross-entropy in one pass a
+row (:func:`softmax_xent_rows`).
+
 Numerics: the reference's formulas in the same order, with the C library's
 ``exp``/``tanh`` and fast-math rounding: within a few ulps of the reference
 (``tests/test_host_kernels.py``); NaN and infinities still propagate, and
