@@ -231,38 +231,34 @@ class NumpyLikeOps(StandardOps):
             dW = lib.empty((V, n_a), dtype=h.dtype)
             db = lib.empty(V, dtype=h.dtype)
             partial_dW = lib.empty((V, n_a), dtype=h.dtype) if N > n_max else None
+            db[...] = 0  # every chunk adds its column sums
+        # The host build's pass a row for the loss alone, and for the gradients of a window in one chunk.
         fused = self.rows_pass is not None and (not grad or N <= n_max)
-        if grad and fused:
-            db[...] = 0
         for r0 in range(0, N, n_max):
             r1 = min(r0 + n_max, N)
             h_c, t_c, rows, z = h[r0:r1], targets[r0:r1], all_rows[:r1 - r0], buffer[:r1 - r0]
             lib.matmul(h_c, W.T, out=z)
             nll = self.rows_pass(z, b, t_c, scale, db if grad else None) if fused else None
-            if nll is not None:
-                total = total + nll
+            if nll is None:  # NumPy's (or CuPy's) passes over the chunk
+                z += b
+                z -= z.max(axis=1, keepdims=True)
+                picked = z[rows, t_c]  # a copy: z is about to become exp(z)
+                lib.exp(z, out=z)
+                s = z.sum(axis=1, keepdims=True)
+                nll = (lib.log(s[:, 0]) - picked).sum()
                 if grad:
-                    lib.matmul(z, W, out=dh[r0:r1])
-                    lib.matmul(z.T, h_c, out=dW)
-                continue
-            z += b
-            z -= z.max(axis=1, keepdims=True)
-            picked = z[rows, t_c]  # a copy: z is about to become exp(z)
-            lib.exp(z, out=z)
-            s = z.sum(axis=1, keepdims=True)
-            total = total + (lib.log(s[:, 0]) - picked).sum()
+                    z *= scale / s
+                    z[rows, t_c] -= scale  # the one-hot's N ones, by index: no (N, V) one-hot anywhere
+                    db += z.sum(axis=0)
+            total = total + nll
             if not grad:
                 continue
-            z *= scale / s
-            z[rows, t_c] -= scale  # the one-hot's N ones, by index: no (N, V) one-hot anywhere
             lib.matmul(z, W, out=dh[r0:r1])
             if r0 == 0:  # NumPy's matmul cannot accumulate, so later chunks go through partial_dW
                 lib.matmul(z.T, h_c, out=dW)
-                z.sum(axis=0, out=db)
             else:
                 lib.matmul(z.T, h_c, out=partial_dW)
                 dW += partial_dW
-                db += z.sum(axis=0)
         if not grad:
             return float(total), None, None, None
         return float(total), dh, dW, db
