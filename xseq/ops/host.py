@@ -74,7 +74,7 @@ import numpy as np
 from .fused import FusedSteps
 from .kernel_source import CTYPES, KERNELS, elementwise_signature
 from .numpy_inplace import NumpyOps
-from .switches import fused_enabled
+from .switches import fused_enabled, lanes_enabled
 
 # NVRTC declares the CUDA qualifiers and the float/double overloads of the math
 # functions implicitly; on the host the qualifiers mean nothing and the overloads
@@ -793,11 +793,6 @@ MIN_LANE_ROWS = 8
 MAX_LANES = 8
 
 
-def lanes_enabled():
-    """``XSEQ_LANES=0`` keeps NumPy's time loops on the engine's steps (the products on NumPy's BLAS threads)."""
-    return os.environ.get("XSEQ_LANES", "1").strip().lower() not in ("0", "false", "no", "off")
-
-
 def lane_count(rows, n_a, gates):
     """How many lanes a sequence of ``rows`` examples, ``n_a`` units and ``gates`` gate blocks gets (1: none).
 
@@ -820,14 +815,8 @@ class _OpenBLAS:
 
     def __init__(self, lib, path):
         self.path = path
-        i64, p = ctypes.c_int64, ctypes.c_void_p
-        self.gemm = {}
-        for dtype, name, scalar in ((np.dtype(np.float32), "scipy_cblas_sgemm64_", ctypes.c_float),
-                                    (np.dtype(np.float64), "scipy_cblas_dgemm64_", ctypes.c_double)):
-            fn = getattr(lib, name)
-            fn.argtypes = [ctypes.c_int] * 3 + [i64] * 3 + [scalar, p, i64, p, i64, scalar, p, i64]
-            fn.restype = None
-            self.gemm[dtype] = fn
+        # called by address from the C++ loops (CBLAS, 64-bit integers: LOOPS' gemm_t)
+        self.gemm = {np.dtype(np.float32): lib.scipy_cblas_sgemm64_, np.dtype(np.float64): lib.scipy_cblas_dgemm64_}
         self.set_threads_local = lib.openblas_set_num_threads_local  # OpenBLAS >= 0.3.27
         self.set_threads_local.argtypes, self.set_threads_local.restype = [ctypes.c_int], ctypes.c_int
         self._threads = lib.scipy_openblas_get_num_threads64_
@@ -864,7 +853,7 @@ def numpy_openblas():
 
 
 class HostDevice:
-    """:class:`~xseq.ops.fused.DirectSteps`' device on the CPU: the host kernels and NumPy's OpenBLAS, by address.
+    """The engine's time loops in C++ (:data:`LOOPS`) for one lane's rows: the host kernels and NumPy's OpenBLAS.
 
     :meth:`one_thread_each` makes every OpenBLAS product run on its calling
     thread alone while lanes run, so that a lane is one core.
@@ -879,10 +868,7 @@ class HostDevice:
     def __init__(self, dtype, lib, blas):
         self.dtype = np.dtype(dtype)
         self._blas = blas
-        self._gemm = blas.gemm[self.dtype]
-        self._one = 1.0
-        self._kernels = {name: HostKernel(lib, name).functions[self.dtype] for name in KERNELS}
-        self._gemm_address = ctypes.cast(self._gemm, ctypes.c_void_p).value
+        self._gemm_address = ctypes.cast(blas.gemm[self.dtype], ctypes.c_void_p).value
         ctype = CTYPES[self.dtype]
         i64, p = ctypes.c_int64, ctypes.c_void_p
         self._forward = getattr(lib, f"xseq_forward_loop_{ctype}")
@@ -893,10 +879,6 @@ class HostDevice:
         self._backward.restype = None
 
     @contextlib.contextmanager
-    def session(self):
-        yield self
-
-    @contextlib.contextmanager
     def one_thread_each(self):
         with self._lock:
             previous = self._blas.set_threads_local(1)
@@ -904,16 +886,6 @@ class HostDevice:
                 yield
             finally:
                 self._blas.set_threads_local(previous)
-
-    def address(self, a):
-        return _address(a)
-
-    def launch(self, name, n, args):
-        self._kernels[name](*args, n)
-
-    def gemm(self, m, n, k, a, lda, b, ldb, beta, c, ldc):
-        # CBLAS row-major (101), no transposes (111): C = A @ B + beta C
-        self._gemm(101, 111, 111, m, n, k, 1.0, a, lda, b, ldb, float(beta), c, ldc)
 
     def forward_loop(self, kind, XW, W_hhT, b_hn, saved, S, C, hw):
         """:class:`~xseq.ops.fused.DirectSteps`' forward loop in one C++ call (see :data:`LOOPS`)."""

@@ -13,3 +13,8 @@ def fused_enabled():
 def direct_enabled():
     """Whether CuPy arrays may take the direct loop (``XSEQ_DIRECT=0`` turns it off)."""
     return os.environ.get("XSEQ_DIRECT", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def lanes_enabled():
+    """Whether NumPy's small unmasked time loops may run in lanes (``XSEQ_LANES=0`` keeps the engine's steps)."""
+    return os.environ.get("XSEQ_LANES", "1").strip().lower() not in ("0", "false", "no", "off")
