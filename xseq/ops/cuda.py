@@ -31,11 +31,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import warnings
 
 import numpy as np
 
-from .fused import DirectSteps, FusedSteps, colmajor_gemm
+from .fused import DirectSteps, FusedSteps, checked_once, colmajor_gemm
 from .kernel_source import CTYPES, KERNELS, THREADS, raw_kernel_module
 from .reference import ArrayAPIOps
 from .switches import direct_enabled
@@ -184,19 +183,13 @@ def cupy_direct_device(dtype, check, device_id=None):
     dtype = np.dtype(dtype)
     if dtype not in CTYPES:
         return None
+    def build():
+        device = CupyDevice(dtype)
+        check(device)
+        return device
+
     key = (dtype.name, _device_id() if device_id is None else device_id)
-    if key not in _DIRECT:
-        _DIRECT[key] = (None, "being checked")  # a check that re-enters gets the step methods
-        try:
-            device = CupyDevice(dtype)
-            check(device)
-            _DIRECT[key] = (device, "")
-        except Exception as exc:  # any failure is a reason to keep the step methods
-            reason = f"{type(exc).__name__}: {exc}"
-            _DIRECT[key] = (None, reason)
-            warnings.warn(f"xseq: direct CuPy launches disabled for {dtype.name}, using the step methods ({reason})",
-                          RuntimeWarning, stacklevel=3)
-    return _DIRECT[key][0]
+    return checked_once(_DIRECT, key, build, "direct CuPy launches", "the step methods")
 
 
 def _device_id():

@@ -11,6 +11,8 @@ is the same code the tests run without a GPU.
 
 from __future__ import annotations
 
+import warnings
+
 # ---------------------------------------------------------------- direct launches
 #
 # At the sizes a GPU finishes a step in a few microseconds, the fused path is bound by the host:
@@ -211,3 +213,24 @@ class DirectSteps:
             dev.gemm(m, n_a, GN, hw0 + t * hw_step, GN, w_p, n_a, beta, dh_prev_p, n_a)  # dh_prev (+)= dHW[t] @ W_hh
             dh, dh_p = dh_prev, dh_prev_p
         return dh, dc
+
+
+def checked_once(cache, key, build, what, fallback):
+    """The device ``build()`` makes (and checks) for ``key``, made once; None where that failed.
+
+    ``cache`` maps ``key`` (its first item the dtype's name) to ``(device or
+    None, reason)``, which a status function reads. A build that raises
+    leaves None and its reason there, and warns once that ``what`` is
+    disabled and ``fallback`` is used; a build that re-enters (its check runs
+    the engine) gets None.
+    """
+    if key not in cache:
+        cache[key] = (None, "being checked")
+        try:
+            cache[key] = (build(), "")
+        except Exception as exc:  # any failure is a reason to keep the fallback
+            reason = f"{type(exc).__name__}: {exc}"
+            cache[key] = (None, reason)
+            warnings.warn(f"xseq: {what} disabled for {key[0]}, using {fallback} ({reason})", RuntimeWarning,
+                          stacklevel=4)
+    return cache[key][0]

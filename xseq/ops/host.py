@@ -64,14 +64,13 @@ import stat
 import subprocess
 import tempfile
 import threading
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import array_api_compat.numpy as xp_numpy
 import numpy as np
 
-from .fused import FusedSteps
+from .fused import FusedSteps, checked_once
 from .kernel_source import CTYPES, KERNELS, elementwise_signature
 from .numpy_inplace import NumpyOps
 from .switches import fused_enabled, lanes_enabled
@@ -947,24 +946,18 @@ def host_device(dtype, lib, check):
     ``RuntimeWarning`` once.
     """
     dtype = np.dtype(dtype)
-    key = (dtype.name, lib)
-    if key not in _DEVICES:
-        _DEVICES[key] = (None, "being checked")  # a check that re-enters gets the engine's loop
-        try:
-            blas, reason = numpy_openblas()
-            if blas is None:
-                raise RuntimeError(reason)
-            device = HostDevice(dtype, lib, blas)
-            ops = (HostFusedOps(xp_numpy, lib, lanes=False),
-                   HostFusedOps(xp_numpy, lib, lanes=LaneSteps(device, 2, run_lanes)))
-            check(device, xp_numpy, ops)
-            _DEVICES[key] = (device, "")
-        except Exception as exc:  # any failure is a reason to keep the engine's loop
-            reason = f"{type(exc).__name__}: {exc}"
-            _DEVICES[key] = (None, reason)
-            warnings.warn(f"xseq: time-loop lanes disabled for {dtype.name}, using the engine's loop ({reason})",
-                          RuntimeWarning, stacklevel=3)
-    return _DEVICES[key][0]
+
+    def build():
+        blas, reason = numpy_openblas()
+        if blas is None:
+            raise RuntimeError(reason)
+        device = HostDevice(dtype, lib, blas)
+        ops = (HostFusedOps(xp_numpy, lib, lanes=False),
+               HostFusedOps(xp_numpy, lib, lanes=LaneSteps(device, 2, run_lanes)))
+        check(device, xp_numpy, ops)
+        return device
+
+    return checked_once(_DEVICES, (dtype.name, lib), build, "time-loop lanes", "the engine's loop")
 
 
 def lanes_status():
