@@ -38,8 +38,8 @@ def machine_lines():
     ]
 
 
-def openblas_corename(np):
-    """The OpenBLAS kernel set NumPy's bundled OpenBLAS picked for this CPU ('Zen', 'SkylakeX', ...), or None."""
+def numpy_openblas_call(np, name, restype):
+    """``openblas_<name>()`` of NumPy's bundled OpenBLAS (whichever of its symbol spellings it exports), or None."""
     import ctypes
     import glob
 
@@ -49,12 +49,20 @@ def openblas_corename(np):
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        for sym in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename", "openblas_get_corename"):
+        for sym in (f"scipy_openblas_{name}64_", f"scipy_openblas_{name}", f"openblas_{name}"):
             f = getattr(lib, sym, None)
             if f is not None:
-                f.restype = ctypes.c_char_p
-                return f().decode()
+                f.restype = restype
+                return f()
     return None
+
+
+def openblas_corename(np):
+    """The OpenBLAS kernel set NumPy's bundled OpenBLAS picked for this CPU ('Zen', 'SkylakeX', ...), or None."""
+    import ctypes
+
+    name = numpy_openblas_call(np, "get_corename", ctypes.c_char_p)
+    return None if name is None else name.decode()
 
 
 def library_info():

@@ -44,15 +44,13 @@ checked window but the last was clipped (it says which were).
 from __future__ import annotations
 
 import ctypes
-import glob
 import hashlib
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
-from .. import checks
+from .. import checks, report
 from .cpu import gradient_name, reference_path
 from .lm import FIRST_LOSS_RTOL, losses_agree
 
@@ -260,18 +258,8 @@ def threads(contender):
 
 def openblas_threads():
     """The thread count of NumPy's bundled OpenBLAS, or ``"default"`` where it cannot be asked."""
-    libs = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*"))
-    for path in libs:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for sym in ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads", "openblas_get_num_threads"):
-            f = getattr(lib, sym, None)
-            if f is not None:
-                f.restype = ctypes.c_int
-                return f()
-    return "default"
+    threads = report.numpy_openblas_call(np, "get_num_threads", ctypes.c_int)
+    return "default" if threads is None else threads
 
 
 # ---------------------------------------------------------------- the check
