@@ -143,13 +143,22 @@ def check_first_step(lines, config, out=print):
             ("torch", lambda: torch_first_step(make_torch_trainer(lines, config)), checks.OTHER_IMPLEMENTATION)):
         loss, got = run()
         losses[name] = loss
-        error = result.compare(f"first step: {name}", got, want, tolerance, checks.gradient_names(want))
-        if not losses_agree(loss, ref_loss):
-            result.failures.append(f"first step: {name}'s loss {loss:.6f} differs from the reference's "
-                                   f"{ref_loss:.6f} by more than {FIRST_LOSS_RTOL:.0e} of it")
+        error = check_step(result, f"first step: {name}", loss, got, ref_loss, want, tolerance)
         out(f"check: first step of {name}: loss {loss:.6f} (reference {ref_loss:.6f}); {len(got)} gradients, "
             f"largest difference {error:.1e} of the reference's largest value")
     return result, losses
+
+
+def check_step(result, label, loss, got, want_loss, want, tolerance):
+    """One step's gradients ``got`` and ``loss`` against the reference's, failures into ``result``.
+
+    Returns the gradients' largest difference (relative to the reference's largest value).
+    """
+    error = result.compare(label, got, want, tolerance, checks.gradient_names(want))
+    if not losses_agree(loss, want_loss):
+        result.failures.append(f"{label}: loss {loss:.6f} differs from the reference's {want_loss:.6f} by "
+                               f"more than {FIRST_LOSS_RTOL:.0e} of it")
+    return error
 
 
 def losses_agree(loss, reference):

@@ -52,7 +52,7 @@ import numpy as np
 
 from .. import checks, report
 from .cpu import gradient_name, reference_path
-from .lm import FIRST_LOSS_RTOL, losses_agree
+from .lm import FIRST_LOSS_RTOL, check_step, losses_agree  # noqa: F401 (FIRST_LOSS_RTOL and losses_agree are used from here by ptb.py)
 
 SPLITS = ("train", "valid", "test")
 # md5 sums of Mikolov's files (../shared/data/ptb/README.md): the published numbers are for these.
@@ -320,11 +320,7 @@ def check(lines, config, windows=CHECKED_WINDOWS, out=print):
         steps = run()
         losses[name] = [loss for loss, _ in steps]
         for k, ((loss, got), (want_loss, want)) in enumerate(zip(steps, reference), start=1):
-            label = f"window {k}: {name}"
-            error = result.compare(label, got, want, tolerance, checks.gradient_names(want))
-            if not losses_agree(loss, want_loss):
-                result.failures.append(f"{label}: loss {loss:.6f} differs from the reference's {want_loss:.6f} by "
-                                       f"more than {FIRST_LOSS_RTOL:.0e} of it")
+            error = check_step(result, f"window {k}: {name}", loss, got, want_loss, want, tolerance)
             out(f"check: window {k} of {name}: loss {loss:.6f} (reference {want_loss:.6f}); {len(got)} gradients, "
                 f"largest difference {error:.1e} of the reference's largest value")
     return result, losses
