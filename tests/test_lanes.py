@@ -1,8 +1,9 @@
 """NumPy's time loops in lanes (``xseq/ops/host.py``: ``LaneSteps``, ``HostDevice``, ``lane_count``): the rows of
-a batch split over threads, each running the whole loop on its own examples with one-thread products.
+a batch split over NumPy's OpenBLAS threads, each running the whole loop on its own examples with one-thread
+products.
 
 Every result is compared with the array-API reference; the choice of lanes, NumPy's OpenBLAS thread count
-around a run, failures inside a lane and after a fork are checked too.
+around a run, more lanes than threads, and lanes after a fork are checked too.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import ctypes
 import textwrap
-import threading
 
 import array_api_compat.numpy as xp
 import numpy as np
@@ -34,14 +35,13 @@ KINDS = ("rnn", "lstm", "gru")
 
 def lanes_ops(lanes, dtype, calls=None):
     """Host ops whose every unmasked loop runs in ``lanes`` lanes (recording each run's lane count)."""
-    device = host.HostDevice(dtype, BUILT.lib, BLAS)
+    class Counted(host.HostDevice):
+        def run(self, jobs):
+            if calls is not None:
+                calls.append(len(jobs))
+            return super().run(jobs)
 
-    def run(jobs):
-        if calls is not None:
-            calls.append(len(jobs))
-        return host.run_lanes(jobs)
-
-    return host.HostFusedOps(xp, BUILT.lib, lanes=host.LaneSteps(device, lanes, run))
+    return host.HostFusedOps(xp, BUILT.lib, lanes=host.LaneSteps(Counted(dtype, BUILT.lib, BLAS), lanes))
 
 
 def run_sequence(kind, ops, **options):
@@ -99,19 +99,21 @@ def test_row_blocks_cover_the_rows_once_as_equal_as_can_be():
 
 def test_the_lane_count_follows_numpys_threads_the_thresholds_and_the_switch(monkeypatch):
     monkeypatch.setattr(BLAS, "threads", lambda: 2)
-    assert host.lane_count(32, 128, 4) == 2  # the character model's LSTM
+    assert host.lane_count(32, 128, 4, 4) == 2  # the character model's LSTM
+    assert host.lane_count(64, 256, 4, 4) == 2  # the benchmark's LSTM layer
     monkeypatch.setattr(BLAS, "threads", lambda: 1)  # OPENBLAS_NUM_THREADS=1: a user's limit
-    assert host.lane_count(32, 128, 4) == 1
+    assert host.lane_count(32, 128, 4, 4) == 1
     monkeypatch.setattr(BLAS, "threads", lambda: 64)
-    assert host.lane_count(1024, 16, 4) == host.MAX_LANES
-    assert host.lane_count(3 * host.MIN_LANE_ROWS + 1, 64, 4) == 3  # rows bound it
-    assert host.lane_count(host.MIN_LANE_ROWS * 2 - 1, 64, 4) == 1
-    # the step's product: 2 m G n_a^2 floating-point operations, at most MAX_STEP_FLOPS
-    largest = int((host.MAX_STEP_FLOPS / (2 * 32 * 4)) ** 0.5)
-    assert host.lane_count(32, largest, 4) > 1 and host.lane_count(32, largest + 1, 4) == 1
-    assert host.lane_count(64, 256, 4) == 1  # measured slower in lanes
+    assert host.lane_count(1024, 16, 4, 4) == host.MAX_LANES
+    assert host.lane_count(3 * host.MIN_LANE_ROWS + 1, 64, 4, 4) == 3  # rows bound it
+    assert host.lane_count(host.MIN_LANE_ROWS * 2 - 1, 64, 4, 4) == 1
+    # W_hh: G n_a^2 elements, at most MAX_LANE_WEIGHT_BYTES
+    largest = int((host.MAX_LANE_WEIGHT_BYTES / (4 * 4)) ** 0.5)
+    assert host.lane_count(32, largest, 4, 4) > 1 and host.lane_count(32, largest + 1, 4, 4) == 1
+    assert host.lane_count(32, largest, 4, 8) == 1  # the same units in float64: twice the bytes
+    assert host.lane_count(64, 1024, 4, 4) == 1  # measured slower in lanes
     monkeypatch.setenv("XSEQ_LANES", "0")
-    assert host.lane_count(32, 128, 4) == 1
+    assert host.lane_count(32, 128, 4, 4) == 1
     assert host.lanes_status() == "engine's loop (XSEQ_LANES=0)"
 
 
@@ -120,56 +122,72 @@ def test_the_engine_takes_lanes_where_the_count_says_so(monkeypatch):
     # the library ops_for takes now (another test may have built it again), checked before counting
     assert host.host_device(np.float64, host.library().lib, engine.check_direct) is not None
     calls = []
-    real = host.run_lanes
-    monkeypatch.setattr(host, "run_lanes", lambda jobs: calls.append(len(jobs)) or real(jobs))
-    monkeypatch.setattr(host, "lane_count", lambda rows, n_a, gates: 2)
+    real = host.HostDevice.run
+    monkeypatch.setattr(host.HostDevice, "run", lambda self, jobs: calls.append(len(jobs)) or real(self, jobs))
+    monkeypatch.setattr(host, "lane_count", lambda rows, n_a, gates, itemsize: 2)
     got = run_sequence("gru", None)
     assert calls == [2, 2]
-    monkeypatch.setattr(host, "lane_count", lambda rows, n_a, gates: 1)
+    monkeypatch.setattr(host, "lane_count", lambda rows, n_a, gates, itemsize: 1)
     again = run_sequence("gru", None)
     assert calls == [2, 2]
     assert_same(got, again, np.float64, "lanes against the engine's loop")
 
 
-def test_numpys_thread_count_is_restored_after_lanes_even_when_a_lane_fails():
+def recording_threads(monkeypatch, fail=False):
+    """Record each call of OpenBLAS's ``gotoblas_pthread``: (lanes at once, NumPy's thread count then)."""
+    real, seen = BLAS.run_on_threads, []
+
+    def run_on_threads(n, function, args, stride):
+        seen.append((n, BLAS.threads()))
+        if fail:
+            raise OSError("lanes failed")
+        return real(n, function, args, stride)
+
+    monkeypatch.setattr(BLAS, "run_on_threads", run_on_threads)
+    return seen
+
+
+def test_lanes_run_on_numpys_openblas_threads_with_one_thread_products(monkeypatch):
+    """One call of OpenBLAS's own runner a loop, all lanes at once, NumPy's count 1 meanwhile and restored after."""
     before = BLAS.threads()
-    device = host.HostDevice(np.float64, BUILT.lib, BLAS)
-    seen = []
+    seen = recording_threads(monkeypatch)
+    ops = lanes_ops(min(before, 2), np.float64)
+    got = run_sequence("lstm", ops)
+    assert seen == [(min(before, 2), 1)] * 2  # the forward loop and the backward loop
+    assert BLAS.threads() == before
+    assert_same(got, run_sequence("lstm", ArrayAPIOps(xp)), np.float64, "lanes on OpenBLAS's threads")
 
-    def lane():
-        seen.append(BLAS.threads())
-        raise ValueError("lane failed")
 
-    with pytest.raises(ValueError, match="lane failed"):
-        with device.one_thread_each():
-            host.run_lanes([lambda: seen.append(BLAS.threads()), lane])
-    assert seen == [1, 1]  # one-thread products while the lanes ran
+def test_numpys_thread_count_is_restored_when_the_lanes_fail(monkeypatch):
+    before = BLAS.threads()
+    seen = recording_threads(monkeypatch, fail=True)
+    with pytest.raises(OSError, match="lanes failed"):
+        run_sequence("gru", lanes_ops(2, np.float64))
+    assert seen and seen[0][1] == 1
     assert BLAS.threads() == before
 
 
-def test_every_lane_has_finished_before_an_error_is_raised():
-    finished = threading.Event()
-
-    def slow():
-        finished.wait(0.2)
-        finished.set()
-        return "slow"
-
-    def fails():
-        raise RuntimeError("first lane")
-
-    with pytest.raises(RuntimeError, match="first lane"):
-        host.run_lanes([fails, slow])
-    assert finished.is_set()
-    assert host.run_lanes([lambda: 1, lambda: 2, lambda: 3]) == [1, 2, 3]
+def test_more_lanes_than_openblas_threads_run_in_turns(monkeypatch):
+    """Never more lanes at once than OpenBLAS has threads (a lane with no thread to run it would never end)."""
+    before = BLAS.set_threads_local(2)
+    try:
+        seen = recording_threads(monkeypatch)
+        got = run_sequence("rnn", lanes_ops(3, np.float64))
+    finally:
+        BLAS.set_threads_local(before)
+    assert seen == [(2, 1), (1, 1)] * 2  # 3 lanes: two at once, then the third
+    assert_same(got, run_sequence("rnn", ArrayAPIOps(xp)), np.float64, "3 lanes on 2 threads")
 
 
 def test_a_device_that_computes_wrong_products_is_refused_by_the_check(monkeypatch, recwarn):
     """The engine's check runs before a device is used: wrong products mean the engine's loop, and a warning."""
     class WrongGemm(host.HostDevice):
-        def forward_loop(self, kind, XW, W_hhT, b_hn, saved, S, C, hw):
-            super().forward_loop(kind, XW, W_hhT, b_hn, saved, S, C, hw)
-            S[-1, 0, 0] += 1.0  # one element of one lane's last state off
+        def run(self, jobs):
+            super().run(jobs)
+            for job in jobs:
+                if not job.backward:  # one element of each lane's last state off
+                    last = ctypes.c_double.from_address(job.s + job.T * job.s_step * ctypes.sizeof(ctypes.c_double))
+                    last.value += 1.0
 
     monkeypatch.setattr(host, "HostDevice", WrongGemm)
     monkeypatch.setattr(host, "_DEVICES", {})
@@ -182,13 +200,13 @@ def test_a_device_that_computes_wrong_products_is_refused_by_the_check(monkeypat
 
 
 def test_lanes_work_in_a_forked_child():
-    """The lanes' threads do not survive a fork; a child makes its own."""
+    """OpenBLAS's threads do not survive a fork; in the child OpenBLAS makes new ones and the lanes run on them."""
     code = textwrap.dedent("""
         import os, sys
         import numpy as np
         from xseq.ops import host
         import tests.test_lanes as t
-        want = t.run_sequence("lstm", t.lanes_ops(2, np.float64))  # the parent's pool is made here
+        want = t.run_sequence("lstm", t.lanes_ops(2, np.float64))  # the parent's OpenBLAS threads ran lanes
         pid = os.fork()
         if pid == 0:
             got = t.run_sequence("lstm", t.lanes_ops(2, np.float64))
@@ -209,7 +227,7 @@ def test_only_the_library_numpy_loaded_is_used():
 
 def test_no_lanes_where_the_products_go_to_another_library(monkeypatch):
     """With oneDNN's products on (``XSEQ_ONEDNN=1``) every product stays with it: one thread pool, not two."""
-    monkeypatch.setattr(host, "lane_count", lambda rows, n_a, gates: 2)
+    monkeypatch.setattr(host, "lane_count", lambda rows, n_a, gates, itemsize: 2)
     ops = host.HostFusedOps(xp, BUILT.lib)
     assert isinstance(ops.direct_steps(np.float64, check=engine.check_direct, rows=8, n_a=5, gates=4),
                       host.LaneSteps)

@@ -90,6 +90,39 @@ def test_batch_follows_the_course_layout():
     np.testing.assert_array_equal(mask, [[True] * 4, [True, True, False, False]])
 
 
+def test_batch_of_many_lengths_matches_a_row_by_row_construction():
+    """Empty, short and long sequences, as lists and arrays of any integer dtype: every row as the docstring says."""
+    vocab = tiny_vocab()
+    model = CharLM(vocab, 2)
+    rng = np.random.default_rng(3)
+    ids = [rng.integers(1, len(vocab), size=n).tolist() for n in (5, 0, 1, 7, 3)]
+    ids[2] = np.array(ids[2], dtype=np.int16)
+    X, targets, mask = model.batch(ids)
+    T_x = 8
+    assert X.shape == (len(vocab), 5, T_x)
+    for i, seq in enumerate(ids):
+        seq = [int(v) for v in seq]
+        n = len(seq)
+        want_inputs = np.zeros((len(vocab), T_x))
+        want_inputs[seq, np.arange(1, n + 1)] = 1
+        np.testing.assert_array_equal(X[:, i, :], want_inputs, err_msg=f"row {i}")
+        np.testing.assert_array_equal(targets[i], seq + [vocab.eos_id] + [0] * (T_x - n - 1), err_msg=f"row {i}")
+        np.testing.assert_array_equal(mask[i], [True] * (n + 1) + [False] * (T_x - n - 1), err_msg=f"row {i}")
+
+
+def test_batch_errors_name_the_sequence():
+    model = CharLM(tiny_vocab(), 2)
+    V = len(tiny_vocab())
+    with pytest.raises(ValueError, match=rf"sequences\[2\] holds an id outside 0 <= id < V = {V}"):
+        model.batch([[1, 2], [], [3, V], [-1]])
+    with pytest.raises(ValueError, match=r"sequences\[1\] holds an id outside"):
+        model.batch([[1, 2], [-1]])
+    with pytest.raises(ValueError, match=r"sequences\[0\] has shape \(2, 2\); expected a 1-D sequence of ids"):
+        model.batch([[[1, 2], [3, 4]]])
+    with pytest.raises(ValueError, match=r"sequences\[1\] has shape \(\); expected a 1-D sequence of ids"):
+        model.batch([[1], 3])
+
+
 def test_parameters_is_one_dict_an_optimizer_updates():
     vocab = tiny_vocab()
     model = CharLM(vocab, 4)

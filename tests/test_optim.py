@@ -238,3 +238,61 @@ def test_global_norm_of_millions_of_float32_entries_is_accurate():
     exact = float(np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in grads.values())))
     _, norm = clip_by_global_norm(grads, 1.0)
     assert abs(norm / exact - 1) < 2e-7
+
+
+# ---------------------------------------------------------------------- NumPy's one-pass Adam step
+
+
+def _adam_runs(dtype, fused, steps=4, transpose=False):
+    rng = np.random.default_rng(7)
+    shapes = {"W_hh": (64, 16), "b": (64,), "Wy": (5, 16)}
+    params = {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
+    if transpose:
+        params["W_hh"] = params["W_hh"].T  # not C-contiguous: NumPy's formulas serve it
+    opt = Adam(params, lr=0.01, betas=(0.8, 0.99), eps=1e-6)
+    if not fused:
+        opt._fused = None
+    kept = {}
+    for step in range(steps):
+        grads = {k: rng.standard_normal(p.shape).astype(dtype) * (step + 1) for k, p in params.items()}
+        kept = {k: (p, opt.state["m"][k], opt.state["v"][k], p.copy(), opt.state["m"][k].copy(),
+                    opt.state["v"][k].copy()) for k, p in params.items()}
+        opt.step(grads)
+    for k, (p, m, v, p0, m0, v0) in kept.items():  # the last step wrote into none of the old arrays
+        for a, before in ((p, p0), (m, m0), (v, v0)):
+            np.testing.assert_array_equal(a, before, err_msg=f"{k} written in place")
+    return params, opt.state
+
+
+@pytest.mark.parametrize("transpose", [False, True], ids=["contiguous", "transposed"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_numpys_one_pass_adam_step_is_the_formulas_step(dtype, transpose):
+    from xseq.ops import host
+
+    if host.library().lib is None:
+        pytest.skip(f"no host build of the kernels on this machine: {host.library().reason}")
+    rng = np.random.default_rng(0)
+    probe = [rng.standard_normal(6).astype(dtype) for _ in range(4)]
+    assert host.adam_step(*probe, 0.01, 0.9, 0.999, 1e-8, 1) is not None  # the one-pass step serves NumPy
+    got, got_state = _adam_runs(dtype, fused=True, transpose=transpose)
+    want, want_state = _adam_runs(dtype, fused=False, transpose=transpose)
+    # fused multiply-adds round differently: a few ulps of each array's largest entry
+    tol = 1e-6 if dtype == np.float32 else 1e-14
+
+    def close(a, b, what):
+        np.testing.assert_allclose(a, b, rtol=0, atol=tol * float(np.abs(b).max()), err_msg=what)
+
+    for k in want:
+        assert got[k].dtype == dtype
+        close(got[k], want[k], k)
+        for buffer in ("m", "v"):
+            close(got_state[buffer][k], want_state[buffer][k], f"{buffer}/{k}")
+
+
+def test_numpys_adam_step_refuses_arrays_it_cannot_serve():
+    from xseq.ops import host
+
+    f32, f64 = np.ones(4, np.float32), np.ones(4, np.float64)
+    assert host.adam_step(f32, f64, f32, f32, 0.1, 0.9, 0.999, 1e-8, 1) is None  # mixed dtypes
+    assert host.adam_step(f32, np.ones(5, np.float32), f32, f32, 0.1, 0.9, 0.999, 1e-8, 1) is None  # shapes
+    assert host.adam_step(*(np.ones(4, np.float16),) * 4, 0.1, 0.9, 0.999, 1e-8, 1) is None  # no float16 kernel

@@ -190,20 +190,29 @@ class CharLM:
         if isinstance(sequences, (str, bytes)) or not hasattr(sequences, "__len__") or len(sequences) == 0:
             raise ValueError("sequences must be a non-empty list of id sequences")
         V = self.vocab_size
-        lengths = np.array([len(s) for s in sequences])
-        m, T_x = len(sequences), int(lengths.max()) + 1
-        inputs = np.zeros((m, T_x), dtype=np.int64)
-        targets = np.zeros((m, T_x), dtype=np.int64)
+        arrays = []
         for i, seq in enumerate(sequences):
             refuse_masked(f"sequences[{i}]", seq)
             ids = np.asarray(seq)
+            if ids.ndim != 1:
+                raise ValueError(f"sequences[{i}] has shape {ids.shape}; expected a 1-D sequence of ids")
             if ids.size and not np.issubdtype(ids.dtype, np.integer):
                 raise TypeError(f"sequences[{i}] has dtype {ids.dtype}; expected integer ids")
-            if ids.size and (ids.min() < 0 or ids.max() >= V):
-                raise ValueError(f"sequences[{i}] holds an id outside 0 <= id < V = {V}")
-            inputs[i, 1:len(ids) + 1] = ids
-            targets[i, :len(ids)] = ids
-            targets[i, len(ids)] = EOS_ID
+            arrays.append(ids if ids.size else np.zeros(0, dtype=np.int64))
+        lengths = np.array([len(ids) for ids in arrays])
+        m, T_x = len(arrays), int(lengths.max()) + 1
+        # Every id of the batch at once, in row order: checked with one min and max, written with one
+        # boolean assignment (which fills a row-major array's True positions in the same order).
+        flat = np.concatenate(arrays)
+        if flat.size and (flat.min() < 0 or flat.max() >= V):
+            i = next(i for i, ids in enumerate(arrays) if ids.size and (ids.min() < 0 or ids.max() >= V))
+            raise ValueError(f"sequences[{i}] holds an id outside 0 <= id < V = {V}")
+        inside = np.arange(T_x)[None, :] < lengths[:, None]  # (m, T_x): the first n positions of each row
+        inputs = np.zeros((m, T_x), dtype=np.int64)
+        targets = np.zeros((m, T_x), dtype=np.int64)
+        inputs[:, 1:][inside[:, :-1]] = flat
+        targets[inside] = flat
+        targets[np.arange(m), lengths] = EOS_ID
         mask = np.arange(T_x)[None, :] <= lengths[:, None]
         return self._one_hot(inputs), self.xp.asarray(targets), self.xp.asarray(mask)
 

@@ -22,6 +22,7 @@ from array_api_compat import device as device_of
 
 from ..backends.arrays import backend_name, namespace_of, to_numpy
 from ..backends.checks import _dtype_name
+from ..ops.host import adam_step
 
 
 def _check_positive(name, value, allow_zero=False):
@@ -247,6 +248,10 @@ class Adam(_Optimizer):
             raise ValueError(f"betas must be a pair (beta1, beta2); got {betas!r}")
         self._set_hyper(lr=lr, beta1=betas[0], beta2=betas[1], eps=eps)
         super().__init__(params)
+        # The one choice of implementation: NumPy's arrays take the host build's one-pass step
+        # (xseq.ops.host.adam_step, which says None where it cannot serve them), every other
+        # backend the formulas below; NumPy does them as ten passes, each allocating an array.
+        self._fused = adam_step if backend_name(self._xp) == "numpy" else None
 
     def _set_hyper(self, lr, beta1, beta2, eps):
         values = (
@@ -259,6 +264,12 @@ class Adam(_Optimizer):
 
     def _update(self, key, p, g):
         t = self.step_count
+        if self._fused is not None:
+            new = self._fused(p, g, self.state["m"][key], self.state["v"][key], self.lr, self.beta1, self.beta2,
+                              self.eps, t)
+            if new is not None:
+                p, self.state["m"][key], self.state["v"][key] = new
+                return p
         m = self.beta1 * self.state["m"][key] + (1 - self.beta1) * g
         v = self.beta2 * self.state["v"][key] + (1 - self.beta2) * (g * g)
         self.state["m"][key], self.state["v"][key] = m, v

@@ -38,11 +38,12 @@ Build and use
   (read once, at the first NumPy sequence call) turns the build off,
   ``XSEQ_FUSED=0`` every fast path.
 
-Beyond the step kernels the library holds two host-only pieces: the engine's
-time loops in C++ (``LOOPS``), which :class:`LaneSteps` runs on blocks of rows,
-one thread each, for the small sequences where that was measured faster (see
-"lanes" below); and the projection loss's softmax cross-entropy in one pass a
-row (:func:`softmax_xent_rows`).
+Beyond the step kernels the library holds three host-only pieces: the
+engine's time loops in C++ (``LOOPS``), which :class:`LaneSteps` runs on
+blocks of rows, one of NumPy's OpenBLAS threads each, where that was measured
+faster (see "lanes" below); the projection loss's softmax cross-entropy in one
+pass a row (:func:`softmax_xent_rows`); and Adam's step in one pass
+(:func:`adam_step`).
 
 Numerics: the reference's formulas in the same order, with the C library's
 ``exp``/``tanh`` and fast-math rounding: within a few ulps of the reference
@@ -64,7 +65,6 @@ import stat
 import subprocess
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import array_api_compat.numpy as xp_numpy
@@ -201,6 +201,23 @@ double softmax_xent_rows(T* z, const T* b, const int64_t* targets, ptrdiff_t row
     }
     return total;
 }
+// One Adam step of n parameters in one pass (xseq.nn.optim.Adam's formulas, same order): new moments
+// m_out, v_out and new parameters p_out from p, the gradient g and the moments m, v; c1 = 1 - beta1^t,
+// c2 = 1 - beta2^t. Outputs may be the inputs' own arrays element for element.
+template <typename T>
+void adam(const T* p, const T* g, const T* m, const T* v, T* p_out, T* m_out, T* v_out, ptrdiff_t n, T lr,
+          T beta1, T beta2, T eps, T c1, T c2) {
+    const T a1 = T(1) - beta1, a2 = T(1) - beta2;
+    #pragma GCC ivdep
+    for (ptrdiff_t i = 0; i < n; ++i) {
+        const T gi = g[i];
+        const T mi = beta1 * m[i] + a1 * gi;
+        const T vi = beta2 * v[i] + a2 * (gi * gi);
+        m_out[i] = mi;
+        v_out[i] = vi;
+        p_out[i] = p[i] - lr * (mi / c1) / (std::sqrt(vi / c2) + eps);
+    }
+}
 }
 """
 
@@ -217,6 +234,11 @@ extern "C" void xseq_softmax_rows_{ctype}({ctype}* z, ptrdiff_t rows, ptrdiff_t 
 extern "C" double xseq_softmax_xent_rows_{ctype}({ctype}* z, const {ctype}* b, const int64_t* targets, ptrdiff_t rows,
                                               ptrdiff_t cols, {ctype} scale, int grad, {ctype}* db) {{
     return xseq_helpers::softmax_xent_rows(z, b, targets, rows, cols, scale, grad, db);
+}}
+extern "C" void xseq_adam_{ctype}(const {ctype}* p, const {ctype}* g, const {ctype}* m, const {ctype}* v,
+                                {ctype}* p_out, {ctype}* m_out, {ctype}* v_out, ptrdiff_t n, {ctype} lr,
+                                {ctype} beta1, {ctype} beta2, {ctype} eps, {ctype} c1, {ctype} c2) {{
+    xseq_helpers::adam(p, g, m, v, p_out, m_out, v_out, n, lr, beta1, beta2, eps, c1, c2);
 }}
 """
 
@@ -238,6 +260,14 @@ inline void mm(gemm_t<T> gemm, int64_t m, int64_t n, int64_t k, const T* a, int6
                T beta, T* c, int64_t ldc) {
     gemm(101, 111, 111, m, n, k, T(1), a, lda, b, ldb, beta, c, ldc);
 }
+// Everything one lane's loop needs (xseq.ops.host._LaneJob has the same fields in the same order).
+// forward: xw, s, c, g step by step, w = W_hh.T, b_hn, hw; backward: g, s, c, dy, dz, dhw step by step,
+// w = W_hh, dh and dc (in: the final states' gradients; out: the first states'), work (4 m n_a).
+struct lane_job {
+    int64_t backward, kind, T, m, n_a;
+    void *gemm, *xw, *s, *c, *g, *dy, *dz, *dhw, *w, *b_hn, *hw, *dh, *dc, *work;
+    int64_t xw_step, s_step, c_step, g_step, dy_step, z_step, hw_step;
+};
 }
 """
 
@@ -296,6 +326,20 @@ extern "C" void xseq_backward_loop_{ctype}(int kind, void* gemm_p, int64_t T, in
     for (int64_t i = 0; i < n; ++i) dh[i] = dh_cur[i];
     if (kind == 1)
         for (int64_t i = 0; i < n; ++i) dc[i] = dc_cur[i];
+}}
+
+// One lane's loop (a :class:`_LaneJob`): what OpenBLAS's gotoblas_pthread runs on each of its threads.
+extern "C" void xseq_lane_{ctype}(void* job_p) {{
+    typedef {ctype} T_;
+    const xseq_loops::lane_job& j = *static_cast<const xseq_loops::lane_job*>(job_p);
+    if (!j.backward)
+        xseq_forward_loop_{ctype}((int)j.kind, j.gemm, j.T, j.m, j.n_a, (const T_*)j.xw, j.xw_step, (T_*)j.s,
+                                  j.s_step, (T_*)j.c, j.c_step, (T_*)j.g, j.g_step, (const T_*)j.w,
+                                  (const T_*)j.b_hn, (T_*)j.hw);
+    else
+        xseq_backward_loop_{ctype}((int)j.kind, j.gemm, j.T, j.m, j.n_a, (const T_*)j.g, j.g_step, (const T_*)j.s,
+                                   j.s_step, (const T_*)j.c, j.c_step, (const T_*)j.w, (const T_*)j.dy, j.dy_step,
+                                   (T_*)j.dz, j.z_step, (T_*)j.dhw, j.hw_step, (T_*)j.dh, (T_*)j.dc, (T_*)j.work);
 }}
 """
 
@@ -683,11 +727,11 @@ class HostFusedOps(FusedSteps, NumpyOps):
             return None
         if self.gemm is not None:  # the products go to another library (oneDNN): one thread pool, not two
             return None
-        lanes = lane_count(rows, n_a, gates)
+        lanes = lane_count(rows, n_a, gates, np.dtype(dtype).itemsize)
         if lanes < 2:
             return None
         device = host_device(dtype, self._lib, check)
-        return LaneSteps(device, lanes, run_lanes) if device is not None else None
+        return LaneSteps(device, lanes) if device is not None else None
 
     def _launch(self, name, *args):
         _kernel(self._lib, name)(*args)
@@ -724,7 +768,7 @@ def _kernel(lib, name):
 
 @functools.lru_cache(maxsize=None)
 def _helpers(lib):
-    """``{dtype: {"gather3": fn, "softmax_rows": fn}}`` with their ctypes signatures."""
+    """``{dtype: {"gather3": fn, "softmax_rows": fn, "softmax_xent_rows": fn, "adam": fn}}``, typed for ctypes."""
     P, N = ctypes.c_void_p, ctypes.c_ssize_t
     signatures = {"gather3": [P, N, N, N, P, N, N, N, N, N], "softmax_rows": [P, N, N]}
     helpers = {}
@@ -738,6 +782,9 @@ def _helpers(lib):
         scalar = ctypes.c_float if ctype == "float" else ctypes.c_double
         fn.argtypes, fn.restype = [P, P, P, N, N, scalar, ctypes.c_int, P], ctypes.c_double
         helpers[dtype]["softmax_xent_rows"] = fn
+        fn = getattr(lib, f"xseq_adam_{ctype}")
+        fn.argtypes, fn.restype = [P] * 7 + [N] + [scalar] * 6, None
+        helpers[dtype]["adam"] = fn
     return helpers
 
 
@@ -763,6 +810,28 @@ def softmax_xent_rows(z, b, targets, scale, db):
                                           scale, int(db is not None), 0 if db is None else db.ctypes.data)
 
 
+def adam_step(p, g, m, v, lr, beta1, beta2, eps, t):
+    """The host build's Adam step: new arrays ``(p, m, v)`` in one pass; None where it cannot run.
+
+    ``p``, ``g``, ``m``, ``v`` are NumPy arrays of one shape and one dtype
+    (float32/float64); nothing is written into them. ``t`` is the step
+    count (from 1). The formulas and their order are
+    :meth:`xseq.nn.optim.Adam._update`'s, so the result is the reference's
+    up to the rounding of fused multiply-adds.
+    """
+    lib = library().lib
+    if lib is None or not fused_enabled():
+        return None
+    functions = _helpers(lib).get(p.dtype)
+    arrays = (p, g, m, v)
+    if functions is None or any(a.dtype != p.dtype or a.shape != p.shape or not a.flags.c_contiguous for a in arrays):
+        return None
+    out = tuple(np.empty_like(p) for _ in range(3))
+    functions["adam"](*(a.ctypes.data for a in arrays + out), p.size, lr, beta1, beta2, eps,
+                      1 - beta1**t, 1 - beta2**t)
+    return out
+
+
 def host_ops(xp, dtype):
     """``HostFusedOps`` for arrays of ``dtype``, or None where the host kernels cannot serve them."""
     if dtype is None or np.dtype(dtype) not in CTYPES:
@@ -778,30 +847,32 @@ def host_ops(xp, dtype):
 # pointwise kernel on one core while the other waits. The examples of a batch never meet in a
 # recurrence, so the time loop can be cut by rows instead: each core runs the whole loop on its own
 # examples (one-thread products, its own pointwise work, no Python array views: DirectSteps' two calls
-# a step, by address) and no core waits for another until the loop ends.
+# a step, by address) and no core waits for another until the loop ends. The lanes run on OpenBLAS's
+# own threads (HostDevice.run), so they share the cores with nothing.
 
 #: Lanes are used where they were measured faster than the engine's loop with NumPy's threads (the
-#: 2-core benchmark machine, forward + backward, benchmarks/README.md "Lanes"): at the sizes of small
-#: language models, whose per-step product is too small to split well over threads (0.72x-0.92x of the
-#: engine's time at m = 32, n_a = 64-128); not at m = 64, n_a = 256-320 or PTB small's m = 20, n_a = 200,
-#: where one thread's product on half the rows is slower than two threads' on all of them (1.05x-1.35x).
-#: So: the whole step's product at most this many floating-point operations, and every lane at least
+#: 2-core benchmark machine, forward + backward, benchmarks/README.md "Lanes"): 0.54x-0.73x of the
+#: engine's time at small language-model sizes (m = 32, n_a = 64-128), 0.85x-0.96x from PTB small's
+#: (m = 20, n_a = 200) to (64, 512) and (20, 650); not with n_a = 1024 (1.04x-1.09x), where every
+#: lane reads the whole recurrent weight (13-17 MB) at every step and two threads of one product read
+#: half of it each. So: the recurrent weight ``W_hh`` at most this many bytes, and every lane at least
 #: MIN_LANE_ROWS rows.
-MAX_STEP_FLOPS = 5e6
+MAX_LANE_WEIGHT_BYTES = 8 << 20
 MIN_LANE_ROWS = 8
 MAX_LANES = 8
 
 
-def lane_count(rows, n_a, gates):
+def lane_count(rows, n_a, gates, itemsize):
     """How many lanes a sequence of ``rows`` examples, ``n_a`` units and ``gates`` gate blocks gets (1: none).
 
-    None above :data:`MAX_STEP_FLOPS` per step. Otherwise one per thread of
-    NumPy's OpenBLAS (``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS``, else one
-    per core: a user's limit is the lanes' limit too), at most
+    None when ``W_hh`` (``gates * n_a * n_a`` elements of ``itemsize``
+    bytes) is larger than :data:`MAX_LANE_WEIGHT_BYTES`. Otherwise one per
+    thread of NumPy's OpenBLAS (``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS``,
+    else one per core: a user's limit is the lanes' limit too), at most
     :data:`MAX_LANES`, and no more than keep :data:`MIN_LANE_ROWS` rows in
     every lane.
     """
-    if not lanes_enabled() or 2.0 * rows * n_a * gates * n_a > MAX_STEP_FLOPS:
+    if not lanes_enabled() or gates * n_a * n_a * itemsize > MAX_LANE_WEIGHT_BYTES:
         return 1
     blas, _ = numpy_openblas()
     if blas is None:
@@ -820,6 +891,12 @@ class _OpenBLAS:
         self.set_threads_local.argtypes, self.set_threads_local.restype = [ctypes.c_int], ctypes.c_int
         self._threads = lib.scipy_openblas_get_num_threads64_
         self._threads.argtypes, self._threads.restype = [], ctypes.c_int
+        # gotoblas_pthread(n, function, args, stride): function(args + i * stride) for i < n, the first on the
+        # calling thread and the others on OpenBLAS's own threads, and back when all are done (the pthreads
+        # build's server; the OpenMP build has none, and then there are no lanes)
+        self.run_on_threads = lib.gotoblas_pthread
+        self.run_on_threads.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+        self.run_on_threads.restype = ctypes.c_int
 
     def threads(self):
         """OpenBLAS's thread count now (what NumPy's products use)."""
@@ -847,19 +924,36 @@ def numpy_openblas():
         try:
             return _OpenBLAS(lib, path), ""
         except AttributeError as exc:
-            reason = f"{path.name} lacks {exc} (OpenBLAS 0.3.27 or later is needed)"
+            reason = f"{path.name} lacks {exc} (the pthreads build of OpenBLAS 0.3.27 or later is needed)"
     return None, reason
 
 
-class HostDevice:
-    """The engine's time loops in C++ (:data:`LOOPS`) for one lane's rows: the host kernels and NumPy's OpenBLAS.
+class _LaneJob(ctypes.Structure):
+    """One lane's loop, as LOOPS' ``xseq_loops::lane_job`` (same fields, same order)."""
 
-    :meth:`one_thread_each` makes every OpenBLAS product run on its calling
-    thread alone while lanes run, so that a lane is one core.
+    _fields_ = ([(name, ctypes.c_int64) for name in ("backward", "kind", "T", "m", "n_a")]
+                + [(name, ctypes.c_void_p) for name in ("gemm", "xw", "s", "c", "g", "dy", "dz", "dhw", "w",
+                                                        "b_hn", "hw", "dh", "dc", "work")]
+                + [(name, ctypes.c_int64) for name in ("xw_step", "s_step", "c_step", "g_step", "dy_step",
+                                                       "z_step", "hw_step")])
+
+
+class HostDevice:
+    """The engine's time loops in C++ (:data:`LOOPS`) on lanes of rows, run on NumPy's own OpenBLAS threads.
+
+    :meth:`forward_job`/:meth:`backward_job` describe one lane's loop;
+    :meth:`run` runs a list of them at once: the first on the calling
+    thread, the others on OpenBLAS's threads (``gotoblas_pthread``), with
+    every product inside a lane on that lane's thread alone. So a lane is
+    one core, and no thread is added to the process: the threads that run
+    the lanes are the ones that would otherwise spin waiting for NumPy's
+    next product (a separate pool of lane threads competed with them for
+    the cores and ran at about half speed).
+
     ``openblas_set_num_threads_local`` sets the process's count in NumPy's
-    (pthreads) build, not the thread's: it is set once around a run of
-    lanes, and restored after, under a lock (runs of lanes from several
-    threads take turns; meanwhile NumPy's other products run on one thread).
+    (pthreads) build, not the thread's: it is 1 while lanes run and
+    restored after, under a lock (runs of lanes from several Python threads
+    take turns; meanwhile NumPy's other products run on one thread).
     """
 
     _lock = threading.Lock()
@@ -868,57 +962,65 @@ class HostDevice:
         self.dtype = np.dtype(dtype)
         self._blas = blas
         self._gemm_address = ctypes.cast(blas.gemm[self.dtype], ctypes.c_void_p).value
-        ctype = CTYPES[self.dtype]
-        i64, p = ctypes.c_int64, ctypes.c_void_p
-        self._forward = getattr(lib, f"xseq_forward_loop_{ctype}")
-        self._forward.argtypes = [ctypes.c_int, p, i64, i64, i64] + [p, i64] * 4 + [p, p, p]
-        self._forward.restype = None
-        self._backward = getattr(lib, f"xseq_backward_loop_{ctype}")
-        self._backward.argtypes = [ctypes.c_int, p, i64, i64, i64] + [p, i64] * 3 + [p] + [p, i64] * 3 + [p, p, p]
-        self._backward.restype = None
+        self._lane_address = ctypes.cast(getattr(lib, f"xseq_lane_{CTYPES[self.dtype]}"), ctypes.c_void_p).value
 
-    @contextlib.contextmanager
-    def one_thread_each(self):
-        with self._lock:
-            previous = self._blas.set_threads_local(1)
-            try:
-                yield
-            finally:
-                self._blas.set_threads_local(previous)
-
-    def forward_loop(self, kind, XW, W_hhT, b_hn, saved, S, C, hw):
-        """:class:`~xseq.ops.fused.DirectSteps`' forward loop in one C++ call (see :data:`LOOPS`)."""
+    def forward_job(self, kind, XW, W_hhT, b_hn, saved, S, C, hw):
+        """A lane of :class:`~xseq.ops.fused.DirectSteps`' forward loop: writes ``S[1:]``, ``C[1:]``, ``saved``."""
         T, m, _ = XW.shape
+        job = _LaneJob(backward=0, kind=_KIND_CODES[kind], T=T, m=m, n_a=S.shape[2], gemm=self._gemm_address)
         if T == 0:
-            return
-        xw, xw_step = self._steps(XW)
-        s, s_step = self._steps(S)
-        c, c_step = self._steps(C) if C is not None else (None, 0)
-        g, g_step = self._steps(saved) if saved is not None else (None, 0)
-        self._forward(_KIND_CODES[kind], self._gemm_address, T, m, S.shape[2], xw, xw_step, s, s_step, c, c_step,
-                      g, g_step, self._block(W_hhT), None if b_hn is None else self._block(b_hn), self._block(hw))
+            return job
+        job.xw, job.xw_step = self._steps(XW)
+        job.s, job.s_step = self._steps(S)
+        if C is not None:
+            job.c, job.c_step = self._steps(C)
+        if saved is not None:
+            job.g, job.g_step = self._steps(saved)
+        job.w, job.hw = self._block(W_hhT), self._block(hw)
+        job.b_hn = None if b_hn is None else self._block(b_hn)
+        return job
 
-    def backward_loop(self, kind, saved, S, C, W_hh, dY, dh, dc, dZ, dHW):
-        """:class:`~xseq.ops.fused.DirectSteps`' backward loop in one C++ call: ``dh``/``dc`` (C-contiguous) hold the
-        final states' gradients and are overwritten with the first states'."""
+    def backward_job(self, kind, saved, S, C, W_hh, dY, dh, dc, dZ, dHW):
+        """A lane of :class:`~xseq.ops.fused.DirectSteps`' backward loop: ``dh``/``dc`` (C-contiguous) hold the
+        final states' gradients and are overwritten with the first states'; writes ``dZ`` (and ``dHW``)."""
         T, m, _ = dZ.shape
-        if T == 0:
-            return
         n_a = S.shape[2]
+        job = _LaneJob(backward=1, kind=_KIND_CODES[kind], T=T, m=m, n_a=n_a, gemm=self._gemm_address)
+        if T == 0:
+            return job
         if dY is None:  # no output gradient: every step reads one block of zeros
-            dY = np.zeros((1, m, n_a), dtype=self.dtype)
-            dy, dy_step = self._block(dY[0]), 0
+            job.keep_dy = np.zeros((m, n_a), dtype=self.dtype)
+            job.dy, job.dy_step = self._block(job.keep_dy), 0
         else:
-            dy, dy_step = self._steps(dY)
-        g, g_step = self._steps(saved) if saved is not None else (None, 0)
-        c, c_step = self._steps(C) if C is not None else (None, 0)
-        s, s_step = self._steps(S)
-        z, z_step = self._steps(dZ)
-        hw, hw_step = self._steps(dHW)
-        work = np.empty(4 * m * n_a, dtype=self.dtype)
-        self._backward(_KIND_CODES[kind], self._gemm_address, T, m, n_a, g, g_step, s, s_step, c, c_step,
-                       self._block(W_hh), dy, dy_step, z, z_step, hw, hw_step, self._block(dh),
-                       None if dc is None else self._block(dc), self._block(work))
+            job.dy, job.dy_step = self._steps(dY)
+        if saved is not None:
+            job.g, job.g_step = self._steps(saved)
+        if C is not None:
+            job.c, job.c_step = self._steps(C)
+        job.s, job.s_step = self._steps(S)
+        job.dz, job.z_step = self._steps(dZ)
+        job.dhw, job.hw_step = self._steps(dHW)
+        job.keep_work = np.empty(4 * m * n_a, dtype=self.dtype)  # the loop's two dh and two dc buffers
+        job.w, job.work = self._block(W_hh), self._block(job.keep_work)
+        job.dh, job.dc = self._block(dh), None if dc is None else self._block(dc)
+        return job
+
+    def run(self, jobs):
+        """Run the lanes ``jobs`` at once (as many at a time as OpenBLAS has threads) and return when all are done."""
+        jobs = [job for job in jobs if job.T > 0]
+        if not jobs:
+            return
+        with self._lock:
+            threads = self._blas.set_threads_local(1)
+            try:
+                at_once = max(1, min(threads, len(jobs)))  # never more lanes than OpenBLAS has threads to run them
+                for first in range(0, len(jobs), at_once):
+                    group = jobs[first:first + at_once]
+                    packed = (_LaneJob * len(group))(*group)
+                    self._blas.run_on_threads(len(group), self._lane_address, ctypes.addressof(packed),
+                                              ctypes.sizeof(_LaneJob))
+            finally:
+                self._blas.set_threads_local(threads)
 
     def _block(self, a):
         if a.dtype != self.dtype or not a.flags.c_contiguous:
@@ -952,8 +1054,7 @@ def host_device(dtype, lib, check):
         if blas is None:
             raise RuntimeError(reason)
         device = HostDevice(dtype, lib, blas)
-        ops = (HostFusedOps(xp_numpy, lib, lanes=False),
-               HostFusedOps(xp_numpy, lib, lanes=LaneSteps(device, 2, run_lanes)))
+        ops = (HostFusedOps(xp_numpy, lib, lanes=False), HostFusedOps(xp_numpy, lib, lanes=LaneSteps(device, 2)))
         check(device, xp_numpy, ops)
         return device
 
@@ -968,46 +1069,11 @@ def lanes_status():
     if blas is None:
         return f"engine's loop ({reason})"
     failed = sorted({f"{dtype}: {why}" for (dtype, _), (device, why) in _DEVICES.items() if device is None})
-    lanes = f"up to {min(blas.threads(), MAX_LANES)} lanes"
-    rule = f"(steps of at most {MAX_STEP_FLOPS / 1e6:g} MFLOP, at least {MIN_LANE_ROWS} rows a lane)"
+    lanes = f"up to {min(blas.threads(), MAX_LANES)} lanes on NumPy's OpenBLAS threads"
+    rule = f"(W_hh of at most {MAX_LANE_WEIGHT_BYTES >> 20} MiB, at least {MIN_LANE_ROWS} rows a lane)"
     if blas.threads() < 2:
         return "engine's loop (NumPy's OpenBLAS has 1 thread)"
-    return f"{lanes} of one-thread products {rule}" + (f"; not used for {'; '.join(failed)}" if failed else "")
-
-
-_POOL = None
-_POOL_LOCK = threading.Lock()
-
-
-def _forget_pool():
-    global _POOL
-    _POOL = None  # a forked child has none of the parent's threads
-
-
-os.register_at_fork(after_in_child=_forget_pool)
-
-
-def run_lanes(jobs):
-    """Run the zero-argument callables ``jobs`` at once (the first on this thread); their results, in order.
-
-    Every job is waited for before anything is raised: no lane is still
-    writing when the caller sees an error.
-    """
-    global _POOL
-    if len(jobs) > 1:
-        with _POOL_LOCK:
-            if _POOL is None:
-                _POOL = ThreadPoolExecutor(max_workers=MAX_LANES - 1, thread_name_prefix="xseq-lane")
-            pool = _POOL
-        futures = [pool.submit(job) for job in jobs[1:]]
-    else:
-        futures = []
-    try:
-        first = jobs[0]()
-    finally:
-        for future in futures:
-            future.exception()  # waits
-    return [first] + [future.result() for future in futures]
+    return f"{lanes}, one-thread products {rule}" + (f"; not used for {'; '.join(failed)}" if failed else "")
 
 
 def row_blocks(m, lanes):
@@ -1034,24 +1100,21 @@ class LaneSteps:
     step's rows stay one contiguous block), so the results are the engine's
     loop's (up to the rounding of a product split differently over threads).
 
-    ``device`` is :class:`HostDevice` (``one_thread_each()`` makes the
-    products single-threaded while the lanes run); ``run(jobs)`` runs
-    zero-argument callables concurrently (the first on the calling thread)
-    and returns their results in order.
+    ``device`` is :class:`HostDevice`: it describes each lane's loop and
+    runs them together.
     """
 
-    def __init__(self, device, lanes, run):
-        self.device, self.lanes, self._run = device, lanes, run
+    def __init__(self, device, lanes):
+        self.device, self.lanes = device, lanes
 
     def forward(self, kind, XW, W_hhT, b_hn, saved, S, C, hw):
         """As :meth:`~xseq.ops.fused.DirectSteps.forward`: writes ``S[1:]``, ``C[1:]``, ``saved``."""
         def lane(start, stop):
             rows = slice(start, stop)
-            self.device.forward_loop(kind, XW[:, rows], W_hhT, b_hn, None if saved is None else saved[:, rows],
-                                     S[:, rows], None if C is None else C[:, rows], hw[rows])
+            return self.device.forward_job(kind, XW[:, rows], W_hhT, b_hn, None if saved is None else saved[:, rows],
+                                           S[:, rows], None if C is None else C[:, rows], hw[rows])
 
-        with self.device.one_thread_each():
-            self._run([functools.partial(lane, *block) for block in row_blocks(XW.shape[1], self.lanes)])
+        self.device.run([lane(*block) for block in row_blocks(XW.shape[1], self.lanes)])
 
     def backward(self, kind, saved, S, C, W_hh, dY, dh, dc, dZ, dHW, empty):
         """As :meth:`~xseq.ops.fused.DirectSteps.backward`: writes ``dZ`` (and ``dHW``); returns ``(dh0, dc0)``."""
@@ -1065,10 +1128,10 @@ class LaneSteps:
 
         def lane(start, stop):
             rows = slice(start, stop)
-            self.device.backward_loop(kind, None if saved is None else saved[:, rows], S[:, rows],
-                                      None if C is None else C[:, rows], W_hh, None if dY is None else dY[:, rows],
-                                      dh0[rows], None if dc0 is None else dc0[rows], dZ[:, rows], dHW[:, rows])
+            return self.device.backward_job(kind, None if saved is None else saved[:, rows], S[:, rows],
+                                            None if C is None else C[:, rows], W_hh,
+                                            None if dY is None else dY[:, rows], dh0[rows],
+                                            None if dc0 is None else dc0[rows], dZ[:, rows], dHW[:, rows])
 
-        with self.device.one_thread_each():
-            self._run([functools.partial(lane, *block) for block in row_blocks(m, self.lanes)])
+        self.device.run([lane(*block) for block in row_blocks(m, self.lanes)])
         return dh0, dc0
