@@ -16,5 +16,5 @@ def direct_enabled():
 
 
 def lanes_enabled():
-    """Whether NumPy's small unmasked time loops may run in lanes (``XSEQ_LANES=0`` keeps the engine's steps)."""
+    """Whether NumPy's unmasked time loops may run in lanes (``XSEQ_LANES=0`` keeps the engine's steps)."""
     return os.environ.get("XSEQ_LANES", "1").strip().lower() not in ("0", "false", "no", "off")
