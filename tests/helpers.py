@@ -66,16 +66,18 @@ def numeric_gradient(loss, arrays, name):
 ENGINE_STEPS = 6
 
 
-def engine_sequence(kind, ops, *, m=3, reverse=False, with_dY=True, with_final=True, dtype=np.float64, mask=None):
+def engine_sequence(kind, ops, *, m=3, reverse=False, with_dY=True, with_final=True, dtype=np.float64, mask=None,
+                    n_x=4, n_a=5):
     """A small random sequence through the engine's forward and backward on ``ops`` (None: ``ops_for``'s choice).
 
-    ``ENGINE_STEPS`` steps of ``m`` examples, 4 inputs, 5 units, every bias; the output gradient ``dY`` and
-    the final states' gradients as asked. Returns every output and gradient that is not None, as NumPy arrays.
+    ``ENGINE_STEPS`` steps of ``m`` examples, ``n_x`` inputs, ``n_a`` units, every bias; the output gradient
+    ``dY`` and the final states' gradients as asked. Returns every output and gradient that is not None, as
+    NumPy arrays.
     """
     from xseq.engine import sequence as engine
 
     rng = np.random.default_rng(11)
-    T, n_x, n_a, G = ENGINE_STEPS, 4, 5, engine.GATES[kind]
+    T, G = ENGINE_STEPS, engine.GATES[kind]
 
     def draw(*shape):
         return (rng.standard_normal(shape) * 0.7).astype(dtype)

@@ -33,20 +33,22 @@ pytestmark = [
 KINDS = ("rnn", "lstm", "gru")
 
 
-def lanes_ops(lanes, dtype, calls=None):
-    """Host ops whose every unmasked loop runs in ``lanes`` lanes (recording each run's lane count)."""
+def lanes_ops(lanes, dtype, calls=None, packed=None):
+    """Host ops whose every unmasked loop runs in ``lanes`` lanes (recording each run's lane count); ``packed``:
+    the products by the weight packed once a loop (True), by OpenBLAS (False), or the build's choice (None)."""
     class Counted(host.HostDevice):
-        def run(self, jobs):
+        def run(self, jobs, weight):
             if calls is not None:
                 calls.append(len(jobs))
-            return super().run(jobs)
+            return super().run(jobs, weight)
 
-    return host.HostFusedOps(xp, BUILT.lib, lanes=host.LaneSteps(Counted(dtype, BUILT.lib, BLAS), lanes))
+    device = Counted(dtype, BUILT.lib, BLAS, packed=packed)
+    return host.HostFusedOps(xp, BUILT.lib, lanes=host.LaneSteps(device, lanes))
 
 
 def run_sequence(kind, ops, **options):
     """7 examples (blocks of unequal rows in 2 or 3 lanes) through the engine on ``ops``."""
-    return engine_sequence(kind, ops, m=7, **options)
+    return engine_sequence(kind, ops, **{"m": 7, **options})
 
 
 def assert_same(got, want, dtype, what):
@@ -67,6 +69,32 @@ def test_lanes_compute_what_the_reference_computes(kind, dtype, lanes):
     want = run_sequence(kind, ArrayAPIOps(xp), dtype=dtype)
     assert calls == [lanes, lanes]  # the forward and the backward loop both ran in lanes
     assert_same(got, want, dtype, f"{kind} in {lanes} lanes")
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed-weight", "openblas"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_both_products_of_the_lanes_compute_what_the_reference_computes(kind, dtype, packed):
+    """19 examples in 2 lanes (10 and 9 rows: a block of 8 and the rest), 40 units (the gates' 120-160 columns:
+    whole panels and a part), 33 inputs: the packed product and OpenBLAS's, both against the reference."""
+    shape = dict(m=19, n_a=40, n_x=33, dtype=dtype)
+    got = run_sequence(kind, lanes_ops(2, dtype, packed=packed), **shape)
+    want = run_sequence(kind, ArrayAPIOps(xp), **shape)
+    assert_same(got, want, dtype, f"{kind}, packed={packed}")
+
+
+def test_the_packed_products_are_used_where_the_build_has_512_bit_vectors():
+    """The build's choice is what the compiler targets on this CPU (``-march=native``, as the build), and the
+    status line says which products the lanes use."""
+    device = host.HostDevice(np.float32, BUILT.lib, BLAS)
+    assert device.packed == host.packed_products(BUILT.lib)
+    macros = subprocess.run([host.find_compiler(), "-march=native", "-dM", "-E", "-x", "c++", os.devnull],
+                            capture_output=True, text=True, check=True).stdout
+    assert device.packed == ("__AVX512F__" in macros)
+    status = host.lanes_status()
+    if "lanes on" in status:
+        assert ("packed once a loop" in status) == device.packed
+        assert ("one-thread OpenBLAS products" in status) == (not device.packed)
 
 
 @pytest.mark.parametrize("with_dY, with_final", [(True, False), (False, True)], ids=["dY", "dh_T"])
@@ -123,7 +151,8 @@ def test_the_engine_takes_lanes_where_the_count_says_so(monkeypatch):
     assert host.host_device(np.float64, host.library().lib, engine.check_direct) is not None
     calls = []
     real = host.HostDevice.run
-    monkeypatch.setattr(host.HostDevice, "run", lambda self, jobs: calls.append(len(jobs)) or real(self, jobs))
+    monkeypatch.setattr(host.HostDevice, "run",
+                        lambda self, jobs, weight: calls.append(len(jobs)) or real(self, jobs, weight))
     monkeypatch.setattr(host, "lane_count", lambda rows, n_a, gates, itemsize: 2)
     got = run_sequence("gru", None)
     assert calls == [2, 2]
@@ -182,8 +211,8 @@ def test_more_lanes_than_openblas_threads_run_in_turns(monkeypatch):
 def test_a_device_that_computes_wrong_products_is_refused_by_the_check(monkeypatch, recwarn):
     """The engine's check runs before a device is used: wrong products mean the engine's loop, and a warning."""
     class WrongGemm(host.HostDevice):
-        def run(self, jobs):
-            super().run(jobs)
+        def run(self, jobs, weight):
+            super().run(jobs, weight)
             for job in jobs:
                 if not job.backward:  # one element of each lane's last state off
                     last = ctypes.c_double.from_address(job.s + job.T * job.s_step * ctypes.sizeof(ctypes.c_double))

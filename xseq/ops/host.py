@@ -250,22 +250,122 @@ extern "C" void xseq_adam_{ctype}(const {ctype}* p, const {ctype}* g, const {cty
 # from one step to the next (negative for a buffer flipped in time).
 LOOPS = r"""
 #include <cstdint>
+#include <cstring>
+// The per-step product with the weight packed once a sequence (see "packed" below): a lane's product is
+// (rows, K) @ (K, N) with the same right operand at every step, and a BLAS call packs that operand into
+// its own panel layout again at every call. Here it is packed once into panels of NR columns (two
+// 64-byte vectors: 32 floats or 16 doubles), panel p holding B[k][p NR + j] at (p K + k) NR + j, zero
+// past the last column; each block of MR rows of C is then MR x 2 vector accumulators over k, the row's
+// element times the panel's two vectors (GCC's vector extensions: AVX-512 registers where the compiler
+// targets them). Sums over k in order, one multiply-add at a time.
+namespace xseq_packed {
+template <typename T>
+struct vec {
+    typedef T type __attribute__((vector_size(64)));
+};
+template <typename T>
+constexpr int64_t panel_cols() { return 128 / sizeof(T); }
+
+template <typename T>
+void pack(const T* b, int64_t K, int64_t N, T* out) {  // b: K x N, row-major
+    const int64_t NR = panel_cols<T>();
+    for (int64_t p = 0; p * NR < N; ++p) {
+        const int64_t cols = N - p * NR < NR ? N - p * NR : NR;
+        for (int64_t k = 0; k < K; ++k) {
+            T* dst = out + (p * K + k) * NR;
+            std::memcpy(dst, b + k * N + p * NR, cols * sizeof(T));
+            for (int64_t j = cols; j < NR; ++j) dst[j] = T(0);
+        }
+    }
+}
+
+// rows r..r+MR of C (ncols of its columns from the panel's first) = A's rows @ the panel + beta C (beta 0 or 1)
+template <typename T, int MR>
+inline void tile(const T* a, int64_t lda, const T* panel, int64_t K, T* c, int64_t ldc, int64_t ncols, T beta) {
+    typedef typename vec<T>::type V;
+    constexpr int W = 64 / sizeof(T);
+    V acc0[MR], acc1[MR];
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) acc0[r] = acc1[r] = V{};
+    for (int64_t k = 0; k < K; ++k) {
+        V b0, b1;
+        std::memcpy(&b0, panel + k * 2 * W, sizeof(V));
+        std::memcpy(&b1, panel + k * 2 * W + W, sizeof(V));
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; ++r) {
+            const T x = a[r * lda + k];
+            acc0[r] += x * b0;
+            acc1[r] += x * b1;
+        }
+    }
+    for (int r = 0; r < MR; ++r) {
+        T out[2 * W];
+        std::memcpy(out, &acc0[r], sizeof(V));
+        std::memcpy(out + W, &acc1[r], sizeof(V));
+        T* row = c + r * ldc;
+        if (beta == T(0))
+            std::memcpy(row, out, ncols * sizeof(T));
+        else
+            for (int64_t j = 0; j < ncols; ++j) row[j] += out[j];
+    }
+}
+
+// C (M x N, row stride ldc) = A (M x K, row stride lda) @ B (packed by pack) + beta C, beta 0 or 1
+template <typename T>
+void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* packed, T beta, T* c, int64_t ldc) {
+    const int64_t NR = panel_cols<T>();
+    constexpr int MR = 8;
+    for (int64_t p = 0; p * NR < N; ++p) {  // a panel (K x NR) stays in cache while every row block uses it
+        const int64_t ncols = N - p * NR < NR ? N - p * NR : NR;
+        const T* panel = packed + p * K * NR;
+        int64_t r = 0;
+        for (; r + MR <= M; r += MR) tile<T, MR>(a + r * lda, lda, panel, K, c + r * ldc + p * NR, ldc, ncols, beta);
+        const T* ar = a + r * lda;
+        T* cr = c + r * ldc + p * NR;
+        switch (M - r) {
+            case 7: tile<T, 7>(ar, lda, panel, K, cr, ldc, ncols, beta); break;
+            case 6: tile<T, 6>(ar, lda, panel, K, cr, ldc, ncols, beta); break;
+            case 5: tile<T, 5>(ar, lda, panel, K, cr, ldc, ncols, beta); break;
+            case 4: tile<T, 4>(ar, lda, panel, K, cr, ldc, ncols, beta); break;
+            case 3: tile<T, 3>(ar, lda, panel, K, cr, ldc, ncols, beta); break;
+            case 2: tile<T, 2>(ar, lda, panel, K, cr, ldc, ncols, beta); break;
+            case 1: tile<T, 1>(ar, lda, panel, K, cr, ldc, ncols, beta); break;
+            default: break;
+        }
+    }
+}
+}
+
+// 1 where the packed product was compiled for 512-bit vector registers, the only target it was measured on
+extern "C" int xseq_packed_native() {
+#if defined(__AVX512F__)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 namespace xseq_loops {
 template <typename T>
 using gemm_t = void (*)(int, int, int, int64_t, int64_t, int64_t, T, const T*, int64_t, const T*, int64_t, T, T*,
                         int64_t);
-// C (m x n, row stride ldc) = A (m x k) @ B (k x n) + beta C, all row-major
+// C (m x n, row stride ldc) = A (m x k) @ B (k x n) + beta C, all row-major: by the packed B where there is
+// one, else by the BLAS function
 template <typename T>
-inline void mm(gemm_t<T> gemm, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
-               T beta, T* c, int64_t ldc) {
-    gemm(101, 111, 111, m, n, k, T(1), a, lda, b, ldb, beta, c, ldc);
+inline void mm(gemm_t<T> gemm, const T* packed, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
+               int64_t ldb, T beta, T* c, int64_t ldc) {
+    if (packed)
+        xseq_packed::gemm<T>(m, n, k, a, lda, packed, beta, c, ldc);
+    else
+        gemm(101, 111, 111, m, n, k, T(1), a, lda, b, ldb, beta, c, ldc);
 }
 // Everything one lane's loop needs (xseq.ops.host._LaneJob has the same fields in the same order).
 // forward: xw, s, c, g step by step, w = W_hh.T, b_hn, hw; backward: g, s, c, dy, dz, dhw step by step,
-// w = W_hh, dh and dc (in: the final states' gradients; out: the first states'), work (4 m n_a).
+// w = W_hh, dh and dc (in: the final states' gradients; out: the first states'), work (4 m n_a). packed: w packed
+// by xseq_packed::pack, or null for the BLAS function.
 struct lane_job {
     int64_t backward, kind, T, m, n_a;
-    void *gemm, *xw, *s, *c, *g, *dy, *dz, *dhw, *w, *b_hn, *hw, *dh, *dc, *work;
+    void *gemm, *xw, *s, *c, *g, *dy, *dz, *dhw, *w, *b_hn, *hw, *dh, *dc, *work, *packed;
     int64_t xw_step, s_step, c_step, g_step, dy_step, z_step, hw_step;
 };
 }
@@ -278,13 +378,13 @@ def _loop_exports(ctype):
     return f"""
 extern "C" void xseq_forward_loop_{ctype}(int kind, void* gemm_p, int64_t T, int64_t m, int64_t n_a,
         const {ctype}* xw, int64_t xw_step, {ctype}* s, int64_t s_step, {ctype}* c, int64_t c_step,
-        {ctype}* g, int64_t g_step, const {ctype}* w_hhT, const {ctype}* b_hn, {ctype}* hw) {{
+        {ctype}* g, int64_t g_step, const {ctype}* w_hhT, const {ctype}* b_hn, {ctype}* hw, const {ctype}* packed) {{
     typedef {ctype} T_;
     auto gemm = reinterpret_cast<xseq_loops::gemm_t<T_>>(gemm_p);
     const int64_t G = kind == 0 ? 1 : kind == 1 ? 4 : 3, GN = G * n_a, n = m * n_a;
     for (int64_t t = 0; t < T; ++t) {{
         T_* h = s + t * s_step;
-        xseq_loops::mm<T_>(gemm, m, GN, n_a, h, n_a, w_hhT, GN, T_(0), hw, GN);  // hw = h @ W_hh.T
+        xseq_loops::mm<T_>(gemm, packed, m, GN, n_a, h, n_a, w_hhT, GN, T_(0), hw, GN);  // hw = h @ W_hh.T
         const T_* x = xw + t * xw_step;
         if (kind == 0) {k("rnn_forward")}(x, hw, h + s_step, n);
         else if (kind == 1) {k("lstm_forward")}(x, hw, c + t * c_step, (int)n_a, g + t * g_step,
@@ -296,7 +396,7 @@ extern "C" void xseq_forward_loop_{ctype}(int kind, void* gemm_p, int64_t T, int
 extern "C" void xseq_backward_loop_{ctype}(int kind, void* gemm_p, int64_t T, int64_t m, int64_t n_a,
         const {ctype}* g, int64_t g_step, const {ctype}* s, int64_t s_step, const {ctype}* c, int64_t c_step,
         const {ctype}* w_hh, const {ctype}* dy, int64_t dy_step, {ctype}* dz, int64_t z_step,
-        {ctype}* dhw, int64_t hw_step, {ctype}* dh, {ctype}* dc, {ctype}* work) {{
+        {ctype}* dhw, int64_t hw_step, {ctype}* dh, {ctype}* dc, {ctype}* work, const {ctype}* packed) {{
     // dh, dc: the final states' gradients in, the first states' out; work: 4 (m, n_a) blocks
     typedef {ctype} T_;
     auto gemm = reinterpret_cast<xseq_loops::gemm_t<T_>>(gemm_p);
@@ -320,7 +420,7 @@ extern "C" void xseq_backward_loop_{ctype}(int kind, void* gemm_p, int64_t T, in
                                 dz + t * z_step, dhw + t * hw_step, dh_prev, n);
             beta = T_(1);
         }}
-        xseq_loops::mm<T_>(gemm, m, n_a, GN, dhw + t * hw_step, GN, w_hh, n_a, beta, dh_prev, n_a);
+        xseq_loops::mm<T_>(gemm, packed, m, n_a, GN, dhw + t * hw_step, GN, w_hh, n_a, beta, dh_prev, n_a);
         dh_cur = dh_prev;
     }}
     for (int64_t i = 0; i < n; ++i) dh[i] = dh_cur[i];
@@ -335,11 +435,17 @@ extern "C" void xseq_lane_{ctype}(void* job_p) {{
     if (!j.backward)
         xseq_forward_loop_{ctype}((int)j.kind, j.gemm, j.T, j.m, j.n_a, (const T_*)j.xw, j.xw_step, (T_*)j.s,
                                   j.s_step, (T_*)j.c, j.c_step, (T_*)j.g, j.g_step, (const T_*)j.w,
-                                  (const T_*)j.b_hn, (T_*)j.hw);
+                                  (const T_*)j.b_hn, (T_*)j.hw, (const T_*)j.packed);
     else
         xseq_backward_loop_{ctype}((int)j.kind, j.gemm, j.T, j.m, j.n_a, (const T_*)j.g, j.g_step, (const T_*)j.s,
                                    j.s_step, (const T_*)j.c, j.c_step, (const T_*)j.w, (const T_*)j.dy, j.dy_step,
-                                   (T_*)j.dz, j.z_step, (T_*)j.dhw, j.hw_step, (T_*)j.dh, (T_*)j.dc, (T_*)j.work);
+                                   (T_*)j.dz, j.z_step, (T_*)j.dhw, j.hw_step, (T_*)j.dh, (T_*)j.dc, (T_*)j.work,
+                                   (const T_*)j.packed);
+}}
+
+// The weight w (K x N, row-major) packed for the lanes' products, into out (packed_size elements).
+extern "C" void xseq_pack_{ctype}(const {ctype}* w, int64_t K, int64_t N, {ctype}* out) {{
+    xseq_packed::pack(w, K, N, out);
 }}
 """
 
@@ -928,12 +1034,25 @@ def numpy_openblas():
     return None, reason
 
 
+def packed_products(lib):
+    """Whether the lanes' per-step products take the weight packed once a loop (:data:`LOOPS`' ``xseq_packed``).
+
+    Where the host build has 512-bit vectors (AVX-512), the only target it
+    was measured on: 0.61x-0.84x of a one-thread OpenBLAS call's time at the
+    lanes' shapes (float32 and float64, benchmarks/README.md "Packed
+    products"). Elsewhere the lanes call NumPy's OpenBLAS.
+    """
+    native = lib.xseq_packed_native
+    native.argtypes, native.restype = [], ctypes.c_int
+    return bool(native())
+
+
 class _LaneJob(ctypes.Structure):
     """One lane's loop, as LOOPS' ``xseq_loops::lane_job`` (same fields, same order)."""
 
     _fields_ = ([(name, ctypes.c_int64) for name in ("backward", "kind", "T", "m", "n_a")]
                 + [(name, ctypes.c_void_p) for name in ("gemm", "xw", "s", "c", "g", "dy", "dz", "dhw", "w",
-                                                        "b_hn", "hw", "dh", "dc", "work")]
+                                                        "b_hn", "hw", "dh", "dc", "work", "packed")]
                 + [(name, ctypes.c_int64) for name in ("xw_step", "s_step", "c_step", "g_step", "dy_step",
                                                        "z_step", "hw_step")])
 
@@ -958,11 +1077,16 @@ class HostDevice:
 
     _lock = threading.Lock()
 
-    def __init__(self, dtype, lib, blas):
+    def __init__(self, dtype, lib, blas, packed=None):
         self.dtype = np.dtype(dtype)
         self._blas = blas
         self._gemm_address = ctypes.cast(blas.gemm[self.dtype], ctypes.c_void_p).value
         self._lane_address = ctypes.cast(getattr(lib, f"xseq_lane_{CTYPES[self.dtype]}"), ctypes.c_void_p).value
+        self._pack = getattr(lib, f"xseq_pack_{CTYPES[self.dtype]}")
+        self._pack.argtypes, self._pack.restype = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p], None
+        #: whether the lanes' per-step products use the weight packed once a loop rather than NumPy's OpenBLAS
+        self.packed = packed_products(lib) if packed is None else bool(packed)
+        self._packed_buffer = np.empty(0, dtype=self.dtype)
 
     def forward_job(self, kind, XW, W_hhT, b_hn, saved, S, C, hw):
         """A lane of :class:`~xseq.ops.fused.DirectSteps`' forward loop: writes ``S[1:]``, ``C[1:]``, ``saved``."""
@@ -1005,12 +1129,20 @@ class HostDevice:
         job.dh, job.dc = self._block(dh), None if dc is None else self._block(dc)
         return job
 
-    def run(self, jobs):
-        """Run the lanes ``jobs`` at once (as many at a time as OpenBLAS has threads) and return when all are done."""
+    def run(self, jobs, weight):
+        """Run the lanes ``jobs`` at once (as many at a time as OpenBLAS has threads) and return when all are done.
+
+        ``weight`` is the right operand of every lane's per-step product (``W_hh.T`` forward, ``W_hh`` backward):
+        packed once here for all lanes and steps where :attr:`packed`.
+        """
         jobs = [job for job in jobs if job.T > 0]
         if not jobs:
             return
         with self._lock:
+            if self.packed:
+                packed = self._packed_weight(weight)
+                for job in jobs:
+                    job.packed = packed
             threads = self._blas.set_threads_local(1)
             try:
                 at_once = max(1, min(threads, len(jobs)))  # never more lanes than OpenBLAS has threads to run them
@@ -1021,6 +1153,16 @@ class HostDevice:
                                               ctypes.sizeof(_LaneJob))
             finally:
                 self._blas.set_threads_local(threads)
+
+    def _packed_weight(self, weight):
+        """``weight`` (K, N) packed into panels (:data:`LOOPS`' ``xseq_packed::pack``) in a buffer kept for the next run."""
+        K, N = weight.shape
+        cols = 128 // self.dtype.itemsize
+        size = -(-N // cols) * cols * K
+        if self._packed_buffer.size < size:
+            self._packed_buffer = np.empty(size, dtype=self.dtype)
+        self._pack(self._block(weight), K, N, _address(self._packed_buffer))
+        return _address(self._packed_buffer)
 
     def _block(self, a):
         if a.dtype != self.dtype or not a.flags.c_contiguous:
@@ -1073,7 +1215,10 @@ def lanes_status():
     rule = f"(W_hh of at most {MAX_LANE_WEIGHT_BYTES >> 20} MiB, at least {MIN_LANE_ROWS} rows a lane)"
     if blas.threads() < 2:
         return "engine's loop (NumPy's OpenBLAS has 1 thread)"
-    return f"{lanes}, one-thread products {rule}" + (f"; not used for {'; '.join(failed)}" if failed else "")
+    lib = library().lib
+    products = ("xseq's products with W_hh packed once a loop" if lib is not None and packed_products(lib)
+                else "one-thread OpenBLAS products")
+    return f"{lanes}, {products} {rule}" + (f"; not used for {'; '.join(failed)}" if failed else "")
 
 
 def row_blocks(m, lanes):
@@ -1114,7 +1259,7 @@ class LaneSteps:
             return self.device.forward_job(kind, XW[:, rows], W_hhT, b_hn, None if saved is None else saved[:, rows],
                                            S[:, rows], None if C is None else C[:, rows], hw[rows])
 
-        self.device.run([lane(*block) for block in row_blocks(XW.shape[1], self.lanes)])
+        self.device.run([lane(*block) for block in row_blocks(XW.shape[1], self.lanes)], W_hhT)
 
     def backward(self, kind, saved, S, C, W_hh, dY, dh, dc, dZ, dHW, empty):
         """As :meth:`~xseq.ops.fused.DirectSteps.backward`: writes ``dZ`` (and ``dHW``); returns ``(dh0, dc0)``."""
@@ -1133,5 +1278,5 @@ class LaneSteps:
                                             None if dY is None else dY[:, rows], dh0[rows],
                                             None if dc0 is None else dc0[rows], dZ[:, rows], dHW[:, rows])
 
-        self.device.run([lane(*block) for block in row_blocks(m, self.lanes)])
+        self.device.run([lane(*block) for block in row_blocks(m, self.lanes)], W_hh)
         return dh0, dc0
