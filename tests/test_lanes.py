@@ -262,3 +262,16 @@ def test_no_lanes_where_the_products_go_to_another_library(monkeypatch):
                       host.LaneSteps)
     ops.gemm = lambda a, b, out: None
     assert ops.direct_steps(np.float64, check=engine.check_direct, rows=8, n_a=5, gates=4) is None
+
+
+def test_a_users_openblas_num_threads_is_the_lanes_limit():
+    """``OPENBLAS_NUM_THREADS=1`` in a fresh process: no lanes (the engine's loop), and the status says why."""
+    code = textwrap.dedent("""
+        from xseq.ops import host
+        print(host.lane_count(32, 128, 4, 4), host.lanes_status())
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OPENBLAS_NUM_THREADS": "1"}, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1 engine's loop (NumPy's OpenBLAS has 1 thread)"

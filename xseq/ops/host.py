@@ -41,9 +41,10 @@ Build and use
 Beyond the step kernels the library holds three host-only pieces: the
 engine's time loops in C++ (``LOOPS``), which :class:`LaneSteps` runs on
 blocks of rows, one of NumPy's OpenBLAS threads each, where that was measured
-faster (see "lanes" below); the projection loss's softmax cross-entropy in one
-pass a row (:func:`softmax_xent_rows`); and Adam's step in one pass
-(:func:`adam_step`).
+faster (see "lanes" below), their per-step products by ``W_hh`` packed once a
+loop where the build has 512-bit vectors (:func:`packed_products`); the
+projection loss's softmax cross-entropy in one pass a row
+(:func:`softmax_xent_rows`); and Adam's step in one pass (:func:`adam_step`).
 
 Numerics: the reference's formulas in the same order, with the C library's
 ``exp``/``tanh`` and fast-math rounding: within a few ulps of the reference
