@@ -962,8 +962,9 @@ def host_ops(xp, dtype):
 #: engine's time at small language-model sizes (m = 32, n_a = 64-128), 0.85x-0.96x from PTB small's
 #: (m = 20, n_a = 200) to (64, 512) and (20, 650); not with n_a = 1024 (1.04x-1.09x), where every
 #: lane reads the whole recurrent weight (13-17 MB) at every step and two threads of one product read
-#: half of it each. So: the recurrent weight ``W_hh`` at most this many bytes, and every lane at least
-#: MIN_LANE_ROWS rows.
+#: half of it each (with OpenBLAS's products in the lanes; with the packed products 0.99x-1.05x at
+#: 1024 units, 0.64x at (20, 650)). So: the recurrent weight ``W_hh`` at most this many bytes, and every
+#: lane at least MIN_LANE_ROWS rows.
 MAX_LANE_WEIGHT_BYTES = 8 << 20
 MIN_LANE_ROWS = 8
 MAX_LANES = 8
