@@ -266,6 +266,9 @@ struct vec {
 };
 template <typename T>
 constexpr int64_t panel_cols() { return 128 / sizeof(T); }
+// elements of a (K x N) weight packed by pack: whole panels
+template <typename T>
+constexpr int64_t packed_size(int64_t K, int64_t N) { return (N + panel_cols<T>() - 1) / panel_cols<T>() * panel_cols<T>() * K; }
 
 template <typename T>
 void pack(const T* b, int64_t K, int64_t N, T* out) {  // b: K x N, row-major
@@ -444,9 +447,12 @@ extern "C" void xseq_lane_{ctype}(void* job_p) {{
                                    (const T_*)j.packed);
 }}
 
-// The weight w (K x N, row-major) packed for the lanes' products, into out (packed_size elements).
+// The weight w (K x N, row-major) packed for the lanes' products, into out (xseq_packed_size_ elements).
 extern "C" void xseq_pack_{ctype}(const {ctype}* w, int64_t K, int64_t N, {ctype}* out) {{
     xseq_packed::pack(w, K, N, out);
+}}
+extern "C" int64_t xseq_packed_size_{ctype}(int64_t K, int64_t N) {{
+    return xseq_packed::packed_size<{ctype}>(K, N);
 }}
 """
 
@@ -1086,6 +1092,8 @@ class HostDevice:
         self._lane_address = ctypes.cast(getattr(lib, f"xseq_lane_{CTYPES[self.dtype]}"), ctypes.c_void_p).value
         self._pack = getattr(lib, f"xseq_pack_{CTYPES[self.dtype]}")
         self._pack.argtypes, self._pack.restype = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p], None
+        self._packed_size = getattr(lib, f"xseq_packed_size_{CTYPES[self.dtype]}")
+        self._packed_size.argtypes, self._packed_size.restype = [ctypes.c_int64, ctypes.c_int64], ctypes.c_int64
         #: whether the lanes' per-step products use the weight packed once a loop rather than NumPy's OpenBLAS
         self.packed = packed_products(lib) if packed is None else bool(packed)
         self._packed_buffer = np.empty(0, dtype=self.dtype)
@@ -1150,8 +1158,8 @@ class HostDevice:
                 at_once = max(1, min(threads, len(jobs)))  # never more lanes than OpenBLAS has threads to run them
                 for first in range(0, len(jobs), at_once):
                     group = jobs[first:first + at_once]
-                    packed = (_LaneJob * len(group))(*group)
-                    self._blas.run_on_threads(len(group), self._lane_address, ctypes.addressof(packed),
+                    structs = (_LaneJob * len(group))(*group)  # one C array, as gotoblas_pthread strides it
+                    self._blas.run_on_threads(len(group), self._lane_address, ctypes.addressof(structs),
                                               ctypes.sizeof(_LaneJob))
             finally:
                 self._blas.set_threads_local(threads)
@@ -1159,8 +1167,7 @@ class HostDevice:
     def _packed_weight(self, weight):
         """``weight`` (K, N) packed into panels (:data:`LOOPS`' ``xseq_packed::pack``) in a buffer kept for the next run."""
         K, N = weight.shape
-        cols = 128 // self.dtype.itemsize
-        size = -(-N // cols) * cols * K
+        size = self._packed_size(K, N)  # the layout's own count (LOOPS' xseq_packed::packed_size)
         if self._packed_buffer.size < size:
             self._packed_buffer = np.empty(size, dtype=self.dtype)
         self._pack(self._block(weight), K, N, _address(self._packed_buffer))
