@@ -186,8 +186,14 @@ def train_grid(comm, outdir, size):
 
 
 def cli(comm, fault, rank, step, *argv):
-    """``xseq`` with ``Trainer.learn`` of rank ``rank`` raising (``fault`` "raise") or asking to stop ("stop")
-    at step ``step``; the job's exit status is the command's."""
+    """``xseq`` with ``Trainer.learn`` of rank ``rank`` raising (``fault`` "raise"), asking to stop ("stop"),
+    stopping its own process with SIGSTOP ("sigstop") or taking its node's link down ("link-down": ``eth0`` of
+    the network namespace it runs in, see tests/test_two_nodes.py) at step ``step``; the job's exit status is the
+    command's."""
+    import os
+    import signal
+    import subprocess
+
     from xseq.lm import cli as command
     from xseq.lm.stream_train import StreamTrainer
     from xseq.lm.train import Trainer
@@ -197,7 +203,12 @@ def cli(comm, fault, rank, step, *argv):
             if comm.rank == int(rank) and self.step + 1 == int(step):
                 if fault == "raise":
                     raise RuntimeError(f"planted failure at step {self.step + 1}")
-                self.stop_requested = True
+                if fault == "sigstop":
+                    os.kill(os.getpid(), signal.SIGSTOP)
+                elif fault == "link-down":
+                    subprocess.run(["ip", "link", "set", "dev", "eth0", "down"], check=True, timeout=30)
+                else:
+                    self.stop_requested = True
             return learn(self, *args)
 
         return wrapper

@@ -165,7 +165,9 @@ def test_unknown_and_unusable_backends(tmp_path, corpus):
 def test_bad_options(tmp_path, corpus, trained):
     assert_bad_input(xseq_cli("train", corpus, "--hidden", 0, cwd=tmp_path), "--hidden", "positive integer")
     assert_bad_input(xseq_cli("train", corpus, "--epochs", 2, "--steps", 3, cwd=tmp_path), "not allowed with")
-    assert_bad_input(xseq_cli("train", corpus, "--dropout", 1.5, cwd=tmp_path), "dropout must be in [0, 1)")
+    # model.npz (the fixture's) is in tmp_path: without --out the run would be refused for that first
+    assert_bad_input(xseq_cli("train", corpus, "--dropout", 1.5, "--out", tmp_path / "d.npz", cwd=tmp_path),
+                     "dropout must be in [0, 1)")
     assert_bad_input(xseq_cli("sample", trained, "--prefix", "xyz", cwd=tmp_path), "not in the model's vocabulary")
     assert_bad_input(xseq_cli("sample", trained, "--temperature", 0, cwd=tmp_path), "temperature must be > 0")
     assert_bad_input(xseq_cli(cwd=tmp_path), "required")

@@ -10,7 +10,9 @@ import importlib.util
 import io
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -262,6 +264,111 @@ def test_evaluate_under_mpiexec_gives_the_single_process_numbers(tmp_path, kind)
         assert done.returncode == 0, done.stdout + done.stderr
         outputs.append([line for line in done.stdout.splitlines() if not line.startswith("data-parallel")])
     assert outputs[0] == outputs[1] and any(line.startswith("cross-entropy: ") for line in outputs[0])
+
+
+# ---------------------------------------------------------------------- ranks started differently, ranks that stop answering
+
+
+def run_bounded(command, timeout, **kwargs):
+    """Run ``command`` in a session of its own; whatever is left of it (a stopped rank) is killed at the end."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, **kwargs)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+def mpmd(cwd, *ranks, timeout=60):
+    """``mpiexec -n 1 [-env NAME VALUE ...] COMMAND : -n 1 ...``, one (environment, command) per rank."""
+    command = [mpi_or_skip()]
+    for i, (environment, argv) in enumerate(ranks):
+        command += [":"] * (i > 0) + ["-n", "1"]
+        for name, value in environment.items():
+            command += ["-env", name, value]
+        command += [sys.executable, "-m", "xseq", *argv]
+    return run_bounded(command, timeout, cwd=cwd, env=job_environment())
+
+
+def whole_lines(stderr):
+    """The lines of a job's stderr, each checked to be one rank's message and not two glued together."""
+    lines = stderr.splitlines()
+    assert all(len(re.findall(r"xseq \w+: error: ", line)) <= 1 for line in lines), stderr
+    return lines
+
+
+def test_mpmd_ranks_with_different_options_stop_at_the_start_naming_the_option(tmp_path):
+    (tmp_path / "corpus.txt").write_text("\n".join(distributed_jobs.NAMES) + "\n", encoding="utf-8")
+    common = ["train", "corpus.txt", "--steps", "3", "--samples", "0", "--dropout", "0.1"]
+    done = mpmd(tmp_path, ({}, [*common, "--hidden", "16"]), ({}, [*common, "--hidden", "24", "--cell", "gru"]))
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = whole_lines(done.stderr)
+    assert ("xseq train: error: [rank 1/2] the ranks' options differ from rank 0's: --cell 'gru' here, None on "
+            "rank 0; --hidden 24 here, 16 on rank 0") in lines
+    assert "xseq train: error: [rank 0/2] rank 1 disagrees with the others; see their message" in lines
+    assert not (tmp_path / "model.npz").exists()
+
+
+def test_train_beside_evaluate_stops_at_the_start_instead_of_hanging(tmp_path):
+    (tmp_path / "corpus.txt").write_text("\n".join(distributed_jobs.NAMES) + "\n", encoding="utf-8")
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(["train", str(tmp_path / "corpus.txt"), "--steps", "2", "--hidden", "8", "--samples", "0",
+                         "--out", str(tmp_path / "m.npz")]) == 0
+    done = mpmd(tmp_path, ({}, ["train", "corpus.txt", "--steps", "3", "--out", "other.npz"]),
+                ({}, ["evaluate", "m.npz", "corpus.txt"]))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert ("xseq evaluate: error: [rank 1/2] the ranks' commands differ from rank 0's: command 'xseq evaluate' "
+            "here, 'xseq train' on rank 0") in whole_lines(done.stderr)
+
+
+@pytest.mark.parametrize("environment, differs", [
+    ({"XSEQ_FUSED": "0"}, "steps (float32) 'ArrayAPIOps' here, 'HostFusedOps' on rank 0"),
+    ({"PATH": "NO-COMPILER", "CXX": ""}, "steps (float32) 'NumpyOps (no C++ compiler ($CXX, g++, c++ or clang++) "
+                                         "on PATH)' here, 'HostFusedOps' on rank 0")])
+def test_a_rank_on_another_fast_path_stops_at_the_start(tmp_path, environment, differs):
+    """A rank whose steps would be computed by other code (XSEQ_FUSED=0, a node without a compiler) would drift
+    apart from the others in the last bits; it is stopped before the first step, with what differs."""
+    from xseq.ops import host
+
+    if host.library().lib is None:
+        pytest.skip(f"the host kernels cannot be built here ({host.library().reason}); this test compares a rank "
+                    "that has them with one that has not")
+    (tmp_path / "corpus.txt").write_text("\n".join(distributed_jobs.NAMES) + "\n", encoding="utf-8")
+    (tmp_path / "NO-COMPILER").mkdir()
+    environment = {k: str(tmp_path / v) if v == "NO-COMPILER" else v for k, v in environment.items()}
+    argv = ["train", "corpus.txt", "--steps", "3", "--samples", "0"]
+    done = mpmd(tmp_path, ({}, argv), (environment, argv))
+    assert done.returncode == 2, done.stdout + done.stderr
+    message = next(line for line in whole_lines(done.stderr) if line.startswith("xseq train: error: [rank 1/2]"))
+    assert message.startswith("xseq train: error: [rank 1/2] the ranks' fast paths differ from rank 0's: ")
+    assert differs in message
+    assert not (tmp_path / "model.npz").exists()
+
+
+def test_a_stopped_rank_ends_the_job_after_comm_timeout_and_the_last_checkpoint_resumes(tmp_path):
+    """Rank 1 stops itself (SIGSTOP) at step 6: rank 0 waits in that step's all-reduce until --comm-timeout,
+    says so and ends the job (status 124). The checkpoint of epoch 1 (step 4) is intact, and resumed it ends
+    where an uninterrupted run ends."""
+    (tmp_path / "corpus.txt").write_text("\n".join(distributed_jobs.NAMES) + "\n", encoding="utf-8")
+    recipe = ["--steps", "8", "--batch", "5", "--hidden", "8", "--samples", "0", "--dtype", "float64"]
+    command = [mpi_or_skip(), "-n", "2", sys.executable, "-m", "tests.distributed_jobs", "cli", "sigstop", "1", "6",
+               "train", "corpus.txt", *recipe, "--out", "m.npz", "--comm-timeout", "10"]
+    done = run_bounded(command, 120, cwd=tmp_path, env=job_environment())
+    assert done.returncode == 124, done.stdout + done.stderr
+    assert ("xseq train: error: [rank 0/2] no reply from the other ranks in a collective for 10 s (step 6); "
+            "ending the job (--comm-timeout 10)") in whole_lines(done.stderr)
+    assert saved(tmp_path / "m.npz")["array/train/losses"].size == 4
+    for n, args in ((2, ["--resume", "m.npz", "--out", "resumed.npz"]), (1, [*recipe, "--out", "full.npz"])):
+        again = xseq_train(n, "corpus.txt", *(args if n == 1 else [*args, "--steps", "8", "--samples", "0"]),
+                           cwd=tmp_path)
+        assert again.returncode == 0, again.stdout + again.stderr
+    full, resumed = trained(tmp_path / "full.npz"), trained(tmp_path / "resumed.npz")
+    assert sorted(resumed) == sorted(full)
+    for key in full:
+        np.testing.assert_allclose(resumed[key], full[key], rtol=0, atol=1e-12, err_msg=key)
 
 
 # ---------------------------------------------------------------------- the benchmark's check

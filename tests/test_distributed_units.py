@@ -2,6 +2,7 @@
 detection, example-keyed dropout, digests, failure handling, thread defaults, and the NCCL path's logic
 with stand-ins for NCCL and CUDA. The same pieces across real MPI processes: tests/test_distributed.py."""
 
+import argparse
 import io
 import os
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 import xseq
 from xseq.distributed import (
     Bucket,
+    CollectiveWatchdog,
     ExampleDropout,
     NCCLCommunicator,
     SingleProcess,
@@ -21,6 +23,7 @@ from xseq.distributed import (
     allreduce_arrays,
     apply_thread_defaults,
     check_same_on_all_ranks,
+    check_settings_agree,
     default_threads,
     digest,
     from_environment,
@@ -508,3 +511,147 @@ def test_a_launcher_whose_mpi_cannot_start_is_one_clear_error():
     direct, command = out.splitlines()
     assert direct.startswith("started by an MPI launcher, but MPI cannot start in this process: ")
     assert command.startswith("2 xseq evaluate: error: started by an MPI launcher, but MPI cannot start")
+
+
+# ---------------------------------------------------------------------- lines that stay whole, the watchdog, agreement
+
+
+class RecordingRaw(io.RawIOBase):
+    """A file descriptor's stand-in that records every write, as the operating system sees them."""
+
+    def __init__(self):
+        self.writes = []
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        self.writes.append(bytes(data).decode())
+        return len(data)
+
+
+def unbuffered_text(raw):
+    """A text stream over ``raw`` as Python's stderr is: no buffer, every ``write`` goes straight through."""
+    return io.TextIOWrapper(raw, encoding="utf-8", write_through=True)
+
+
+def test_an_error_line_reaches_stderr_in_one_write_so_two_ranks_lines_never_glue(monkeypatch):
+    """The launcher merges the ranks' stderr as it receives it: a line written in two pieces (``print`` writes the
+    text, then the newline) can take another rank's line between them."""
+    from xseq.lm import cli
+
+    raw = RecordingRaw()
+    monkeypatch.setattr(sys, "stderr", unbuffered_text(raw))
+    args = argparse.Namespace(command="train", comm=AbortRecorder())
+    cli._error(args, "the corpus is missing")
+    assert raw.writes == ["xseq train: error: [rank 1/3] the corpus is missing\n"]
+
+
+def test_a_ranks_traceback_and_its_last_line_go_out_in_one_write():
+    raw = RecordingRaw()
+    comm = AbortRecorder()
+    with abort_on_error(comm, file=unbuffered_text(raw)):
+        raise ValueError("bad corpus")
+    assert len(raw.writes) == 1 and raw.writes[0].endswith("[rank 1/3] ending all 3 processes of the job\n")
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_the_watchdog_expires_once_when_one_collective_waits_longer_than_the_timeout():
+    clock, expired = Clock(), []
+    watchdog = CollectiveWatchdog(10, expired.append, clock=clock)
+    clock.now += 1000
+    assert not watchdog.check()  # no collective waiting: time between collectives never counts
+    watchdog.begin()
+    clock.now += 10
+    assert not watchdog.check() and expired == []
+    watchdog.end()
+    watchdog.begin()  # each collective has the whole timeout
+    clock.now += 9
+    assert not watchdog.check()
+    clock.now += 2
+    assert watchdog.check() and expired == [11]
+    clock.now += 50
+    assert not watchdog.check() and expired == [11]
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), True, "10"])
+def test_the_watchdogs_timeout_is_checked(timeout):
+    with pytest.raises(ValueError, match=f"timeout must be a finite number of seconds > 0; got {timeout!r}"):
+        CollectiveWatchdog(timeout, print)
+
+
+class HangingMPI:
+    """mpi4py's communicator in appearance; each collective lets ``clock`` run 30 s and the watchdog look."""
+
+    def __init__(self, clock, watchdog):
+        self.clock, self.watchdog, self.looked = clock, watchdog, []
+
+    def _hang(self, *args, **kwargs):
+        self.clock.now += 30
+        self.looked.append(self.watchdog.check())
+
+    Barrier = Allreduce = Bcast = _hang
+
+    def bcast(self, value, root=0):
+        self._hang()
+        return value
+
+
+def test_every_mpi_collective_is_timed_by_the_communicators_watchdog():
+    from xseq.distributed import MPICommunicator
+
+    clock, expired = Clock(), []
+    comm = MPICommunicator.__new__(MPICommunicator)  # no MPI: the collectives are HangingMPI's
+    comm.rank, comm.size, comm._MPI = 0, 2, argparse.Namespace(IN_PLACE=None, SUM=None)
+    comm.watchdog = CollectiveWatchdog(20, expired.append, clock=clock)
+    comm.comm = HangingMPI(clock, comm.watchdog)
+    for collective in (comm.barrier, lambda: comm.allreduce_sum(np.ones(2)), lambda: comm.broadcast({"a": 1})):
+        comm.watchdog._expired = False
+        collective()
+    assert comm.comm.looked == [True, True, True] and expired == [30, 30, 30]
+    comm.watchdog.begin()
+    comm.watchdog.end()
+    clock.now += 100
+    assert not comm.watchdog.check()
+
+
+def test_the_trainer_tells_the_watchdog_its_step():
+    from xseq.lm.train import TrainConfig, Trainer
+
+    class Watched(RecordingCommunicator):
+        watchdog = CollectiveWatchdog(10, print)
+        steps = []
+
+        def allreduce_sum(self, array):
+            self.steps.append(self.watchdog.step)
+            return array
+
+    names = ["anna", "bob", "carla", "dmitri", "eve", "fatima", "gus", "hana", "ivo", "jun"]
+    trainer = Trainer(names, TrainConfig(hidden_size=4, batch_size=4, steps=3), backend="numpy", comm=Watched())
+    trainer._check_ranks_agree = lambda *args, **kwargs: None  # one process that says it is two
+    trainer.comm.broadcast = lambda value, root=0: value
+    assert trainer.run() is True
+    assert {1, 2, 3} <= set(Watched.steps)
+
+
+def test_strings_that_differ_are_shown_where_they_differ():
+    """A recipe differing in one field: the message shows that field, not the same first characters twice."""
+    from xseq.distributed.communicator import _where_they_differ
+
+    a = repr(sorted({"batch_size": 5, "cell": "lstm", "clip": 5.0, "dropout": 0.0, "hidden_size": 16, "lr": 0.003}
+                    .items()))
+    b = a.replace("16", "24")
+    ours, theirs = _where_they_differ(a, b)
+    assert ours != theirs and "16" in ours and "24" in theirs
+    assert _where_they_differ("short", "other") == ("'short'", "'other'")
+
+
+def test_check_settings_agree_is_silent_when_every_rank_agrees():
+    check_settings_agree(SingleProcess(), "the ranks' options", {"--hidden": 16})

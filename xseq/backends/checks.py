@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numbers
 
+import array_api_compat.numpy as compat_numpy
 import numpy as np
 from array_api_compat import is_array_api_obj
 
@@ -28,6 +29,18 @@ def check_sizes(**sizes):
 
 def is_floating(xp, x):
     return xp.isdtype(x.dtype, "real floating")
+
+
+def is_real_number(xp, x):
+    """An integer or real floating array (bool and complex excluded).
+
+    ``xp`` may be the ``numpy`` module itself, the namespace of an array-like
+    that wraps NumPy; it has ``isdtype`` only from NumPy 2.0, so
+    array_api_compat's NumPy namespace answers for it, as for an ndarray.
+    """
+    if xp is np:
+        xp = compat_numpy
+    return xp.isdtype(x.dtype, ("integral", "real floating"))
 
 
 def check_floating(xp, name, x):

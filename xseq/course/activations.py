@@ -22,6 +22,10 @@ def sigmoid(x):
     array of x's shape, dtype and namespace
     """
     xp = namespace_and_checks(x=x)
+    if x.ndim == 0:
+        # NumPy < 2 computes a 0-d float32 with the formula's Python 1 in float64 (its legacy promotion
+        # of scalars); a 1-element array keeps x's dtype there as on every other backend.
+        return xp.reshape(sigmoid_of(xp, xp.reshape(x, (1,))), ())
     return sigmoid_of(xp, x)
 
 

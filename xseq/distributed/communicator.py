@@ -32,7 +32,7 @@ import numpy as np
 from array_api_compat import device as device_of
 
 from ..backends.arrays import namespace_of, to_numpy
-from ..backends.checks import _dtype_name
+from ..backends.checks import _dtype_name, is_real_number
 
 # Variables that MPI launchers set in every process they start: Open MPI's mpirun/prterun, MPICH's and
 # Intel MPI's Hydra (PMI), MVAPICH, and PMIx (Slurm's srun --mpi=pmix, Open MPI 5). Slurm's own
@@ -135,9 +135,15 @@ class MPICommunicator:
     ----------
     comm : mpi4py.MPI.Comm, optional
         Default ``MPI.COMM_WORLD``.
+
+    Attributes
+    ----------
+    watchdog : CollectiveWatchdog or None
+        Told when each collective starts and returns (:mod:`~xseq.distributed.watchdog`); None: no timeout.
     """
 
     description = "MPI"
+    watchdog = None
 
     def __init__(self, comm=None):
         from mpi4py import MPI
@@ -154,30 +160,41 @@ class MPICommunicator:
     def allreduce_sum(self, array):
         _check_reducible(array)
         if isinstance(array, np.ndarray) and array.flags.c_contiguous and array.flags.writeable:
-            self.comm.Allreduce(self._MPI.IN_PLACE, array, op=self._MPI.SUM)
+            self._wait(self.comm.Allreduce, self._MPI.IN_PLACE, array, op=self._MPI.SUM)
             return array
         host = np.array(to_numpy(array), copy=True, order="C")
-        self.comm.Allreduce(self._MPI.IN_PLACE, host, op=self._MPI.SUM)
+        self._wait(self.comm.Allreduce, self._MPI.IN_PLACE, host, op=self._MPI.SUM)
         return _like(host, array)
 
     def broadcast(self, value, root=0):
         _check_root(root, self.size)
         if not _is_array(value):
-            return self.comm.bcast(value, root=root)
+            return self._wait(self.comm.bcast, value, root=root)
         shape, dtype = tuple(value.shape), _dtype_name(value.dtype)
-        expected = self.comm.bcast((shape, dtype), root=root)
+        expected = self._wait(self.comm.bcast, (shape, dtype), root=root)
         agree_or_raise(self, (shape, dtype) == expected,
                        f"broadcast: rank {root} sends an array of shape {expected[0]} and dtype {expected[1]}; "
                        f"rank {self.rank} passed shape {shape}, dtype {dtype}")
         if isinstance(value, np.ndarray) and value.flags.c_contiguous and value.flags.writeable:
-            self.comm.Bcast(value, root=root)
+            self._wait(self.comm.Bcast, value, root=root)
             return value
         host = np.array(to_numpy(value), copy=True, order="C")
-        self.comm.Bcast(host, root=root)
+        self._wait(self.comm.Bcast, host, root=root)
         return _like(host, value)
 
     def barrier(self):
-        self.comm.Barrier()
+        self._wait(self.comm.Barrier)
+
+    def _wait(self, collective, *args, **kwargs):
+        """Run one MPI collective, its start and end told to the watchdog where there is one."""
+        watchdog = self.watchdog
+        if watchdog is None:
+            return collective(*args, **kwargs)
+        watchdog.begin()
+        try:
+            return collective(*args, **kwargs)
+        finally:
+            watchdog.end()
 
     def abort(self, code=1):
         _flush_standard_streams()
@@ -277,8 +294,29 @@ def check_same_on_all_ranks(comm, what, value):
         A digest (:func:`digest`), a fingerprint, a description.
     """
     expected = comm.broadcast(value, root=0)
-    agree_or_raise(comm, value == expected, f"{what} differ between ranks: rank 0 has {_short(expected)}, "
-                                            f"rank {comm.rank} has {_short(value)}")
+    ours, theirs = _where_they_differ(value, expected)
+    agree_or_raise(comm, value == expected, f"{what} differ between ranks: rank 0 has {theirs}, "
+                                            f"rank {comm.rank} has {ours}")
+
+
+def check_settings_agree(comm, what, settings):
+    """Raise :class:`DistributedError` on every rank unless ``settings`` are the same on all ranks.
+
+    Rank 0's settings go to every rank; a rank whose settings differ names
+    each setting that differs, with its value and rank 0's; the others say
+    which ranks differ (see :func:`agree_or_raise`).
+
+    Parameters
+    ----------
+    what : str
+        Names the settings in the message, e.g. ``"the ranks' commands"``.
+    settings : dict
+        Name (as the user writes it, e.g. ``"--hidden"``) -> a printable, comparable value.
+    """
+    expected = comm.broadcast(settings, root=0)
+    differ = [name for name in {**expected, **settings} if expected.get(name, _MISSING) != settings.get(name, _MISSING)]
+    described = "; ".join(f"{name} {_shown(settings, name)} here, {_shown(expected, name)} on rank 0" for name in differ)
+    agree_or_raise(comm, not differ, f"{what} differ from rank 0's: {described}")
 
 
 def digest(arrays):
@@ -291,8 +329,24 @@ def digest(arrays):
     return h.hexdigest()
 
 
-def _short(text):
-    return repr(text if len(text) <= 24 else text[:24] + "...")
+_MISSING = "(not given)"
+
+
+def _shown(settings, name):
+    return repr(settings[name]) if name in settings else _MISSING
+
+
+def _where_they_differ(a, b, width=24):
+    """``repr``s of two strings cut to ``width`` characters around the first one where they differ."""
+    if len(a) <= width and len(b) <= width:
+        return repr(a), repr(b)
+    first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    start = max(0, min(first - width // 2, max(len(a), len(b)) - width))
+
+    def cut(text):
+        return repr(("..." if start else "") + text[start:start + width] + ("..." if start + width < len(text) else ""))
+
+    return cut(a), cut(b)
 
 
 def _is_array(value):
@@ -303,7 +357,7 @@ def _check_reducible(array):
     if not _is_array(array):
         raise TypeError(f"allreduce_sum takes an array; got {type(array).__name__}")
     xp = namespace_of(array=array)
-    if not xp.isdtype(array.dtype, "numeric") or xp.isdtype(array.dtype, "complex floating"):
+    if not is_real_number(xp, array):
         raise TypeError(f"allreduce_sum takes a real integer or floating array; got dtype {_dtype_name(array.dtype)}")
 
 

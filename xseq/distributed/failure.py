@@ -17,6 +17,20 @@ EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
 
 
+def write_lines(lines, *, file=None):
+    """Write whole lines to ``file`` (default stderr) in one piece.
+
+    Python's stderr is unbuffered: ``print(text, file=sys.stderr)`` makes one
+    system call for ``text`` and another for the newline, and the launcher,
+    which merges every rank's stderr into one, may put another rank's line
+    between the two (two messages glued into one line). One ``write`` of the
+    finished lines keeps each line whole.
+    """
+    out = sys.stderr if file is None else file
+    out.write("".join(line + "\n" for line in lines))
+    out.flush()
+
+
 def rank_prefix(comm):
     """``"[rank 3/4] "`` in a job of several processes, ``""`` in a single process."""
     return f"[rank {comm.rank}/{comm.size}] " if comm.size > 1 else ""
@@ -51,9 +65,7 @@ def abort_on_error(comm, *, file=None):
         else:
             code = EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_FAILURE
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        out = sys.stderr if file is None else file
         prefix = rank_prefix(comm)
-        out.write("".join(prefix + line + "\n" for line in text.splitlines()))
-        out.write(f"{prefix}ending all {comm.size} processes of the job\n")
-        out.flush()
+        lines = [prefix + line for line in text.splitlines()] + [f"{prefix}ending all {comm.size} processes of the job"]
+        write_lines(lines, file=file)
         comm.abort(code)

@@ -88,6 +88,12 @@ class NCCLCommunicator:
     def barrier(self):
         self.mpi.barrier()
 
+    @property
+    def watchdog(self):
+        """The MPI communicator's (:mod:`~xseq.distributed.watchdog`). It times the collectives over MPI only:
+        NCCL's are queued on a CUDA stream and return before they complete, so a wait in NCCL is not seen."""
+        return getattr(self.mpi, "watchdog", None)
+
     def abort(self, code=1):
         try:
             self.comm.abort()

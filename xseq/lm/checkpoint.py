@@ -45,6 +45,7 @@ import numpy as np
 from array_api_compat import is_array_api_obj
 
 from ..backends.arrays import to_numpy
+from .files import NotReadable, file_kind, open_regular_file
 
 FORMAT = "xseq.checkpoint"
 FORMAT_VERSION = 1
@@ -78,22 +79,11 @@ class DestinationError(OSError):
 STALE_TEMPORARY_AGE_S = 24 * 3600
 _TEMPORARY_MARK = ".xseq-tmp."
 _MAX_SYMLINKS = 40  # Linux's limit before ELOOP
-_KINDS = (
-    (stat.S_ISDIR, "directory"),
-    (stat.S_ISCHR, "character device"),
-    (stat.S_ISBLK, "block device"),
-    (stat.S_ISFIFO, "FIFO (named pipe)"),
-    (stat.S_ISSOCK, "socket"),
-)
 
 
 def _effective_uid():
     """The effective user id, or None where the OS has none (Windows): the ownership rules then do not apply."""
     return os.geteuid() if hasattr(os, "geteuid") else None
-
-
-def _kind(mode):
-    return next((name for test, name in _KINDS if test(mode)), "special file")
 
 
 def _link_not_followed(dir_stat, link_stat, euid):
@@ -157,7 +147,7 @@ def _resolve(path):
         it = "it" if target == path else f"it is a symbolic link to {target!r}, which"
         if found is not None and not stat.S_ISREG(found.st_mode):
             raise DestinationError(
-                path, f"{it} is a {_kind(found.st_mode)}, not a regular file; xseq writes a file by replacing "
+                path, f"{it} is a {file_kind(found.st_mode)}, not a regular file; xseq writes a file by replacing "
                 "it and leaves directories, devices, FIFOs and sockets alone")
         try:
             dir_stat = os.stat(directory)
@@ -208,6 +198,56 @@ def resolve_destination(path):
     return _resolve(path)[0]
 
 
+class Destination(os.PathLike):
+    """A file a run writes again and again, which it replaces only while it holds what the run wrote there.
+
+    Pass it wherever a path goes (``Trainer.run(out=...)``,
+    :func:`save_checkpoint`, :func:`atomic_write`). With ``may_replace=False``
+    (a file the user did not name: ``xseq train``'s default ``model.npz``) the
+    first write creates the file and fails if a file is there, whoever made
+    it; every later write replaces the file only if it is still the one this
+    run wrote last. With ``may_replace=True`` (a file the user named) the first
+    write replaces what is there, and the later ones again only this run's file.
+    """
+
+    def __init__(self, path, *, may_replace):
+        self.path = os.fspath(path)
+        self.may_replace = may_replace
+        self.written = None  # (st_dev, st_ino) of what this run wrote last
+
+    def __fspath__(self):
+        return self.path
+
+    __str__ = __fspath__
+
+    def __repr__(self):
+        return f"Destination({self.path!r}, may_replace={self.may_replace})"
+
+    def _install(self, tmp, target):
+        """Move the written temporary file ``tmp`` to ``target``, or DestinationError if it is not ours to replace."""
+        try:
+            found = os.stat(target)
+        except FileNotFoundError:
+            found = None
+        if found is not None and (found.st_dev, found.st_ino) != self.written and (
+                self.written is not None or not self.may_replace):
+            whose = "was replaced by another program" if self.written is not None else "already exists"
+            raise DestinationError(self.path, f"{whose}, and xseq replaces no file it was not told to write "
+                                              "(name it with --out to replace it)")
+        if found is None:
+            try:  # a link fails if the name was taken meanwhile, where a rename would replace it
+                os.link(tmp, target)
+                os.unlink(tmp)
+            except FileExistsError:
+                raise DestinationError(self.path, "was created by another program while xseq wrote it") from None
+            except OSError:  # a file system without hard links
+                os.replace(tmp, target)
+        else:
+            os.replace(tmp, target)
+        written = os.stat(target)
+        self.written = (written.st_dev, written.st_ino)
+
+
 def atomic_write(path, write):
     """Replace ``path`` with what ``write(f)`` writes to a binary file object, atomically.
 
@@ -227,6 +267,8 @@ def atomic_write(path, write):
     left behind are deleted: regular files (not links) of this user whose
     process is not running, or which are older than ``STALE_TEMPORARY_AGE_S``.
 
+    ``path`` may be a :class:`Destination`, which replaces only the file it wrote last.
+
     Raises
     ------
     DestinationError
@@ -234,8 +276,7 @@ def atomic_write(path, write):
     OSError
         The write failed; the old file is intact.
     """
-    path = os.fspath(path)
-    target, existing = _resolve(path)
+    target, existing = _resolve(os.fspath(path))
     directory = os.path.dirname(target) or os.curdir
     base = os.path.basename(target)
     _remove_stale_temporaries(directory, base)
@@ -256,7 +297,10 @@ def atomic_write(path, write):
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+        if isinstance(path, Destination):
+            path._install(tmp, target)
+        else:
+            os.replace(tmp, target)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -485,25 +529,12 @@ def load_checkpoint(path):
 
 
 def _open_regular_file(path):
-    """``path`` opened for binary reading; CheckpointError unless it is a regular file.
-
-    O_NONBLOCK lets the open of a FIFO return at once instead of waiting for
-    a writer, and the type is read from the open descriptor, so the file
-    checked is the file read.
-    """
+    """``path`` opened for binary reading (:func:`~xseq.lm.files.open_regular_file`); CheckpointError unless it is
+    a regular file."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path!r} does not exist") from None
-    except OSError as exc:
-        if os.path.isdir(path):  # Windows refuses to open a directory
-            raise CheckpointError(f"checkpoint {path!r} is a directory, not a regular file") from None
-        raise CheckpointError(f"checkpoint {path!r} cannot be opened: {exc.strerror or exc}") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise CheckpointError(f"checkpoint {path!r} is a {_kind(mode)}, not a regular file")
-    return os.fdopen(fd, "rb")
+        return open_regular_file(path)
+    except NotReadable as exc:
+        raise CheckpointError(f"checkpoint {path!r} {exc.reason}") from None
 
 
 def _check_magic(path, head):

@@ -46,6 +46,7 @@ import contextlib
 import itertools
 import math
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -55,27 +56,39 @@ import numpy as np
 from ..backends.arrays import BackendUnavailableError, backend_name
 from ..backends.arrays import backend as backend_named
 from ..distributed import (
+    DEFAULT_TIMEOUT_S,
+    EXIT_TIMED_OUT,
+    CollectiveWatchdog,
     DistributedError,
     SingleProcess,
     abort_on_error,
     apply_thread_defaults,
+    check_settings_agree,
+    end_job,
     from_environment,
     gpu_communicator,
     rank_prefix,
     use_local_gpu,
+    write_lines,
 )
+from ..ops import blas, host
+from ..ops.select import ops_for
+from ..ops.switches import direct_enabled, fused_enabled, lanes_enabled
 from . import resources
 from .checkpoint import (
     CheckpointError,
+    Destination,
     DestinationError,
     atomic_write,
     load_checkpoint,
     resolve_destination,
 )
-from .corpus import CorpusError, builtin_corpus, read_corpus
-from .model import CELLS, CharLM
+from .corpus import CorpusError, builtin_corpus, builtin_corpus_path, open_corpus, read_corpus
+from .files import file_identity
+from .model import CELLS, CharLM, SamplingError
 from .stream_model import MODEL_FORMAT as STREAM_MODEL_FORMAT
 from .stream_model import StreamLM
+from .stream_text import StreamCorpus, TokenTable, ValidationCorpusError, ids_of, read_file, unknown_tokens
 from .stream_train import (
     DEFAULT_BPTT,
     EVALUATION_WINDOW,
@@ -84,8 +97,7 @@ from .stream_train import (
     StreamTrainer,
     batchify,
     evaluate_stream,
-    split_lines,
-    stream_ids,
+    reading_recipe,
 )
 from .train import (
     CLIP_MODES,
@@ -112,6 +124,7 @@ MAX_LEN = 50  # characters of a sample, of xseq sample and after training
 SAMPLES = 10  # of xseq sample
 SAMPLES_AFTER_TRAINING = 5
 BUILTIN = "the built-in corpus (1990 US Census first names)"
+DEFAULT_OUT = "model.npz"  # of xseq train without --out or --resume; never replaces a file
 # Options that fix the recipe: on --resume they come from the checkpoint.
 RECIPE_OPTIONS = {"cell": "--cell", "hidden_size": "--hidden", "num_layers": "--layers", "dropout": "--dropout",
                   "batch_size": "--batch", "optimizer": "--optimizer", "lr": "--lr", "momentum": "--momentum",
@@ -173,6 +186,21 @@ def _positive_float(text):
     return value
 
 
+def _seconds(text):
+    value = _finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0 (0 turns the timeout off); got {text!r}")
+    return value
+
+
+def _comm_timeout_option(parser):
+    parser.add_argument("--comm-timeout", type=_seconds, dest="comm_timeout", default=DEFAULT_TIMEOUT_S,
+                        metavar="SECONDS",
+                        help="under mpiexec: end the job, on every rank that can, when one collective waits longer "
+                             f"than this for the other ranks (a node cut off, a stopped rank); 0: wait forever "
+                             f"(default {DEFAULT_TIMEOUT_S:g}, PyTorch's)")
+
+
 def _decay_factor(text):
     value = _finite_float(text)
     if not 0 < value <= 1:
@@ -217,11 +245,13 @@ def build_parser():
     option("--backend", choices=CLI_BACKENDS, default="auto",
            help="array library; auto = cupy where a GPU can run it, else numpy (default auto)")
     option("--dtype", choices=("float32", "float64"), help="floating dtype (default float32)")
-    option("--out", default="model.npz", metavar="PATH",
-           help="checkpoint written after every epoch and at the end (default model.npz)")
+    option("--out", metavar="PATH",
+           help=f"checkpoint written after every epoch and at the end (default: the --resume file, else "
+                f"{DEFAULT_OUT}, which must not exist yet)")
     option("--resume", metavar="CHECKPOINT", help="continue the run saved in CHECKPOINT")
     option("--plot", metavar="PNG", help="write training and validation loss curves (needs matplotlib)")
     option("--seed", type=_non_negative_int, help="seeds weights, split, shuffling, dropout (default 0)")
+    _comm_timeout_option(train)
     option("--samples", type=_non_negative_int, default=SAMPLES_AFTER_TRAINING, metavar="N",
            help=f"samples printed at the end (default {SAMPLES_AFTER_TRAINING})")
     option("--max-seq-len", type=_positive_int, dest="max_seq_len", metavar="N",
@@ -277,6 +307,7 @@ def build_parser():
     evaluate_.add_argument("--max-seq-len", type=_positive_int, dest="max_seq_len", metavar="N",
                            help="line models: split longer lines into pieces of N characters, as training does "
                                 f"(default {DEFAULT_MAX_SEQ_LEN}; give the model's training value)")
+    _comm_timeout_option(evaluate_)
     evaluate_.set_defaults(func=cmd_evaluate)
 
     info = commands.add_parser("info", help="configuration, vocabulary, size and training history of a model")
@@ -337,6 +368,8 @@ def _run(argv):
 def _command(args):
     """Run the command; returns its exit status and whether every rank of the job ends with it."""
     try:
+        if args.comm.size > 1:
+            _check_ranks_agree(args)
         return args.func(args), True
     except (UsageError, CorpusError, CheckpointError, BackendUnavailableError) as exc:
         _error(args, exc)
@@ -349,12 +382,17 @@ def _command(args):
             _error(args, f"{exc}; no checkpoint was written after it: lower --lr or clip the gradients (--clip)")
         return EXIT_BAD_INPUT, True
     except KeyboardInterrupt:
-        print(f"xseq {args.command}: {rank_prefix(args.comm)}interrupted", file=sys.stderr)
+        write_lines([f"xseq {args.command}: {rank_prefix(args.comm)}interrupted"])
         return EXIT_INTERRUPTED, False
+    except MemoryError:  # an estimate before the work was too low: still one line, never a traceback
+        _error(args, "out of memory: the machine could not give what this command asked for; lower the sizes "
+                     "(--hidden, --batch, --bptt, the corpus) or free memory")
+        return EXIT_BAD_INPUT, False
 
 
 def _error(args, message):
-    print(f"xseq {args.command}: error: {rank_prefix(args.comm)}{message}", file=sys.stderr)
+    """The error line, written in one piece: the launcher merges the ranks' stderr, and two lines must not glue."""
+    write_lines([f"xseq {args.command}: error: {rank_prefix(args.comm)}{printable(str(message))}"])
 
 
 def _communicator(args):
@@ -362,7 +400,8 @@ def _communicator(args):
 
     With several ranks on a node, BLAS threads share its cores
     (:func:`~xseq.distributed.apply_thread_defaults`) and each rank takes the
-    GPU of its local rank before any backend is chosen.
+    GPU of its local rank before any backend is chosen. A watchdog
+    (``--comm-timeout``) ends the job when one collective waits too long.
     """
     if args.command not in ("train", "evaluate"):
         return SingleProcess()
@@ -371,7 +410,65 @@ def _communicator(args):
         apply_thread_defaults(comm)
         if args.backend in ("auto", "cupy"):
             use_local_gpu(comm)
+        if args.comm_timeout > 0:
+            comm.watchdog = _watchdog(args, comm)
     return comm
+
+
+def _watchdog(args, comm):
+    """A started watchdog whose expiry says which rank waited, at which step, and ends the job from this rank."""
+    def expire(waited):
+        step = "" if watchdog.step is None else f" (step {watchdog.step})"
+        write_lines([f"xseq {args.command}: error: {rank_prefix(comm)}no reply from the other ranks in a collective "
+                     f"for {args.comm_timeout:g} s{step}; ending the job (--comm-timeout {args.comm_timeout:g})"])
+        end_job(args.comm, EXIT_TIMED_OUT)  # args.comm: NCCL's, once the GPUs have one
+
+    watchdog = CollectiveWatchdog(args.comm_timeout, expire)
+    return watchdog.start()
+
+
+# Arguments that name files: each node reads its own copy (a trainer compares the corpora and parameters
+# themselves across ranks) and rank 0 alone writes, so their paths may differ from node to node.
+FILE_ARGUMENTS = ("corpus", "model", "out", "plot", "resume", "val_corpus")
+
+
+def _check_ranks_agree(args):
+    """DistributedError on every rank unless every rank runs the same command with the same options and
+    arithmetic.
+
+    The first collective of ``train`` and ``evaluate`` alike, so that ranks
+    started with different commands meet here and stop, instead of waiting
+    in different collectives for ever; then the options (the backend as
+    resolved on this node) and the step implementation, which ranks on
+    different paths would compute in different last bits, drifting apart.
+    """
+    check_settings_agree(args.comm, "the ranks' commands", {"command": f"xseq {args.command}"})
+    xp = backend_named(args.backend)
+    flags = _option_names(args.command)
+    recipe = {flags[k]: v for k, v in vars(args).items() if k in flags and k not in FILE_ARGUMENTS}
+    recipe["--backend"] = backend_name(xp)
+    check_settings_agree(args.comm, "the ranks' options", recipe)
+    check_settings_agree(args.comm, "the ranks' fast paths", _fast_path(xp))
+
+
+def _option_names(command):
+    """Each argument of ``xseq COMMAND`` by its destination: the option as typed (``--hidden``), or its metavar."""
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: max(a.option_strings, key=len) if a.option_strings else a.metavar
+            for a in commands.choices[command]._actions if a.dest != "help"}
+
+
+def _fast_path(xp):
+    """What picks this rank's arithmetic: the step implementation per dtype, and the switches of the others."""
+    paths = {}
+    for dtype in ("float32", "float64"):
+        ops = type(ops_for(xp, dtype)).__name__
+        if ops == "NumpyOps":  # the host kernels could not be used; say why
+            ops += f" ({host.library().reason})"
+        paths[f"steps ({dtype})"] = ops
+    paths.update({"XSEQ_FUSED": fused_enabled(), "XSEQ_DIRECT": direct_enabled(), "XSEQ_LANES": lanes_enabled(),
+                  "XSEQ_ONEDNN": blas.enabled()})
+    return paths
 
 
 def _backend_for_ranks(args):
@@ -431,22 +528,70 @@ def _model_from(arrays, meta, backend, where):
     return kind.from_checkpoint(arrays, meta, backend=backend, where=where)
 
 
-def _corpus(path, keep_blank=False):
-    """(lines, description) of a CORPUS argument, the built-in corpus when None; blank lines kept for streams."""
+def _corpus(path, max_seq_len, option="--max-seq-len"):
+    """(lines, description) of a line model's CORPUS argument, the built-in corpus when None.
+
+    A line model holds its corpus as Python lines and lists of ids
+    (:func:`~xseq.lm.resources.line_corpus_bytes`): a file too large for that is
+    refused before it is read, with the stream models' way to read it.
+    """
     if path is None:
         return builtin_corpus(), BUILTIN
-    return read_corpus(path, keep_blank=keep_blank), path
+    with open_corpus(path) as f:  # a FIFO, a device or a directory is refused here, at once
+        size = os.fstat(f.fileno()).st_size
+    need = resources.line_corpus_bytes(size, max_seq_len)
+    available = resources.available_memory(np)
+    if available is not None and need > available:
+        raise UsageError(f"{path}: a line model would hold this {resources.format_bytes(size)} corpus in about "
+                         f"{resources.format_bytes(need)} of memory ({option} {max_seq_len}); "
+                         f"{resources.format_bytes(available)} is available; train a stream model instead "
+                         "(--level word, or --bptt L), which reads a corpus of any size in bounded memory")
+    return read_corpus(path), path
+
+
+def _check_files(args):
+    """Settle ``--out`` and refuse, before any work, an output that is an input or another output.
+
+    ``--out`` defaults to the ``--resume`` file (the run goes on in its own
+    file), else to :data:`DEFAULT_OUT`, which must not exist: xseq replaces no
+    file it was not told to write. Files are compared by identity (device and
+    inode, links followed; the resolved path of a file not yet there), so a
+    link or a hard link to the corpus is the corpus. Returns the
+    :class:`~xseq.lm.checkpoint.Destination` the run writes.
+    """
+    named = args.out is not None or args.resume is not None
+    if args.out is None:
+        args.out = args.resume if args.resume is not None else DEFAULT_OUT
+        if args.resume is None and os.path.lexists(args.out):
+            raise UsageError(f"{args.out} already exists and --out was not given; xseq train replaces no file it "
+                             f"was not told to write: give --out {args.out} to replace it, --resume {args.out} to "
+                             "continue its run, or another --out")
+    corpus = builtin_corpus_path() if args.corpus is None else args.corpus
+    inputs = {"CORPUS": corpus, "--val-corpus": getattr(args, "val_corpus", None), "--resume": args.resume}
+    outputs = {"--out": args.out, "--plot": args.plot}
+    seen = {}
+    for flag, path in [*inputs.items(), *outputs.items()]:
+        if path is None:
+            continue
+        identity = file_identity(path)
+        if identity in seen and flag in outputs and (seen[identity][0], flag) != ("--resume", "--out"):
+            other, other_path = seen[identity]
+            what = "an input" if other in inputs else "another output"
+            raise UsageError(f"{flag} {path!r} is the same file as {other} {other_path!r}, {what}: writing it would "
+                             f"destroy it; give {flag} another file")
+        seen.setdefault(identity, (flag, path))
+    return Destination(args.out, may_replace=named)
 
 
 # ---------------------------------------------------------------------- train
 
 
 def cmd_train(args):
+    destination = _check_files(args)
     xp = _backend_for_ranks(args)
     comm = args.comm
     resumed = None if args.resume is None else load_checkpoint(args.resume)
     stream = _check_model_kind(args, resumed)
-    lines, source = _corpus(args.corpus, keep_blank=stream)
     plt = None
     if comm.rank == 0:  # rank 0 alone writes files
         _check_writable(args.out, "--out")
@@ -455,8 +600,9 @@ def cmd_train(args):
             _check_writable(args.plot, "--plot")
     given = {key: getattr(args, key) for key in RECIPE_OPTIONS if getattr(args, key) is not None}
     if stream:
-        trainer = _stream_trainer(args, xp, lines, source, resumed)
+        trainer = _stream_trainer(args, xp, resumed)
     elif args.resume is not None:
+        lines, source = _corpus(args.corpus, _resumed_max_seq_len(resumed[1]), "--max-seq-len of the resumed run")
         trainer = Trainer.resume(args.resume, lines, backend=xp, epochs=args.epochs, steps=args.steps,
                                  source=source, comm=comm)
         saved = trainer.config
@@ -468,6 +614,7 @@ def cmd_train(args):
     else:
         try:
             config = TrainConfig(epochs=args.epochs, steps=args.steps, **given)
+            lines, source = _corpus(args.corpus, config.max_seq_len)
             _check_training_fits(config, lines, args.samples, xp, resumed=False)
             trainer = Trainer(lines, config, backend=xp, source=source, comm=comm)
         except ValueError as exc:
@@ -475,9 +622,11 @@ def cmd_train(args):
 
     (_print_stream_plan if stream else _print_plan)(trainer)
     try:
-        completed = trainer.run(out=args.out, progress=True, log=_say, handle_sigint=True)
+        completed = trainer.run(out=destination, progress=True, log=_say, handle_sigint=True)
     except BrokenPipeError:  # stdout, not --out: main stops quietly
         raise
+    except DestinationError as exc:
+        raise UsageError(f"cannot write --out {args.out!r}: it {exc.reason}") from None
     except OSError as exc:
         raise UsageError(f"cannot write --out {args.out!r}: {exc}") from None
     if not completed:
@@ -493,10 +642,7 @@ def cmd_train(args):
     val = trainer.history[-1]["val_loss"]
     print(f"validation loss: {val:.4f} nats per {_unit(trainer.model)} (perplexity {_perplexity(val):.2f})")
     if args.samples:
-        print("samples:")
-        for text in trainer.model.sample(args.samples, temperature=TEMPERATURE, max_len=MAX_LEN,
-                                         seed=trainer.config.seed):
-            print(f"  {text}")
+        _print_training_samples(trainer.model, args.samples, trainer.config.seed)
     if plt is not None:
         _plot(plt, trainer, args.plot)
         print(f"loss curves written to {args.plot}")
@@ -538,27 +684,24 @@ def _check_model_kind(args, resumed):
     return False
 
 
-def _stream_trainer(args, xp, lines, source, resumed):
-    """The StreamTrainer of ``xseq train``: resumed from ``resumed`` (arrays, meta) or new."""
-    val_lines = None
-    if args.val_corpus is not None:
-        try:
-            val_lines = read_corpus(args.val_corpus, keep_blank=True)
-        except CorpusError as exc:
-            raise UsageError(f"--val-corpus: {exc}") from None
+def _stream_trainer(args, xp, resumed):
+    """The StreamTrainer of ``xseq train``: resumed from ``resumed`` (arrays, meta) or new; the corpus read as a
+    stream in bounded memory (:class:`~xseq.lm.stream_text.StreamCorpus`)."""
     given = {key: getattr(args, key) for key in STREAM_RECIPE_OPTIONS if getattr(args, key) is not None}
     if resumed is not None:
         arrays, meta = resumed
-        trainer = StreamTrainer.from_checkpoint(arrays, meta, lines, val_lines=val_lines, backend=xp,
-                                                epochs=args.epochs, steps=args.steps, source=source,
-                                                val_source=args.val_corpus, where=f"checkpoint {args.resume!r}",
-                                                comm=args.comm)
+        where = f"checkpoint {args.resume!r}"
+        text, source = _stream_text(args, *reading_recipe(meta, where))
+        sizes = _stream_sizes(text)
+        trainer = StreamTrainer.from_checkpoint(arrays, meta, text, backend=xp, epochs=args.epochs,
+                                                steps=args.steps, source=source, val_source=args.val_corpus,
+                                                where=where, comm=args.comm)
         saved = trainer.config
         for key, value in given.items():
             if value != getattr(saved, key):
                 raise UsageError(f"{STREAM_RECIPE_OPTIONS[key]} {value} differs from the resumed run's "
                                  f"{getattr(saved, key)}; leave it out when resuming (the checkpoint fixes it)")
-        _check_stream_training_fits(saved, lines, val_lines, args.samples, xp, resumed=True)
+        _check_stream_training_fits(saved, sizes, args.samples, xp, resumed=True)
         return trainer
     hidden = given.get("hidden_size", STREAM_DEFAULTS.hidden_size)
     if args.tie_weights and given.get("embed_size", hidden) != hidden:
@@ -567,11 +710,43 @@ def _stream_trainer(args, xp, lines, source, resumed):
     given["level"] = args.level or "char"
     try:
         config = StreamConfig(epochs=args.epochs, steps=args.steps, **given)
-        _check_stream_training_fits(config, lines, val_lines, args.samples, xp, resumed=False)
-        return StreamTrainer(lines, config, val_lines=val_lines, backend=xp, source=source,
-                             val_source=args.val_corpus, comm=args.comm)
+        text, source = _stream_text(args, config.level, config.val_fraction)
+        _check_stream_training_fits(config, _stream_sizes(text), args.samples, xp, resumed=False)
+        return StreamTrainer(text, config, backend=xp, source=source, val_source=args.val_corpus, comm=args.comm)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _stream_sizes(text):
+    """(training tokens, validation tokens, distinct tokens) of a StreamCorpus, for the memory check."""
+    return text.train.tokens, text.validation.tokens, len(text.table) - 1
+
+
+def _stream_text(args, level, val_fraction):
+    """(StreamCorpus, description) of ``xseq train``'s CORPUS and ``--val-corpus`` for a stream model."""
+    if args.corpus is None:
+        val_lines = None if args.val_corpus is None else _val_lines(args.val_corpus)
+        return StreamCorpus.from_lines(builtin_corpus(), val_lines, level=level, val_fraction=val_fraction), BUILTIN
+    try:
+        return StreamCorpus.from_files(args.corpus, args.val_corpus, level=level, val_fraction=val_fraction,
+                                       memory=resources.available_memory(np)), args.corpus
+    except ValidationCorpusError as exc:
+        raise UsageError(f"--val-corpus: {exc}") from None
+
+
+def _val_lines(path):
+    try:
+        return read_corpus(path, keep_blank=True)
+    except CorpusError as exc:
+        raise UsageError(f"--val-corpus: {exc}") from None
+
+
+def _resumed_max_seq_len(meta):
+    """The ``max_seq_len`` of a resumed line model's recipe, for the memory check before its corpus is read
+    (the default where the file does not say: the resume checks it afterwards)."""
+    recipe = meta.get("trainer", {}).get("config", {}) if isinstance(meta.get("trainer"), dict) else {}
+    value = recipe.get("max_seq_len") if isinstance(recipe, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else DEFAULT_MAX_SEQ_LEN
 
 
 def _perplexity(loss):
@@ -625,24 +800,17 @@ def _check_training_fits(config, lines, samples, xp, *, resumed):
                 f"to {min(longest, config.max_seq_len)} characters, {samples:,} samples, {total_steps:,} steps")
 
 
-def _stream_tokens(lines, level):
-    """Tokens of the stream of ``lines`` (every line's tokens and its <eos>), without building it."""
-    if level == "word":
-        return sum(len(line.split()) + 1 for line in lines)
-    return sum(len(line) + 1 for line in lines)
-
-
-def _check_stream_training_fits(config, lines, val_lines, samples, xp, *, resumed):
+def _check_stream_training_fits(config, sizes, samples, xp, *, resumed):
     """:func:`_check_training_fits` for a stream model: layers, windows, and memory (model, one window, samples).
 
-    The stream's length is counted from the lines; the vocabulary is bounded
-    by the distinct tokens of the training lines (and ``--vocab-size``).
+    ``sizes`` are the training and validation streams' tokens and the
+    distinct tokens of the corpus (:func:`_stream_sizes`), which bound the
+    vocabulary (with ``--vocab-size``).
     """
     if config.num_layers > MAX_LAYERS and not resumed:
         raise UsageError(f"--layers {config.num_layers} is more than the {MAX_LAYERS} layers xseq train allows "
                          f"(every layer is a loop over the time steps; deep plain recurrent stacks do not train)")
-    train_lines, held_out = split_lines(lines, val_lines, config.val_fraction)
-    tokens = _stream_tokens(train_lines, config.level)
+    tokens, held_out, distinct = sizes
     columns = tokens // config.batch_size
     if columns < 2:
         raise UsageError(f"--batch {config.batch_size}: the training stream has {tokens} tokens (with <eos>), too few "
@@ -658,12 +826,10 @@ def _check_stream_training_fits(config, lines, val_lines, samples, xp, *, resume
         about = "" if config.steps is not None else f" (about {total_steps:,} optimizer steps)"
         raise UsageError(f"{length[0]} {length[1]}{about} is more than the {MAX_STEPS:,} optimizer steps "
                          f"xseq train allows in one run")
-    split = str.split if config.level == "word" else list
-    distinct = len(set(itertools.chain.from_iterable(split(line) for line in train_lines)) - set(SPECIALS))
     vocab_size = len(SPECIALS) + distinct
     if config.vocab_size is not None:
         vocab_size = min(vocab_size, config.vocab_size)
-    all_tokens = tokens + _stream_tokens(held_out, config.level)
+    all_tokens = tokens + held_out
     values = {"hidden_size": config.hidden_size, "num_layers": config.num_layers, "batch_size": config.batch_size,
               "bptt": config.bptt, "embed_size": config.embed_size, "total_steps": total_steps, "samples": samples}
     fixed = {"cell": config.cell, "vocab_size": vocab_size, "dtype": config.dtype, "tie_weights": config.tie_weights,
@@ -756,6 +922,39 @@ def _plot(plt, trainer, path):
 
 # ---------------------------------------------------------------------- sample, evaluate, info
 
+# What a terminal acts on instead of showing: the C0 and C1 controls but the tab, DEL, the line and paragraph
+# separators, the bidirectional marks, embeddings, overrides and isolates (they reorder what follows), and lone
+# surrogates (which UTF-8 cannot carry). A checkpoint's tokens may hold any of them: the file can be crafted, and
+# text can hold controls (a character-level vocabulary keeps every character but the newline).
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
+                          r"\u2066-\u2069\ud800-\udfff]")
+
+
+def printable(text):
+    """``text`` with what a terminal would act on written as Python escapes: ``"\\x1b"``, ``"\\n"``, ``"\\u202e"``.
+
+    Every line xseq prints from a checkpoint (samples, the vocabulary, the
+    training record) goes through it, so that it stays one line of visible
+    text. A tab is kept; a backslash in the text is not escaped.
+    """
+    return _UNPRINTABLE.sub(lambda match: repr(match.group())[1:-1], text)
+
+
+def _show(line):
+    print(printable(line))
+
+
+def _print_training_samples(model, n, seed):
+    """The samples printed at the end of ``xseq train``; a model that cannot be sampled says why instead."""
+    try:
+        samples = model.sample(n, temperature=TEMPERATURE, max_len=MAX_LEN, seed=seed)
+    except SamplingError as exc:
+        print(f"samples: none: {exc}")
+        return
+    print("samples:")
+    for text in samples:
+        _show(f"  {text}")
+
 
 def cmd_sample(args):
     model = _load_model(args.model, args.backend)
@@ -768,14 +967,14 @@ def cmd_sample(args):
         if unknown:
             what = "word" if model.vocab.level == "word" else "character"
             print(f"xseq sample: warning: --prefix holds {len(unknown)} {what}{'s' * (len(unknown) > 1)} "
-                  f"the model's vocabulary lacks, read as <unk>: {' '.join(unknown)}", file=sys.stderr)
+                  f"the model's vocabulary lacks, read as <unk>: {printable(' '.join(unknown))}", file=sys.stderr)
     try:
         samples = model.sample(args.n, temperature=args.temperature, top_k=args.top_k, prefix=args.prefix,
                                max_len=args.max_len, seed=args.seed)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     for text in samples:
-        print(text)
+        _show(text)
     return 0
 
 
@@ -788,14 +987,14 @@ def cmd_evaluate(args):
         # The file is one stream, its state carried from the first token to the last: cut into pieces it
         # would score another number, so rank 0 scores it alone.
         return _evaluate_stream(args, model) if args.comm.rank == 0 else 0
-    lines = read_corpus(args.corpus)
+    if args.max_seq_len is None:
+        args.max_seq_len = DEFAULT_MAX_SEQ_LEN
+    lines, _ = _corpus(args.corpus, args.max_seq_len)
     vocab = model.vocab
     unknown = sum(t not in vocab for line in lines for t in vocab.tokenize(line))
     if unknown and args.comm.rank == 0:
         print(f"xseq evaluate: note: {unknown} characters of {args.corpus} are not in the model's vocabulary "
               "(they count as <unk>)", file=sys.stderr)
-    if args.max_seq_len is None:
-        args.max_seq_len = DEFAULT_MAX_SEQ_LEN
     pieces = split_sequences([vocab.encode(line) for line in lines], args.max_seq_len)
     T_x = max(len(p) for p in pieces) + 1
     m = min(len(pieces), EVALUATION_BATCH)
@@ -815,32 +1014,33 @@ def cmd_evaluate(args):
 
 
 def _evaluate_stream(args, model):
-    """``xseq evaluate`` of a stream model: the whole file as one stream (one column) from the zero state."""
+    """``xseq evaluate`` of a stream model: the whole file as one stream (one column) from the zero state, read in
+    bounded memory."""
     if args.max_seq_len is not None:
         raise UsageError(f"--max-seq-len applies to line models; {args.model} is a stream model, which scores "
                          "the file as one stream")
-    lines = read_corpus(args.corpus, keep_blank=True)
     vocab, unit = model.vocab, _unit(model)
-    tokens = _stream_tokens(lines, vocab.level)
     shape = _model_shape(model)
-    need = (resources.stream_activation_bytes(**shape, embed_size=model.embed_size, m=1, T=EVALUATION_WINDOW)
-            + resources.BYTES_PER_STREAM_TOKEN * tokens)
+    window = resources.stream_activation_bytes(**shape, embed_size=model.embed_size, m=1, T=EVALUATION_WINDOW)
     available = resources.available_memory(model.xp)
+    table = TokenTable(vocab.level)
+    (stretch,) = read_file(args.corpus, table, memory=None if available is None else max(available - window, 0))
+    tokens = stretch.tokens
+    need = window + resources.BYTES_PER_STREAM_TOKEN * tokens
     if available is not None and need > available:
         raise UsageError(f"evaluating {args.corpus} ({tokens:,} tokens) would need about "
                          f"{resources.format_bytes(need)} of memory; {resources.format_bytes(available)} is available")
-    unknown = sum(t not in vocab for line in lines for t in vocab.tokenize(line))
+    unknown = unknown_tokens(stretch, table, vocab)
     if unknown:
         print(f"xseq evaluate: note: {unknown} {unit}s of {args.corpus} are not in the model's vocabulary "
               "(they count as <unk>)", file=sys.stderr)
     try:
-        ids = stream_ids(vocab, lines)
-        data = batchify(ids, 1)
+        data = batchify(ids_of(stretch, table, vocab), 1)
     except ValueError as exc:
         raise UsageError(f"{args.corpus}: {exc}") from None
     loss = evaluate_stream(model, data, EVALUATION_WINDOW)
-    print(f"{args.corpus}: {len(lines)} line{'s' * (len(lines) != 1)}, {len(ids):,} tokens ({vocab.level}s and "
-          f"<eos>) scored as one stream from the zero state: {len(ids) - 1:,} predicted")
+    print(f"{args.corpus}: {stretch.lines} line{'s' * (stretch.lines != 1)}, {tokens:,} tokens ({vocab.level}s and "
+          f"<eos>) scored as one stream from the zero state: {tokens - 1:,} predicted")
     print(f"cross-entropy: {loss:.4f} nats per {unit}")
     print(f"perplexity: {_perplexity(loss):.3f}")
     return 0
@@ -859,16 +1059,16 @@ def cmd_info(args):
     stream = isinstance(model, StreamLM)
     c, vocab = model.config(), model.vocab
     embedding = f", embedding {c['embed_size']}{' tied to the output' * c['tie_weights']}" if stream else ""
-    print(f"model: {c['cell']}, hidden size {c['hidden_size']}, {c['num_layers']} "
+    _show(f"model: {c['cell']}, hidden size {c['hidden_size']}, {c['num_layers']} "
           f"layer{'s' * (c['num_layers'] > 1)}{embedding}, dropout {c['dropout']:g}, {model.dtype_name}"
           f"{', stream model' if stream else ''}")
     shown = "".join(vocab.tokens[3:]) if vocab.level == "char" else " ".join(vocab.tokens[3:13]) + " ..."
     tokenizer = "" if vocab.tokenizer is None else f", {vocab.tokenizer} tokenizer"
-    print(f"vocabulary: {len(vocab)} tokens ({vocab.level} level{tokenizer}): <pad> <unk> <eos> {shown!r}")
-    print(f"parameters: {model.num_parameters():,}")
+    _show(f"vocabulary: {len(vocab)} tokens ({vocab.level} level{tokenizer}): <pad> <unk> <eos> {shown!r}")
+    _show(f"parameters: {model.num_parameters():,}")
     state = meta.get("trainer")
     if not isinstance(state, dict):
-        print("training: no training state recorded")
+        _show("training: no training state recorded")
         return 0
     try:
         (_print_stream_history if stream else _print_history)(state, arrays.get("train/losses"))
@@ -880,17 +1080,17 @@ def cmd_info(args):
 def _print_history(state, losses):
     r, corpus, history = state["config"], state["corpus"], state["history"]
     clip = "none" if not r["clip"] else f"{r['clip_mode']} {r['clip']:g}"
-    print(f"recipe: {r['optimizer']} lr {r['lr']:g}, batch {r['batch_size']}, clip {clip}, "
+    _show(f"recipe: {r['optimizer']} lr {r['lr']:g}, batch {r['batch_size']}, clip {clip}, "
           f"validation fraction {r['val_fraction']:g}, seed {r['seed']}")
-    print(f"corpus: {corpus['source']}; {corpus['sequences']} sequences, sha256 {corpus['sha256'][:12]}")
-    print(f"trained: {state['step']} steps ({state['epoch']} whole epoch{'s' * (state['epoch'] != 1)}), "
+    _show(f"corpus: {corpus['source']}; {corpus['sequences']} sequences, sha256 {corpus['sha256'][:12]}")
+    _show(f"trained: {state['step']} steps ({state['epoch']} whole epoch{'s' * (state['epoch'] != 1)}), "
           f"{state['chars_seen']:,} characters, {state['seconds']:.1f} s")
     if losses is not None and len(losses):
-        print(f"training loss: first step {losses[0]:.4f}, last step {losses[-1]:.4f}")
+        _show(f"training loss: first step {losses[0]:.4f}, last step {losses[-1]:.4f}")
     if history:
         best = min(history, key=lambda h: h["val_loss"])
         last = history[-1]
-        print(f"validation loss: last {last['val_loss']:.4f} (epoch {last['epoch']:g}), "
+        _show(f"validation loss: last {last['val_loss']:.4f} (epoch {last['epoch']:g}), "
               f"best {best['val_loss']:.4f} (epoch {best['epoch']:g})")
 
 
@@ -900,18 +1100,18 @@ def _print_stream_history(state, losses):
     decay = "" if r["lr_decay"] == 1 else f" x{r['lr_decay']:g} per epoch after epoch {r['decay_after']}"
     init = "" if r["init_scale"] is None else f", init scale {r['init_scale']:g}"
     momentum = f" momentum {r['momentum']:g}" if r["optimizer"] == "sgd" and r["momentum"] else ""
-    print(f"recipe: {r['optimizer']}{momentum} lr {r['lr']:g}{decay}, batch {r['batch_size']}, bptt {r['bptt']}, "
+    _show(f"recipe: {r['optimizer']}{momentum} lr {r['lr']:g}{decay}, batch {r['batch_size']}, bptt {r['bptt']}, "
           f"clip {clip}{init}, seed {r['seed']}")
-    print(f"corpus: {corpus['source']}; {corpus['sequences']} lines, sha256 {corpus['sha256'][:12]}")
+    _show(f"corpus: {corpus['source']}; {corpus['sequences']} lines, sha256 {corpus['sha256'][:12]}")
     held_out = validation["source"] or "the end of the corpus"
-    print(f"validation: {held_out}; {validation['sequences']} lines, sha256 {validation['sha256'][:12]}")
-    print(f"trained: {state['step']} windows ({state['epoch']} whole epoch{'s' * (state['epoch'] != 1)}), "
+    _show(f"validation: {held_out}; {validation['sequences']} lines, sha256 {validation['sha256'][:12]}")
+    _show(f"trained: {state['step']} windows ({state['epoch']} whole epoch{'s' * (state['epoch'] != 1)}), "
           f"{state['tokens_seen']:,} tokens, {state['seconds']:.1f} s")
     if losses is not None and len(losses):
-        print(f"training loss: first window {losses[0]:.4f}, last window {losses[-1]:.4f} (nats per token)")
+        _show(f"training loss: first window {losses[0]:.4f}, last window {losses[-1]:.4f} (nats per token)")
     if history:
         best = min(history, key=lambda h: h["val_loss"])
         last = history[-1]
-        print(f"validation loss: last {last['val_loss']:.4f} (perplexity {_perplexity(last['val_loss']):.2f}, "
+        _show(f"validation loss: last {last['val_loss']:.4f} (perplexity {_perplexity(last['val_loss']):.2f}, "
               f"epoch {last['epoch']:g}), best {best['val_loss']:.4f} (perplexity "
               f"{_perplexity(best['val_loss']):.2f}, epoch {best['epoch']:g})")

@@ -51,7 +51,7 @@ from ..nn.layers import GRU, LSTM, RNN
 from ..nn.losses import softmax_cross_entropy
 from ..nn.optim import _check_positive as check_positive
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .vocab import EOS_ID, PAD_ID, UNK_ID, Vocabulary
+from .vocab import EOS, EOS_ID, PAD, PAD_ID, SPECIALS, UNK, UNK_ID, Vocabulary
 from .vocab import _check_int as check_int
 
 CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
@@ -310,6 +310,11 @@ class CharLM:
         empty sequence, so a sample is never empty. A sample ends at ``<eos>``
         or when it reaches ``max_len`` tokens.
 
+        A vocabulary of the three specials alone leaves nothing to draw, and
+        scores that are not numbers (NaN or +inf, from weights that overflow)
+        give no distribution: both raise :class:`SamplingError`, never a NaN
+        draw. See :func:`check_prefix` for what a prefix may hold.
+
         Parameters
         ----------
         n : int, default 1
@@ -319,7 +324,8 @@ class CharLM:
         top_k : int >= 1 or None
             Draw only among the ``top_k`` most likely allowed tokens.
         prefix : str
-            Every sample starts with this text; its tokens must be in the vocabulary.
+            Every sample starts with this text; its tokens must be in the
+            vocabulary, and ``<eos>`` is not one of them (:func:`check_prefix`).
         max_len : int >= 1, default 50
             Longest sample, in tokens, the prefix included.
         seed : int
@@ -329,6 +335,13 @@ class CharLM:
         -------
         list of str
             ``n`` texts, each starting with ``prefix``.
+
+        Raises
+        ------
+        SamplingError
+            Nothing to draw, or scores that are not numbers (a ValueError).
+        ValueError
+            A bad argument, or a prefix that holds ``<eos>`` or unknown tokens.
         """
         check_int("n", n, 1)
         check_int("max_len", max_len, 1)
@@ -340,9 +353,7 @@ class CharLM:
         unknown = sorted({t for t in self.vocab.tokenize(prefix) if t not in self.vocab})
         if unknown:
             raise ValueError(f"prefix {prefix!r} holds tokens that are not in the model's vocabulary: {unknown}")
-        prefix_ids = self.vocab.encode(prefix)
-        if len(prefix_ids) > max_len:
-            raise ValueError(f"prefix has {len(prefix_ids)} tokens, more than max_len = {max_len}")
+        prefix_ids = check_prefix(self.vocab, prefix, max_len)
 
         rng = np.random.default_rng(seed)
         V = self.vocab_size
@@ -372,7 +383,8 @@ class CharLM:
     def _step(self, ids, state):
         """One step for every sample: host ids (m,) -> host float64 logits (V, m) and the new state."""
         X = self._one_hot(ids[:, None])
-        logits, state = self.forward(X, state)
+        with np.errstate(over="ignore", invalid="ignore"):  # choose_next refuses what overflowed
+            logits, state = self.forward(X, state)
         return np.asarray(to_numpy(logits[:, :, 0]), dtype=np.float64), state
 
     # ------------------------------------------------------------------ saving
@@ -551,12 +563,45 @@ def _check_stored_parameters(state, cell, V, hidden_size, num_layers, dtype):
             raise ValueError(f"parameter {name!r} has shape {a.shape}; expected {shape} from {source}")
 
 
+class SamplingError(ValueError):
+    """A model that cannot be sampled: no token to draw, or scores that are not numbers."""
+
+
+def check_prefix(vocab, prefix, max_len):
+    """The ids of a sample's ``prefix``, once sampling can honour it; ValueError naming what cannot be.
+
+    ``<eos>`` ends a sample, and :meth:`Vocabulary.decode` stops there, so a
+    prefix holding it would print as its text before the ``<eos>`` alone: it
+    is refused. Only a word vocabulary of the whitespace tokenizer reads the
+    word ``<eos>`` as that token; at character level ``"<eos>"`` is five
+    characters and the regex tokenizer gives ``<``, ``eos``, ``>``, ordinary
+    text. A vocabulary of the specials alone raises :class:`SamplingError`:
+    ``<pad>`` and ``<unk>`` are never drawn and a sample never starts with
+    ``<eos>``, so there is no token to draw.
+    """
+    if len(vocab) == len(SPECIALS):
+        raise SamplingError(
+            f"the model's vocabulary has no token to draw: it holds only {' '.join(SPECIALS)} (V = {len(vocab)}); "
+            f"{PAD} and {UNK} are never drawn and a sample never starts with {EOS}, so a model needs another "
+            "token to be sampled (train it with a larger --vocab-size)")
+    prefix_ids = vocab.encode(prefix)
+    if EOS_ID in prefix_ids:
+        raise ValueError(
+            f"prefix {prefix!r} holds {EOS} (its token {prefix_ids.index(EOS_ID) + 1} of {len(prefix_ids)}): "
+            f"{EOS} ends a sample, so a prefix cannot hold it; give the text of one line")
+    if len(prefix_ids) > max_len:
+        raise ValueError(f"prefix has {len(prefix_ids)} tokens, more than max_len = {max_len}")
+    return prefix_ids
+
+
 def choose_next(scores, *, top_k, temperature, rng):
     """One id per column of ``scores`` (V, m): the ``top_k`` best (None: all), softened by ``temperature``, drawn.
 
-    ``scores`` is modified; entries of -inf are never drawn, and at least one
-    entry of every column must be finite.
+    ``scores`` is modified; entries of -inf are never drawn. A column with no
+    finite entry, or with a NaN or +inf (a model whose weights overflow),
+    raises :class:`SamplingError`: it gives no distribution to draw from.
     """
+    _check_scores(scores)
     V = scores.shape[0]
     if top_k is not None and top_k < V:
         cut = np.partition(scores, V - top_k, axis=0)[V - top_k]
@@ -567,6 +612,14 @@ def choose_next(scores, *, top_k, temperature, rng):
     with np.errstate(over="ignore", under="ignore"):
         scores = (scores - scores.max(axis=0, keepdims=True)) / temperature
     return _draw(scores, rng)
+
+
+def _check_scores(scores):
+    if np.isnan(scores).any() or np.isposinf(scores).any():
+        raise SamplingError("the model's scores hold NaN or +inf (weights so large that the output overflows): "
+                            "they give no distribution to draw from")
+    if np.isneginf(scores).all(axis=0).any():
+        raise SamplingError("no token is left to draw: every token that may be drawn scores -inf")
 
 
 def _draw(scores, rng):

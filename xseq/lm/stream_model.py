@@ -60,7 +60,7 @@ from ..nn.embedding import Embedding
 from ..nn.optim import _check_positive as check_positive
 from ..nn.projection_loss import projection_cross_entropy, projection_nll
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .model import CELLS, choose_next
+from .model import CELLS, check_prefix, choose_next
 from .vocab import EOS_ID, PAD_ID, UNK_ID, Vocabulary
 from .vocab import _check_int as check_int
 
@@ -351,6 +351,10 @@ class StreamLM:
         never drawn (nor ``<pad>``, which the model does not score), and
         ``<eos>`` is not drawn as the first token of an empty sample. A
         temperature so small that the scores would overflow is greedy decoding.
+        A vocabulary of the three specials alone (``--vocab-size 3``) leaves
+        nothing to draw, and scores that are not numbers (NaN or +inf, from
+        weights that overflow) give no distribution: both raise
+        :class:`~xseq.lm.model.SamplingError`, never a NaN draw.
 
         Parameters
         ----------
@@ -359,7 +363,9 @@ class StreamLM:
         top_k : int >= 1 or None
         prefix : str
             Text every sample starts with, tokenized like the corpus; a token
-            the vocabulary lacks is read as ``<unk>`` (and written so).
+            the vocabulary lacks is read as ``<unk>`` (and written so). The
+            word ``<eos>`` (whitespace tokenizer) is refused: it ends a sample
+            (:func:`~xseq.lm.model.check_prefix`).
         max_len : int >= 1, default 50
             Longest sample in tokens, the prefix included.
         seed : int
@@ -369,6 +375,13 @@ class StreamLM:
         -------
         list of str
             ``n`` texts, tokens joined by spaces at word level, by nothing at character level.
+
+        Raises
+        ------
+        SamplingError
+            Nothing to draw, or scores that are not numbers (a ValueError).
+        ValueError
+            A bad argument, or a prefix that holds ``<eos>``.
         """
         check_int("n", n, 1)
         check_int("max_len", max_len, 1)
@@ -377,9 +390,7 @@ class StreamLM:
             check_int("top_k", top_k, 1)
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str; got {type(prefix).__name__}")
-        prefix_ids = self.vocab.encode(prefix)
-        if len(prefix_ids) > max_len:
-            raise ValueError(f"prefix has {len(prefix_ids)} tokens, more than max_len = {max_len}")
+        prefix_ids = check_prefix(self.vocab, prefix, max_len)
 
         rng = np.random.default_rng(seed)
         samples = np.zeros((n, max_len), dtype=np.int64)
@@ -405,9 +416,10 @@ class StreamLM:
     def _step(self, ids, state):
         """One step for every sample: host ids (m,) -> host float64 scores (V-1, m) and the new state."""
         xp = self.xp
-        A, state, _ = self._hidden(ids[:, None], state, training=False)
-        W, b = self._output()
-        logits = xp.matmul(A, W.T) + b
+        with np.errstate(over="ignore", invalid="ignore"):  # choose_next refuses what overflowed
+            A, state, _ = self._hidden(ids[:, None], state, training=False)
+            W, b = self._output()
+            logits = xp.matmul(A, W.T) + b
         return np.asarray(to_numpy(logits), dtype=np.float64).T.copy(), state
 
     # ------------------------------------------------------------------ saving

@@ -72,6 +72,7 @@ from ..distributed import SingleProcess
 from ..nn.optim import SGD, Adam, clip_by_global_norm, clip_by_value
 from .checkpoint import CheckpointError, load_checkpoint
 from .stream_model import StreamLM
+from .stream_text import StreamCorpus, held_out_lines
 from .train import (
     _LOSSES_KEY,
     _OPTIM_PREFIX,
@@ -79,13 +80,9 @@ from .train import (
     TrainConfig,
     Trainer,
     _check_corpus_record,
-    _check_history,
+    _check_counted,
     _check_real,
-    _check_rng_state,
     _state_error,
-    _state_int,
-    _state_real,
-    corpus_fingerprint,
     share,
 )
 from .vocab import Vocabulary
@@ -167,10 +164,55 @@ class StreamConfig(TrainConfig):
             _check_real("init_scale", self.init_scale)
             if self.init_scale <= 0:
                 raise ValueError(f"init_scale must be > 0; got {self.init_scale}")
+            self._check_init_scale_fits()
+
+    def _check_init_scale_fits(self):
+        """ValueError, naming ``--init-scale``, for a scale whose first forward pass would overflow the dtype."""
+        bound = max_init_scale(self.dtype, self.embed_size, self.hidden_size, self.dropout)
+        if self.init_scale > bound:
+            largest = float(np.finfo(self.dtype).max)
+            raise ValueError(
+                f"init_scale (--init-scale) must be <= {_round_down(bound):g} for {self.dtype} with embed_size "
+                f"{self.embed_size}, hidden_size {self.hidden_size} and dropout {self.dropout}: a first layer's "
+                f"pre-activation, up to ((embed_size + hidden_size) / (1 - dropout) + 1) * init_scale**2, would "
+                f"overflow {self.dtype} (largest {largest:.4g}); got {self.init_scale!r}")
 
     def learning_rate(self, epoch):
         """The learning rate of the epoch after ``epoch`` whole epochs: ``lr * lr_decay ** max(0, epoch + 1 - decay_after)``."""
         return self.lr * self.lr_decay ** max(0, epoch + 1 - self.decay_after)
+
+
+def max_init_scale(dtype, embed_size, hidden_size, dropout=0.0):
+    """The largest ``init_scale`` whose first forward pass cannot overflow ``dtype``.
+
+    With every weight in ``[-S, S]``, an input of a gate is at most ``S``
+    (an embedding row) or 1 (a state, a ``tanh`` or a gate times one), times
+    ``1 / (1 - dropout)`` where inverted dropout scales it; so a first
+    layer's pre-activation is at most ``K * S**2`` for ``S >= 1``, with
+    ``K = (embed_size + hidden_size) / (1 - dropout) + 1`` (the bias's term),
+    and the layers above and the output stay below that. The bound is
+    ``sqrt(max / K)``, ``max`` the dtype's largest value: about ``1e18`` in
+    float32 and ``1e152`` in float64 at 128 units; a useful scale is below 1.
+
+    Parameters
+    ----------
+    dtype : {"float32", "float64"}
+    embed_size, hidden_size : int
+        ``D`` and ``n_a``.
+    dropout : float in [0, 1)
+
+    Returns
+    -------
+    float
+    """
+    terms = (embed_size + hidden_size) / (1 - dropout) + 1
+    return math.sqrt(float(np.finfo(dtype).max) / terms)
+
+
+def _round_down(value, digits=3):
+    """``value`` (> 0) cut, not rounded, to ``digits`` significant digits: a bound that is printed stays one."""
+    unit = 10.0 ** (math.floor(math.log10(value)) - digits + 1)
+    return math.floor(value / unit) * unit
 
 
 # ---------------------------------------------------------------------- the stream and its windows
@@ -280,16 +322,42 @@ def evaluate_stream(model, data, bptt=EVALUATION_WINDOW, comm=None):
     return total / (data.shape[0] * (data.shape[1] - 1))
 
 
+def reading_recipe(meta, where="checkpoint"):
+    """``(level, val_fraction)`` of the stream run saved in a checkpoint's ``meta``: how its corpus is read again
+    before the run is resumed (:meth:`StreamTrainer.from_checkpoint` checks the rest). CheckpointError when absent
+    or out of range."""
+    state = meta.get("trainer")
+    recipe = state.get("config") if isinstance(state, dict) else None
+    if not isinstance(recipe, dict):
+        raise CheckpointError(f"{where} holds a model but no training state; it cannot be resumed")
+    level, val_fraction = recipe.get("level"), recipe.get("val_fraction")
+    if level not in LEVELS:
+        raise _state_error(where, "config['level']", level, f"one of {LEVELS}")
+    if (isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float))
+            or not 0 < val_fraction < 1):
+        raise _state_error(where, "config['val_fraction']", val_fraction, "a number in (0, 1)")
+    return level, val_fraction
+
+
+def stream_corpus(lines, val_lines, config):
+    """The :class:`~xseq.lm.stream_text.StreamCorpus` of a run: ``lines`` itself when it is one (read from files,
+    with ``val_lines`` None), else read from the lists of lines; its level and split must be the recipe's."""
+    if not isinstance(lines, StreamCorpus):
+        return StreamCorpus.from_lines(lines, val_lines, level=config.level, val_fraction=config.val_fraction)
+    if val_lines is not None:
+        raise ValueError("val_lines must be None when lines is a StreamCorpus (it holds the validation text)")
+    if lines.level != config.level or lines.val_fraction not in (None, config.val_fraction):
+        raise ValueError(f"the corpus was read at level {lines.level!r} with val_fraction {lines.val_fraction}; "
+                         f"the recipe has level {config.level!r} and val_fraction {config.val_fraction}")
+    return lines
+
+
 def split_lines(lines, val_lines, val_fraction):
     """``(training lines, validation lines)``: ``val_lines`` when given, else the last ``val_fraction`` of ``lines``."""
     if val_lines is not None:
         return list(lines), list(val_lines)
-    N = len(lines)
-    if N < 2:
-        raise ValueError(f"the corpus has {N} line; training needs at least 2 (the last is held out for "
-                         "validation), or a validation file")
-    n_val = min(max(1, round(val_fraction * N)), N - 1)
-    return list(lines[:N - n_val]), list(lines[N - n_val:])
+    n_val = held_out_lines(len(lines), val_fraction)
+    return list(lines[:len(lines) - n_val]), list(lines[len(lines) - n_val:])
 
 
 # ---------------------------------------------------------------------- the trainer
@@ -330,30 +398,29 @@ class StreamTrainer(Trainer):
     """
 
     token_unit = "tokens"
+    _step_unit = "windows"
+    _tokens_key = "tokens_seen"
 
     def __init__(self, lines, config=None, *, val_lines=None, backend="auto", source=None, val_source=None,
                  comm=None):
         config = StreamConfig() if config is None else config
         if not isinstance(config, StreamConfig):
             raise TypeError(f"config must be an xseq.lm.stream_train.StreamConfig; got {type(config).__name__}")
-        lines = list(lines)
-        train_lines, _ = split_lines(lines, val_lines, config.val_fraction)
-        model = StreamLM(build_vocabulary(train_lines, config), config.hidden_size, cell=config.cell,
+        text = stream_corpus(lines, val_lines, config)
+        model = StreamLM(text.vocabulary(config.vocab_size, config.min_count), config.hidden_size, cell=config.cell,
                          num_layers=config.num_layers, embed_size=config.embed_size,
                          tie_weights=config.tie_weights, dropout=config.dropout, init_scale=config.init_scale,
                          backend=backend, dtype=config.dtype, seed=config.seed)
-        self._setup(lines, config, model, source, val_lines=val_lines, val_source=val_source, comm=comm)
+        self._setup(text, config, model, source, val_source=val_source, comm=comm)
         self._start_ranks()
 
-    def _setup(self, lines, config, model, source, *, val_lines=None, val_source=None, comm=None):
-        train_lines, held_out = split_lines(lines, val_lines, config.val_fraction)
-        train_ids = stream_ids(model.vocab, train_lines)
+    def _setup(self, text, config, model, source, *, val_source=None, comm=None):
+        train_ids, val_ids = text.ids(model.vocab)
         try:
             self.train_data = batchify(train_ids, config.batch_size)
         except ValueError as exc:
             raise ValueError(f"the training stream is too short: {exc}; lower batch_size") from None
         self.dropped = len(train_ids) - self.train_data.size
-        val_ids = stream_ids(model.vocab, held_out)
         if len(val_ids) < 2:
             raise ValueError(f"the validation stream has {len(val_ids)} token; it needs at least 2 "
                              "(an input and its target)")
@@ -362,8 +429,8 @@ class StreamTrainer(Trainer):
         self.model = model
         self._attach(comm)
         self.source = source
-        self.corpus = {"source": source, "sha256": corpus_fingerprint(lines), "sequences": len(lines)}
-        self.validation = {"source": val_source, "sha256": corpus_fingerprint(held_out), "sequences": len(held_out)}
+        self.corpus = {"source": source, "sha256": text.corpus["sha256"], "sequences": text.corpus["sequences"]}
+        self.validation = {"source": val_source, "sha256": text.validation.sha256, "sequences": text.validation.lines}
         params = model.parameters()
         if config.optimizer == "adam":
             self.optimizer = Adam(params, lr=config.lr)
@@ -534,8 +601,8 @@ class StreamTrainer(Trainer):
             As :meth:`Trainer.resume <xseq.lm.train.Trainer.resume>`: an unreadable
             file, no or another version of training state, any field of the
             wrong type or range or contradicting the model or the other fields
-            (counters, carried state, random stream, history, losses, recipe),
-            or another training or validation corpus.
+            (counters, optimizer state, carried state, random stream, history,
+            losses, recipe), or another training or validation corpus.
         """
         arrays, meta = load_checkpoint(path)
         return cls.from_checkpoint(arrays, meta, lines, val_lines=val_lines, backend=backend, epochs=epochs,
@@ -554,27 +621,28 @@ class StreamTrainer(Trainer):
             raise CheckpointError(f"{where} has training-state format_version {state.get('format_version')!r}, "
                                   f"kind {state.get('kind')!r}; this version of xseq reads "
                                   f"{STREAM_TRAINER_FORMAT_VERSION}, 'stream'")
-        lines = list(lines)
         try:
             config = _recipe(where, state["config"], model, epochs, steps)
+            text = stream_corpus(lines, val_lines, config)
             recorded = _check_corpus_record(where, state["corpus"])
-            if recorded["sha256"] != corpus_fingerprint(lines):
+            if recorded["sha256"] != text.corpus["sha256"]:
                 raise CheckpointError(
                     f"{where} was trained on another corpus ({recorded['source'] or 'unknown source'}, "
-                    f"{recorded['sequences']} lines) than {source or 'the given one'} ({len(lines)} lines); "
-                    "resume with the same corpus")
+                    f"{recorded['sequences']} lines) than {source or 'the given one'} ({text.corpus['sequences']} "
+                    "lines); resume with the same corpus")
+            _check_counted(where, "corpus['sequences']", recorded["sequences"], text.corpus["sequences"])
             validation = _check_corpus_record(where, state["validation"])
-            _, held_out = split_lines(lines, val_lines, config.val_fraction)
-            if validation["sha256"] != corpus_fingerprint(held_out):
+            if validation["sha256"] != text.validation.sha256:
                 saved = (f"the validation file {validation['source']}" if validation["source"]
                          else "the end of the training corpus")
-                given = f"the validation file {val_source}" if val_lines is not None else "the end of the corpus"
+                given = (f"the validation file {val_source}" if text.val_fraction is None
+                         else "the end of the corpus")
                 raise CheckpointError(f"{where} was validated on {saved} ({validation['sequences']} lines), "
-                                      f"not on {given} ({len(held_out)} lines); resume with the same validation "
-                                      "corpus")
+                                      f"not on {given} ({text.validation.lines} lines); resume with the same "
+                                      "validation corpus")
+            _check_counted(where, "validation['sequences']", validation["sequences"], text.validation.lines)
             trainer = cls.__new__(cls)
-            trainer._setup(lines, config, model, source if source is not None else recorded["source"],
-                           val_lines=val_lines,
+            trainer._setup(text, config, model, source if source is not None else recorded["source"],
                            val_source=val_source if val_source is not None else validation["source"], comm=comm)
             trainer._restore(where, arrays, state)
         except KeyError as exc:
@@ -584,34 +652,20 @@ class StreamTrainer(Trainer):
         trainer._check_ranks_agree("after resuming")
         return trainer
 
-    def _restore(self, where, arrays, state):
-        """Counters, optimiser, random stream, carried state, losses and history of a saved run, each checked."""
-        model = self.model
-        optimizer_arrays = {k[len(_OPTIM_PREFIX):]: v for k, v in arrays.items() if k.startswith(_OPTIM_PREFIX)}
-        for name, value in optimizer_arrays.items():
-            if value.dtype.kind == "f" and not np.isfinite(value).all():
-                raise CheckpointError(f"{where} has an invalid training state: optimizer array {name!r} "
-                                      "holds NaN or infinite values")
-        self.optimizer.load_state_dict({**state["optimizer"], **optimizer_arrays})
-        per_epoch = self.steps_per_epoch
-        step = _state_int(where, "step", state["step"], 0)
-        epoch = _state_int(where, "epoch", state["epoch"], 0)
-        batch_in_epoch = _state_int(where, "batch_in_epoch", state["batch_in_epoch"], 0, per_epoch)
-        if step != epoch * per_epoch + batch_in_epoch:
-            raise CheckpointError(f"{where} has an invalid training state: step {step} is not epoch {epoch} "
-                                  f"x {per_epoch} windows per epoch + batch_in_epoch {batch_in_epoch}")
-        self.step, self.epoch, self.batch_in_epoch = step, epoch, batch_in_epoch
-        self.state = self._carried_state(where, arrays, batch_in_epoch > 0)
-        rng = model.dropout_rng
-        rng.bit_generator.state = _check_rng_state(where, "dropout_rng", state["dropout_rng"], rng)
-        losses = arrays[_LOSSES_KEY]
-        if losses.ndim != 1 or losses.dtype.kind != "f" or len(losses) != step:
-            raise _state_error(where, f"array {_LOSSES_KEY!r}", f"{losses.dtype} {losses.shape}",
-                               f"the float losses of the {step} windows, shape ({step},)")
-        self.losses = [float(x) for x in losses]
-        self.history = _check_history(where, state["history"], step)
-        self.seconds = _state_real(where, "seconds", state["seconds"], 0)
-        self.chars_seen = _state_int(where, "tokens_seen", state["tokens_seen"], 0)
+    def _restore_position(self, where, arrays, state):
+        """Mid-epoch, the state carried out of the last window (the windows follow from the corpus)."""
+        self.state = self._carried_state(where, arrays, self.batch_in_epoch > 0)
+
+    def _tokens_after(self, epoch, batch_in_epoch):
+        """Predicted tokens of ``epoch`` whole epochs and the first ``batch_in_epoch`` windows of the next."""
+        m, n = self.train_data.shape
+        return m * (epoch * (n - 1) + batch_in_epoch * self.config.bptt)
+
+    def _lr_after(self, step, epoch, batch_in_epoch):
+        """The schedule's rate of the epoch of the last step taken (the recipe's ``lr`` before the first)."""
+        if step == 0:
+            return self.config.lr
+        return self.config.learning_rate(epoch if batch_in_epoch else epoch - 1)
 
     def _carried_state(self, where, arrays, mid_epoch):
         """The saved state after the last window (mid-epoch only), checked against the model and the batch."""

@@ -80,6 +80,7 @@ from ..distributed import (
     allreduce_arrays,
     check_same_on_all_ranks,
     digest,
+    note_step,
 )
 from ..nn.embedding import add_rows
 from ..nn.optim import SGD, Adam, clip_by_global_norm, clip_by_value
@@ -358,6 +359,8 @@ class Trainer:
     """
 
     token_unit = "chars"  # what the progress bar counts per second
+    _step_unit = "steps"  # what a checkpoint's checks call a step
+    _tokens_key = "chars_seen"  # the training state's name for chars_seen
 
     def __init__(self, lines, config=None, *, backend="auto", source=None, comm=None):
         config = TrainConfig() if config is None else config
@@ -447,6 +450,7 @@ class Trainer:
         rows = {} if rows is None else rows
         scalars = xp.asarray([loss_part, float(self.stop_requested)], dtype=dtype)
         sent = {k: (xp.take(g, rows[k], axis=0) if k in rows else g) * weight for k, g in grads.items()}
+        note_step(self.comm, self.step + 1)  # for the message of a collective that times out (--comm-timeout)
         summed = allreduce_arrays(self.comm, {**sent, _STEP_SCALARS: scalars})
         for k, ids in rows.items():
             summed[k] = add_rows(xp.zeros_like(grads[k]), ids, summed[k])
@@ -699,8 +703,9 @@ class Trainer:
             Unreadable or corrupt file, no training state in it, another format
             version, a training state with a field of the wrong type or range
             or one that contradicts the model or the other fields (counters,
-            random streams, history, losses and recipe are all checked before
-            use), or a corpus that differs from the saved run's.
+            the optimizer's step count, settings and moments, random streams,
+            history, losses and recipe are all checked before use, see
+            :meth:`_restore`), or a corpus that differs from the saved run's.
         """
         where = f"checkpoint {str(path)!r}"
         arrays, meta = load_checkpoint(path)
@@ -734,43 +739,91 @@ class Trainer:
                     f"{where} was trained on another corpus ({recorded['source'] or 'unknown source'}, "
                     f"{recorded['sequences']} sequences) than {source or 'the given one'} "
                     f"({len(lines)} sequences); resume with the same corpus")
+            _check_counted(where, "corpus['sequences']", recorded["sequences"], len(lines))
             trainer = cls.__new__(cls)
             trainer._setup(lines, config, model, source if source is not None else recorded["source"], comm)
-            optimizer_arrays = {k[len(_OPTIM_PREFIX):]: v for k, v in arrays.items() if k.startswith(_OPTIM_PREFIX)}
-            for name, value in optimizer_arrays.items():
-                if value.dtype.kind == "f" and not np.isfinite(value).all():
-                    raise CheckpointError(f"{where} has an invalid training state: optimizer array {name!r} "
-                                          "holds NaN or infinite values")
-            trainer.optimizer.load_state_dict({**state["optimizer"], **optimizer_arrays})
-            per_epoch = trainer.steps_per_epoch
-            step = _state_int(where, "step", state["step"], 0)
-            epoch = _state_int(where, "epoch", state["epoch"], 0)
-            batch_in_epoch = _state_int(where, "batch_in_epoch", state["batch_in_epoch"], 0, per_epoch)
-            if step != epoch * per_epoch + batch_in_epoch:
-                raise CheckpointError(f"{where} has an invalid training state: step {step} is not epoch {epoch} "
-                                      f"x {per_epoch} steps per epoch + batch_in_epoch {batch_in_epoch}")
-            trainer.step, trainer.epoch, trainer.batch_in_epoch = step, epoch, batch_in_epoch
-            trainer.shuffle_rng.bit_generator.state = _check_rng_state(where, "shuffle_rng", state["shuffle_rng"],
-                                                                       trainer.shuffle_rng)
-            if trainer.batch_in_epoch:
-                trainer._epoch_start_rng_state = trainer.shuffle_rng.bit_generator.state
-                trainer._order = trainer.shuffle_rng.permutation(len(trainer.train_ids))
-            dropout_rng = model.layer.dropout_rng
-            dropout_rng.bit_generator.state = _check_rng_state(where, "dropout_rng", state["dropout_rng"], dropout_rng)
-            losses = arrays[_LOSSES_KEY]
-            if losses.ndim != 1 or losses.dtype.kind != "f" or len(losses) != step:
-                raise _state_error(where, f"array {_LOSSES_KEY!r}", f"{losses.dtype} {losses.shape}",
-                                   f"the float losses of the {step} steps, shape ({step},)")
-            trainer.losses = [float(x) for x in losses]
-            trainer.history = _check_history(where, state["history"], step)
-            trainer.seconds = _state_real(where, "seconds", state["seconds"], 0)
-            trainer.chars_seen = _state_int(where, "chars_seen", state["chars_seen"], 0)
+            trainer._restore(where, arrays, state)
         except KeyError as exc:
             raise CheckpointError(f"{where} has an invalid training state: no entry {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{where} has an invalid training state: {type(exc).__name__}: {exc}") from None
         trainer._check_ranks_agree("after resuming")
         return trainer
+
+    def _restore(self, where, arrays, state):
+        """Put a saved run's counters, optimiser, random streams, losses and history in place, each checked.
+
+        Every field is checked for its type and range and against the others
+        and the corpus (the trainer is already set up on it): ``step`` is
+        ``epoch`` whole epochs plus ``batch_in_epoch`` steps, the optimiser
+        took exactly ``step`` steps with the run's hyperparameters, the
+        tokens seen are those of the ``step`` batches, there is one finite
+        loss per step and every validation record agrees with its step.
+        CheckpointError names the field, its value and what was expected.
+        """
+        per_epoch = self.steps_per_epoch
+        step = _state_int(where, "step", state["step"], 0)
+        epoch = _state_int(where, "epoch", state["epoch"], 0)
+        batch_in_epoch = _state_int(where, "batch_in_epoch", state["batch_in_epoch"], 0, per_epoch)
+        if step != epoch * per_epoch + batch_in_epoch:
+            raise CheckpointError(f"{where} has an invalid training state: step {step} is not epoch {epoch} "
+                                  f"x {per_epoch} {self._step_unit} per epoch + batch_in_epoch {batch_in_epoch}")
+        self.step, self.epoch, self.batch_in_epoch = step, epoch, batch_in_epoch
+        self._restore_position(where, arrays, state)
+        self._restore_optimizer(where, arrays, state["optimizer"])
+        rng = self.model.layer.dropout_rng
+        rng.bit_generator.state = _check_rng_state(where, "dropout_rng", state["dropout_rng"], rng)
+        self.losses = _check_losses(where, arrays[_LOSSES_KEY], step, self._step_unit)
+        self.history = _check_history(where, state["history"], step, per_epoch, self._step_unit)
+        self.seconds = _state_real(where, "seconds", state["seconds"], 0)
+        tokens = _state_int(where, self._tokens_key, state[self._tokens_key], 0)
+        expected = self._tokens_after(epoch, batch_in_epoch)
+        if tokens != expected:
+            raise _state_error(where, self._tokens_key, tokens, f"{expected}, the tokens predicted in epoch {epoch} "
+                               f"x {per_epoch} {self._step_unit} per epoch + batch_in_epoch {batch_in_epoch}")
+        self.chars_seen = tokens
+
+    def _restore_position(self, where, arrays, state):
+        """Where the saved run stood in its epoch: the shuffling stream, and mid-epoch the epoch's order."""
+        self.shuffle_rng.bit_generator.state = _check_rng_state(where, "shuffle_rng", state["shuffle_rng"],
+                                                                self.shuffle_rng)
+        if self.batch_in_epoch:
+            self._epoch_start_rng_state = self.shuffle_rng.bit_generator.state
+            self._order = self.shuffle_rng.permutation(len(self.train_ids))
+
+    def _tokens_after(self, epoch, batch_in_epoch):
+        """Predicted tokens of ``epoch`` whole epochs and the current epoch's first ``batch_in_epoch`` batches."""
+        per_epoch = sum(len(s) + 1 for s in self.train_ids)
+        done = self._order[:batch_in_epoch * self.config.batch_size] if batch_in_epoch else ()
+        return epoch * per_epoch + sum(len(self.train_ids[i]) + 1 for i in done)
+
+    def _lr_after(self, step, epoch, batch_in_epoch):
+        """The learning rate the optimiser holds after ``step`` steps: the recipe's, for the whole run."""
+        return self.config.lr
+
+    def _restore_optimizer(self, where, arrays, saved):
+        """The optimiser's saved state, checked against the run before it is loaded.
+
+        Its step count must be the run's (one optimiser step per training
+        step) and its hyperparameters those the run built it with (the
+        learning rate: :meth:`_lr_after`); the optimiser itself refuses moments
+        that are not finite, or second moments below 0.
+        """
+        if not isinstance(saved, dict):
+            raise _state_error(where, "optimizer", saved, "an object with the optimizer's kind, step and settings")
+        built = {key: value for key, value in self.optimizer.state_dict().items() if not hasattr(value, "shape")}
+        expected = {**built, "step": self.step, "lr": self._lr_after(self.step, self.epoch, self.batch_in_epoch)}
+        why = {"step": "the run's step count (one optimizer step per training step)",
+               "lr": "the learning rate of the run's recipe at its step", "optimizer": "the recipe's optimizer"}
+        for key, value in expected.items():
+            if key in saved and (isinstance(saved[key], bool) or saved[key] != value):
+                raise _state_error(where, f"optimizer[{key!r}]", saved[key],
+                                   f"{value!r}, {why.get(key, 'the setting the run was built with')}")
+        optimizer_arrays = {k[len(_OPTIM_PREFIX):]: v for k, v in arrays.items() if k.startswith(_OPTIM_PREFIX)}
+        try:
+            self.optimizer.load_state_dict({**saved, **optimizer_arrays})
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{where} has an invalid training state: optimizer {exc}") from None
 
 
 # ---------------------------------------------------------------------- checks of a saved training state
@@ -818,6 +871,24 @@ def _check_corpus_record(where, record):
     return record
 
 
+def _check_counted(where, field, recorded, lines):
+    """A corpus record's count of lines, which must be ``lines``, that of the corpus its fingerprint matched."""
+    if recorded != lines:
+        raise _state_error(where, field, recorded, f"{lines}, the lines of the corpus whose SHA-256 it records")
+
+
+def _check_losses(where, losses, step, unit):
+    """The saved losses as floats: one finite number >= 0 (a mean cross-entropy) per step."""
+    if losses.ndim != 1 or losses.dtype.kind != "f" or len(losses) != step:
+        raise _state_error(where, f"array {_LOSSES_KEY!r}", f"{losses.dtype} {losses.shape}",
+                           f"the float losses of the {step} {unit}, shape ({step},)")
+    bad = np.flatnonzero(~(np.isfinite(losses) & (losses >= 0)))
+    if bad.size:
+        raise _state_error(where, f"array {_LOSSES_KEY!r}[{bad[0]}]", float(losses[bad[0]]),
+                           f"a finite loss >= 0 (nats per token); {bad.size} of the {step} are not")
+    return [float(x) for x in losses]
+
+
 def _check_rng_state(where, field, value, generator):
     """``value`` if it has the layout of ``generator.bit_generator.state`` (PCG64: nested dicts of str and int).
 
@@ -840,21 +911,33 @@ def _check_rng_state(where, field, value, generator):
     return value
 
 
-def _check_history(where, history, step):
-    """The saved validation records: each has every field of :meth:`Trainer.validate`, steps in order."""
+def _check_history(where, history, step, per_epoch, unit="steps"):
+    """The saved validation records, as :meth:`Trainer.validate` writes them after ``step`` steps at most.
+
+    Each has every field; steps are in order and at most ``step``; each
+    ``epoch`` is its step's, in epochs of ``per_epoch`` steps (``unit``); losses are
+    finite numbers >= 0 (``train_loss`` may be None); ``seconds`` never
+    decrease.
+    """
     if not isinstance(history, list):
         raise _state_error(where, "history", history, "a list of validation records")
-    previous = 0
+    previous = seconds = 0
     for i, record in enumerate(history):
         at = f"history[{i}]"
         if not isinstance(record, dict) or set(record) != set(_HISTORY_FIELDS):
             raise _state_error(where, at, record, f"a record with the keys {list(_HISTORY_FIELDS)}")
         previous = _state_int(where, f"{at}['step']", record["step"], previous, step + 1)
-        _state_real(where, f"{at}['epoch']", record["epoch"], 0)
-        _state_real(where, f"{at}['seconds']", record["seconds"], 0)
+        epoch = round(previous // per_epoch + previous % per_epoch / per_epoch, 4)
+        if _state_real(where, f"{at}['epoch']", record["epoch"], 0) != epoch:
+            raise _state_error(where, f"{at}['epoch']", record["epoch"],
+                               f"{epoch:g}, the epoch of its step {previous} with {per_epoch} {unit} per epoch")
+        seconds = _state_real(where, f"{at}['seconds']", record["seconds"], seconds)
         for key in ("train_loss", "val_loss"):
-            if not _is_real(record[key]) and not (key == "train_loss" and record[key] is None):
+            if key == "train_loss" and record[key] is None:
+                continue
+            if not _is_real(record[key]):
                 raise _state_error(where, f"{at}[{key!r}]", record[key], "a number")
+            _state_real(where, f"{at}[{key!r}]", record[key], 0)
     return list(history)
 
 

@@ -44,6 +44,7 @@ import json
 import numbers
 import os
 import re
+import unicodedata
 from collections import Counter
 
 import numpy as np
@@ -119,6 +120,17 @@ def _check_int(name, value, minimum):
         raise ValueError(f"{name} must be >= {minimum}; got {value}")
 
 
+def _check_sizes(max_size, min_count):
+    if max_size is not None:
+        _check_int("max_size", max_size, 0)
+        if max_size < len(SPECIALS):
+            raise ValueError(
+                f"max_size = {max_size} is smaller than the {len(SPECIALS)} special tokens "
+                f"{list(SPECIALS)}; it counts them, so use max_size >= {len(SPECIALS)}"
+            )
+    _check_int("min_count", min_count, 1)
+
+
 def _as_lines(text_or_lines):
     """A str is one text; any other iterable is a sequence of texts (lines)."""
     if isinstance(text_or_lines, str):
@@ -147,7 +159,11 @@ class Vocabulary:
     ----------
     tokens : sequence of str
         Every token in id order; must start with ``("<pad>", "<unk>", "<eos>")``
-        and hold no duplicates.
+        and hold no duplicates, nor a token that the level and tokenizer never
+        give (a character-level token of two characters, whitespace in a word).
+        Control characters are allowed where text can hold them (a tab at
+        character level, an escape character): the command line escapes them
+        when it prints.
     level : {"char", "word"}
     lower : bool
         Whether :meth:`encode` lower-cases text first (as :meth:`from_text` did).
@@ -190,6 +206,10 @@ class Vocabulary:
             if i >= len(SPECIALS) and tokenizer == "whitespace" and len(token.split()) != 1:
                 raise ValueError(f"tokens[{i}] = {token!r} holds whitespace, which the whitespace tokenizer "
                                  "never puts in a token")
+            if i >= len(SPECIALS) and tokenizer == "regex" and not _is_regex_token(token):
+                raise ValueError(f"tokens[{i}] = {token!r} is not a token of the regex word tokenizer: it gives "
+                                 "runs of word characters and single other characters, never whitespace, nor a "
+                                 "control character inside a longer token")
             index[token] = i
         self._tokens = tokens
         self._index = index
@@ -235,20 +255,30 @@ class Vocabulary:
         tokenizer = _check_tokenizer(level, tokenizer)
         if not isinstance(lower, bool):
             raise TypeError(f"lower must be a bool; got {type(lower).__name__} {lower!r}")
-        if max_size is not None:
-            _check_int("max_size", max_size, 0)
-            if max_size < len(SPECIALS):
-                raise ValueError(
-                    f"max_size = {max_size} is smaller than the {len(SPECIALS)} special tokens "
-                    f"{list(SPECIALS)}; it counts them, so use max_size >= {len(SPECIALS)}"
-                )
-        _check_int("min_count", min_count, 1)
+        _check_sizes(max_size, min_count)  # before the text is read
         counts = Counter()
         for i, line in enumerate(_as_lines(text_or_lines)):
             tokens = _tokenize(line.lower() if lower else line, level, tokenizer)
             if tokenizer == "whitespace" and PAD in tokens:
                 raise ValueError(_pad_in_text(f"text_or_lines[{i}]"))
             counts.update(tokens)
+        return cls.from_counts(counts, level=level, lower=lower, max_size=max_size, min_count=min_count,
+                               tokenizer=tokenizer)
+
+    @classmethod
+    def from_counts(cls, counts, level="char", lower=False, max_size=None, min_count=1, tokenizer=None):
+        """The vocabulary :meth:`from_text` builds from a text whose tokens were counted already.
+
+        Parameters
+        ----------
+        counts : mapping of str to int
+            How often each token occurs (as tokenized at ``level`` with ``tokenizer``, lower-cased if
+            ``lower``); the specials' counts are ignored. The others as :meth:`from_text`.
+        """
+        _check_level(level)
+        tokenizer = _check_tokenizer(level, tokenizer)
+        _check_sizes(max_size, min_count)
+        counts = {t: c for t, c in counts.items() if c > 0}
         if not counts:
             raise ValueError("text_or_lines holds no tokens; cannot build a vocabulary from empty text")
         # A text's own <unk> and <eos> (whitespace tokenizer) already have their ids.
@@ -465,6 +495,18 @@ def _tokenize(text, level, tokenizer):
     if level == "char":
         return list(text)
     return text.split() if tokenizer == "whitespace" else word_tokenize(text)
+
+
+def _is_regex_token(token):
+    """Whether :func:`word_tokenize` can give ``token``, by tests that hold in every Unicode version.
+
+    Its tokens are ``\\w+`` runs or one other non-space character; which
+    letters ``\\w`` matches grows with Unicode, but a space is never in a
+    token and a control character (category Cc) is never a word character.
+    """
+    if token.split() != [token]:
+        return False
+    return len(token) == 1 or not any(unicodedata.category(c) == "Cc" for c in token)
 
 
 def _pad_in_text(where):

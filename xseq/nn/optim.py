@@ -122,7 +122,9 @@ class _Optimizer:
 
         The step count, the hyperparameters and the buffers are all restored,
         so training resumes exactly. Arrays are moved to the params' backend
-        and device; their shape and dtype must match the parameters'.
+        and device; their shape and dtype must match the parameters', their
+        values must be finite (and Adam's second moments ``>= 0``): a state
+        no step can produce is refused (ValueError), not trained on.
         """
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict (from state_dict()); got {type(state).__name__}")
@@ -158,11 +160,29 @@ class _Optimizer:
             raise TypeError(
                 f"state[{name!r}] has dtype {_dtype_name(arr.dtype)}; its parameter is {_dtype_name(ref.dtype)}"
             )
+        self._check_buffer(name, arr)
         return arr
+
+    def _check_buffer(self, name, arr):
+        """ValueError unless ``arr`` holds what this optimiser's steps can leave in state ``name``: finite values."""
+        xp = self._xp
+        bad = xp.logical_not(xp.isfinite(arr))
+        if bool(xp.any(bad)):
+            raise ValueError(f"state[{name!r}] holds NaN or infinite values ({_count(xp, bad)} of {_size(arr)}); "
+                             "expected finite values")
 
     def __repr__(self):
         hyper = ", ".join(f"{h}={getattr(self, h)}" for h in self._hyper)
         return f"{self.kind}({hyper}, params={list(self.params)}, backend={backend_name(self._xp)})"
+
+
+def _count(xp, mask):
+    """How many entries of the boolean array ``mask`` are true."""
+    return int(xp.sum(xp.astype(mask, xp.int64)))
+
+
+def _size(arr):
+    return math.prod(arr.shape)
 
 
 def _scalar(state, key):
@@ -261,6 +281,18 @@ class Adam(_Optimizer):
             _check_positive("eps", eps),
         )
         self.lr, self.beta1, self.beta2, self.eps = values
+
+    def _check_buffer(self, name, arr):
+        """Finite moments, and second moments ``v`` (averages of squared gradients) >= 0."""
+        super()._check_buffer(name, arr)
+        if not name.startswith("v/"):
+            return
+        xp = self._xp
+        negative = arr < 0
+        if bool(xp.any(negative)):
+            raise ValueError(f"state[{name!r}] holds negative values ({_count(xp, negative)} of {_size(arr)}, the "
+                             f"least {float(xp.min(arr))!r}); expected second moments >= 0 (averages of squared "
+                             "gradients)")
 
     def _update(self, key, p, g):
         t = self.step_count

@@ -171,10 +171,11 @@ class TorchStreamModel:
         import torch
         import torch.nn.functional as F
 
-        x = torch.from_numpy(np.ascontiguousarray(inputs.T))  # (T, m), time-major like nn.LSTM
+        # xseq keeps the stream as int32 ids; torch's embedding and loss take int64 (Long) indices.
+        x = torch.from_numpy(np.ascontiguousarray(inputs.T, dtype=np.int64))  # (T, m), time-major like nn.LSTM
         outputs, state = self.rnn(self.embedding(x), state)
         logits = self.linear(outputs)  # (T, m, V-1): row j scores id j + 1
-        rows = torch.from_numpy(np.ascontiguousarray(targets.T).reshape(-1) - 1)
+        rows = torch.from_numpy(np.ascontiguousarray(targets.T, dtype=np.int64).reshape(-1) - 1)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), rows, reduction="sum"), state
 
     def loss_and_backward(self, inputs, targets, state=None):

@@ -1,0 +1,346 @@
+"""A corpus read once as a stream of token ids, in bounded memory: what a stream model trains on.
+
+A stream model's corpus is every line's tokens followed by ``<eos>``, blank
+lines included (:mod:`xseq.lm.stream_train`). Files of WikiText-103's size
+(hundreds of megabytes) are read here without ever holding their lines:
+
+1. the file is read in pieces (:func:`~xseq.lm.corpus.text_pieces`), and each
+   piece's tokens become numbers as they come, in the order the distinct
+   tokens first appear (:class:`TokenTable`): 4 bytes a token, no strings;
+2. their counts in the training lines give the vocabulary
+   (:meth:`StreamCorpus.vocabulary`), exactly the one
+   :meth:`Vocabulary.from_text <xseq.lm.vocab.Vocabulary.from_text>` builds
+   from the lines;
+3. one table lookup turns the numbers into the vocabulary's ids
+   (:meth:`StreamCorpus.ids`), piece by piece.
+
+The SHA-256 fingerprints that checkpoints record (of the lines joined by
+``"\\n"``, :func:`~xseq.lm.train.corpus_fingerprint`) are computed on the way,
+so a resumed run is checked against the same corpus as before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import numpy as np
+
+from .corpus import READ_BYTES as READ_CHARS
+from .corpus import CorpusError, count_lines, open_corpus, text_pieces
+from .vocab import EOS, EOS_ID, PAD, Vocabulary, _pad_in_text
+
+LEVELS = ("word", "char")
+BYTES_PER_DISTINCT_TOKEN = 160  # a dict entry and its str object, measured about 100 for short words; rounded up
+LINES_PER_PIECE = 65536
+NUMBER_BYTES = 4  # a token's number, and its id: int32  # lines joined into one piece when the text comes as a list of lines
+
+
+def held_out_lines(lines, val_fraction):
+    """Lines held out for validation at the end of a corpus of ``lines`` lines: ``round(val_fraction * lines)``,
+    at least 1 and at most ``lines - 1``."""
+    if lines < 2:
+        raise ValueError(f"the corpus has {lines} line; training needs at least 2 (the last is held out for "
+                         "validation), or a validation file")
+    return min(max(1, round(val_fraction * lines)), lines - 1)
+
+
+class TokenTable:
+    """The distinct tokens of a text, numbered in the order they first appear; number 0 is ``<eos>``.
+
+    Parameters
+    ----------
+    level : {"word", "char"}
+        Whitespace-separated words (``str.split()``, where the text's own
+        ``<eos>`` is the end of a line too), or characters.
+    """
+
+    def __init__(self, level):
+        if level not in LEVELS:
+            raise ValueError(f"level must be one of {LEVELS}; got {level!r}")
+        self.level = level
+        self._index = {EOS if level == "word" else "\n": 0}
+
+    def __len__(self):
+        return len(self._index)
+
+    @property
+    def tokens(self):
+        """Every token by its number (the first, ``<eos>``, as the key it is read under)."""
+        return list(self._index)
+
+    def encode(self, piece):
+        """The numbers of the tokens of ``piece``, a line end (``"\\n"``) giving ``<eos>``: an int32 array."""
+        index = self._index
+        add = index.setdefault
+        if self.level == "word":
+            numbers = np.array([add(token, len(index)) for token in piece.replace("\n", f" {EOS} ").split()],
+                               dtype=np.int32)
+        else:
+            distinct, inverse = np.unique(np.frombuffer(piece.encode("utf-32-le"), dtype=np.uint32),
+                                          return_inverse=True)
+            numbers = np.array([add(chr(c), len(index)) for c in distinct.tolist()], dtype=np.int32)[inverse]
+        return numbers.reshape(-1)
+
+    def memory(self):
+        """Bytes the table takes, about (:data:`BYTES_PER_DISTINCT_TOKEN` a token)."""
+        return len(self._index) * BYTES_PER_DISTINCT_TOKEN
+
+
+@dataclasses.dataclass
+class Stretch:
+    """Consecutive lines of a text as token numbers of a :class:`TokenTable`, in pieces.
+
+    Attributes
+    ----------
+    pieces : list of int32 arrays
+        The numbers, piece by piece (one array when the ids are made).
+    lines : int
+    tokens : int
+        Tokens, ``<eos>`` included.
+    sha256 : str
+        The fingerprint of the lines (:func:`~xseq.lm.train.corpus_fingerprint`).
+    """
+
+    pieces: list
+    lines: int
+    tokens: int
+    sha256: str
+
+
+class _Fingerprint:
+    """SHA-256 of lines joined by "\\n", fed with pieces in which every line is followed by "\\n"."""
+
+    def __init__(self):
+        self._hash, self._owed = hashlib.sha256(), False
+
+    def update(self, piece):
+        if self._owed:
+            self._hash.update(b"\n")
+        self._owed = piece.endswith("\n")
+        self._hash.update((piece[:-1] if self._owed else piece).encode("utf-8"))
+
+    def hexdigest(self):
+        return self._hash.hexdigest()
+
+
+def read_stretches(pieces, table, where, split_after=None, memory=None, held=0):
+    """Read a text into :class:`Stretch` es: ``(whole text's sha256, [stretch])``.
+
+    ``pieces`` as :func:`~xseq.lm.corpus.text_pieces` gives them; with
+    ``split_after`` the first stretch holds that many lines, the second the
+    rest, else one stretch holds all. With ``memory`` (bytes), reading stops
+    with a CorpusError as soon as the token numbers (4 bytes a token, ``held``
+    of them read before) and the table would take more.
+    """
+    whole = _Fingerprint()
+    parts, limit = [], split_after
+    current, part_hash, lines = [], _Fingerprint(), 0
+    for piece in pieces:
+        if memory is not None:
+            _check_memory(memory, table, held + sum(p.tokens for p in parts) + sum(len(n) for n in current), where)
+        whole.update(piece)
+        if limit is not None and lines + piece.count("\n") >= limit:  # the split is in this piece
+            end = _after_line(piece, limit - lines)
+            _add(current, part_hash, table, piece[:end], where, lines)
+            parts.append(_stretch(current, limit, part_hash))
+            piece, lines, limit = piece[end:], limit, None
+            current, part_hash = [], _Fingerprint()
+        _add(current, part_hash, table, piece, where, lines)
+        lines += piece.count("\n")
+    parts.append(_stretch(current, lines - sum(p.lines for p in parts), part_hash))
+    return whole.hexdigest(), parts
+
+
+def _check_memory(memory, table, tokens, where):
+    need = NUMBER_BYTES * tokens + table.memory() + 8 * READ_CHARS  # and a piece's text, numbers and tokens
+    if need > memory:
+        raise CorpusError(f"reading {where} needs more than the {memory / 2**30:.2f} GiB of memory available "
+                          f"({tokens:,} {table.level}s read so far, {len(table):,} distinct); a stream of this "
+                          "corpus does not fit this machine")
+
+
+def _after_line(piece, k):
+    """The index just after the ``k``-th line end of ``piece`` (0 for k = 0)."""
+    end = 0
+    for _ in range(k):
+        end = piece.index("\n", end) + 1
+    return end
+
+
+def _add(numbers, fingerprint, table, piece, where, lines_before):
+    if not piece:
+        return
+    fingerprint.update(piece)
+    if table.level == "word" and PAD in piece:
+        for i, line in enumerate(piece.split("\n")):
+            if PAD in line.split():
+                raise CorpusError(_pad_in_text(f"{where}, line {lines_before + i + 1},"))
+    numbers.append(table.encode(piece))
+
+
+def _stretch(pieces, lines, fingerprint):
+    return Stretch(pieces=pieces, lines=lines, tokens=sum(len(p) for p in pieces), sha256=fingerprint.hexdigest())
+
+
+def _pieces_of_lines(lines, what):
+    """Pieces, as :func:`~xseq.lm.corpus.text_pieces` gives, of a list of lines."""
+    for start in range(0, len(lines), LINES_PER_PIECE):
+        chunk = lines[start:start + LINES_PER_PIECE]
+        for i, line in enumerate(chunk):
+            if not isinstance(line, str):
+                raise TypeError(f"{what}[{start + i}] must be a str; got {type(line).__name__}")
+            if "\n" in line:
+                raise ValueError(f"{what}[{start + i}] holds a line end ('\\n'); give one entry per line")
+        yield "".join(line + "\n" for line in chunk)
+
+
+@dataclasses.dataclass
+class StreamCorpus:
+    """The training and validation text of a stream run, read once (see the module docstring).
+
+    Build one with :meth:`from_files` (bounded memory) or :meth:`from_lines`.
+
+    Attributes
+    ----------
+    level : {"word", "char"}
+    table : TokenTable
+    train, validation : Stretch
+    corpus : dict
+        ``{"sha256", "sequences"}`` of the whole training file (held-out lines included), as checkpoints record it.
+    val_fraction : float or None
+        The share of the lines held out for validation; None for a validation file.
+    """
+
+    level: str
+    table: TokenTable
+    train: Stretch
+    validation: Stretch
+    corpus: dict
+    val_fraction: float | None
+
+    @classmethod
+    def from_files(cls, path, val_path=None, *, level="word", val_fraction=0.1, memory=None):
+        """Read the training file ``path`` and the validation file ``val_path`` (None: the last ``val_fraction``
+        of the lines), each in pieces; ``memory`` (bytes) bounds what reading may take.
+
+        Raises
+        ------
+        CorpusError
+            A file that is not a readable regular UTF-8 text file, holds no word
+            (blank lines only), or needs more than ``memory``; ValidationCorpusError
+            for the validation file.
+        ValueError
+            Fewer than 2 lines to split (without ``val_path``).
+        """
+        table = TokenTable(level)
+        where = f"corpus file {str(path)!r}"
+        with open_corpus(path) as f:
+            counted = None if val_path is not None else count_lines(f, where)
+            split_after = None
+            if counted is not None and counted >= 2:
+                split_after = counted - held_out_lines(counted, val_fraction)
+            whole, parts = read_stretches(text_pieces(f, where, words=level == "word"), table, where, split_after,
+                                          memory)
+        _check_words(table, parts, where)
+        if counted is not None and counted < 2:
+            held_out_lines(counted, val_fraction)  # says why
+        if counted is not None and (len(parts) != 2 or parts[0].lines + parts[1].lines != counted):
+            raise CorpusError(f"{where} changed while it was read ({counted} lines, then "
+                              f"{sum(p.lines for p in parts)}); train on a file that stays as it is")
+        if val_path is not None:
+            try:
+                parts += read_file(val_path, table, memory=memory, held=parts[0].tokens)
+            except CorpusError as exc:
+                raise ValidationCorpusError(str(exc)) from None
+        lines = parts[0].lines + (parts[1].lines if val_path is None else 0)
+        return cls(level, table, parts[0], parts[1], {"sha256": whole, "sequences": lines},
+                   None if val_path is not None else val_fraction)
+
+    @classmethod
+    def from_lines(cls, lines, val_lines=None, *, level="word", val_fraction=0.1):
+        """:meth:`from_files` of lists of lines (as :func:`~xseq.lm.corpus.read_corpus` gives with
+        ``keep_blank=True``)."""
+        table = TokenTable(level)
+        lines = list(lines)
+        split_after = None if val_lines is not None else len(lines) - held_out_lines(len(lines), val_fraction)
+        whole, parts = read_stretches(_pieces_of_lines(lines, "lines"), table, "lines", split_after)
+        if val_lines is not None:
+            parts += read_stretches(_pieces_of_lines(list(val_lines), "val_lines"), table, "val_lines")[1]
+        return cls(level, table, parts[0], parts[1], {"sha256": whole, "sequences": len(lines)},
+                   None if val_lines is not None else val_fraction)
+
+    def vocabulary(self, max_size=None, min_count=1):
+        """The vocabulary of the training lines, exactly as :func:`~xseq.lm.stream_train.build_vocabulary`."""
+        counts = self.counts(self.train)
+        tokens = self.table.tokens
+        if self.level == "word":  # number 0 is every line's end and the text's own <eos>: one a line is the end
+            counts[0] -= self.train.lines
+        return Vocabulary.from_counts({tokens[i]: int(c) for i, c in enumerate(counts) if c and (i or
+                                                                                              self.level == "word")},
+                                      level=self.level, max_size=max_size, min_count=min_count,
+                                      tokenizer="whitespace" if self.level == "word" else None)
+
+    def counts(self, stretch):
+        """How often each token of the table occurs in ``stretch``: an int64 array by token number."""
+        total = np.zeros(len(self.table), dtype=np.int64)
+        for piece in stretch.pieces:
+            total += np.bincount(piece, minlength=len(self.table))
+        return total
+
+    def ids(self, vocab):
+        """``(training ids, validation ids)``: int32 arrays of ``vocab``'s ids, ``<eos>`` after every line.
+
+        Turns the stretches' numbers into ids, piece by piece (their memory is
+        released as it goes), so it can be called once.
+        """
+        return tuple(ids_of(stretch, self.table, vocab) for stretch in (self.train, self.validation))
+
+
+class ValidationCorpusError(CorpusError):
+    """The validation file of :meth:`StreamCorpus.from_files` cannot be used (the training file can)."""
+
+
+def read_file(path, table, *, memory=None, held=0):
+    """``[stretch]``: a whole file read in pieces, its tokens numbered by ``table``; CorpusError as
+    :meth:`StreamCorpus.from_files`."""
+    where = f"corpus file {str(path)!r}"
+    with open_corpus(path) as f:
+        _, parts = read_stretches(text_pieces(f, where, words=table.level == "word"), table, where, memory=memory,
+                                  held=held)
+    _check_words(table, parts, where)
+    return parts
+
+
+def unknown_tokens(stretch, table, vocab):
+    """Tokens of ``stretch`` that ``vocab`` lacks, which count as ``<unk>``."""
+    missing = np.array([i > 0 and token not in vocab for i, token in enumerate(table.tokens)])
+    return int(sum(np.count_nonzero(missing[piece]) for piece in stretch.pieces))
+
+
+def ids_of(stretch, table, vocab):
+    """The int32 ids in ``vocab`` of the tokens of ``stretch`` (numbered by ``table``), ``<eos>`` after every
+    line; the stretch's numbers are released as it goes, so it is done once."""
+    lookup = np.array([EOS_ID] + [vocab.token_to_id(t) for t in table.tokens[1:]], dtype=np.int32)
+    if stretch.pieces is None:
+        raise RuntimeError("the ids of this stretch were made before: its token numbers are gone")
+    ids = np.empty(stretch.tokens, dtype=np.int32)
+    start = 0
+    pieces, stretch.pieces = stretch.pieces, None
+    while pieces:
+        piece = pieces.pop(0)
+        ids[start:start + len(piece)] = lookup[piece]
+        start += len(piece)
+    return ids
+
+
+def _check_words(table, stretches, where):
+    """CorpusError when the stretches hold no token but ``<eos>`` and whitespace (a file of blank lines)."""
+    text = np.array([i > 0 and not token.isspace() for i, token in enumerate(table.tokens)])
+    own_eos = table.level == "word" and sum(np.count_nonzero(p == 0) for s in stretches for p in s.pieces) > sum(
+        s.lines for s in stretches)  # the text's own <eos>, a word of the line it is in
+    if not own_eos and not any(text[piece].any() for s in stretches for piece in s.pieces):
+        lines = sum(s.lines for s in stretches)
+        if lines:
+            raise CorpusError(f"{where} holds no words: its {lines} lines are all blank")
+        raise CorpusError(f"{where} is empty: it has no non-empty line")
