@@ -400,3 +400,26 @@ def test_ptb_refuses_a_missing_data_directory_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("ptb.py: error: the PTB data directory")
     assert "nowhere" in err and "ptb.train.txt" in err
+
+
+def test_bench_corpus_checks_that_every_contender_read_the_same_tokens(tmp_path):
+    """bench_corpus.py on a small generated corpus: every contender runs, the token counts are compared, the
+    table and the line on the targets are printed."""
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_corpus.py"), "--mb", "0.3", "--rounds", "1"],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "check: every contender read the same" in done.stdout
+    assert "| xseq-read |" in done.stdout and "targets: read >= 20 MB/s" in done.stdout
+
+
+def test_bench_corpus_generates_what_it_says(tmp_path):
+    import bench_corpus
+
+    path = tmp_path / "c.txt"
+    size = bench_corpus.generate(path, 0.5)
+    text = path.read_text(encoding="utf-8")
+    assert size >= 500_000 and text.endswith(" \n")
+    lines = text.split("\n")[:-1]
+    assert sum(not line.strip() for line in lines) > 0  # blank lines, as in WikiText
+    assert all(word.startswith("w") for word in text.split())

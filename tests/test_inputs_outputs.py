@@ -238,7 +238,7 @@ def test_reading_stops_when_the_stream_would_not_fit(tmp_path):
     enough = StreamCorpus.from_files(path, level="word", memory=1 << 30)
     assert enough.train.tokens > 0
     with pytest.raises(CorpusError, match="does not fit this machine"):
-        StreamCorpus.from_files(path, level="word", memory=8 * stream_text.READ_CHARS + 100)
+        StreamCorpus.from_files(path, level="word", memory=8 * corpus.READ_BYTES + 100)
 
 
 def test_a_line_model_too_large_for_memory_is_refused_before_reading(tmp_path, words, capsys, monkeypatch):
@@ -303,3 +303,20 @@ def test_checkpoints_of_0_1_0_resume_evaluate_and_sample_to_the_same_numbers(tmp
     assert evaluated.stdout.splitlines() == expected["evaluate"]
     sampled = run_cli("sample", DATA / name, "-n", 3, "--seed", 1)
     assert sampled.stdout.splitlines() == expected["sample"], sampled.stderr
+
+
+def test_worker_processes_number_the_words_exactly_as_one_process(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus, "READ_BYTES", 256)  # a file of many pieces, so that the workers start
+    rng = np.random.default_rng(1)
+    words = [f"w{i}" for i in range(300)] + ["<unk>", "<eos>", "é", "日本"]
+    lines = [" ".join(rng.choice(words, size=rng.integers(0, 12))) for _ in range(600)]
+    path = tmp_path / "c.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert path.stat().st_size > stream_text.PIECES_FOR_WORKERS * 256
+    one = StreamCorpus.from_files(path, level="word", val_fraction=0.1, workers=1)
+    three = StreamCorpus.from_files(path, level="word", val_fraction=0.1, workers=3)
+    vocab = one.vocabulary()
+    assert three.vocabulary() == vocab == build_vocabulary(lines[:540], StreamConfig(level="word"))
+    for a, b, want in zip(one.ids(vocab), three.ids(vocab), (lines[:540], lines[540:])):
+        assert a.tolist() == b.tolist() == stream_ids(vocab, want).tolist()
+    assert (one.corpus, one.validation.sha256) == (three.corpus, three.validation.sha256)

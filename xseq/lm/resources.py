@@ -147,7 +147,7 @@ def available_memory(xp):
 
 
 def _host_available():
-    available = _meminfo_available()
+    available = _proc_bytes("/proc/meminfo", "MemAvailable")
     if available is None:
         try:
             available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -159,11 +159,12 @@ def _host_available():
     return available
 
 
-def _meminfo_available():
+def _proc_bytes(path, field):
+    """A ``kB`` field of a ``/proc`` file (``MemAvailable`` of ``/proc/meminfo``), in bytes; None where absent."""
     try:
-        with open("/proc/meminfo", encoding="ascii") as f:
+        with open(path, encoding="ascii") as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
@@ -192,19 +193,7 @@ def _address_space_room():
         return None
     if limit == resource.RLIM_INFINITY:
         return None
-    return max(limit - _mapped_bytes(), 0)
-
-
-def _mapped_bytes():
-    """The address space this process has mapped (``VmSize``), or 0 where that cannot be told."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+    return max(limit - (_proc_bytes("/proc/self/status", "VmSize") or 0), 0)  # what is mapped already
 
 
 def line_corpus_bytes(size, max_seq_len):

@@ -21,19 +21,26 @@ so a resumed run is checked against the same corpus as before.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import hashlib
+import itertools
+import multiprocessing
+import os
+import signal
 
 import numpy as np
 
-from .corpus import READ_BYTES as READ_CHARS
+from . import corpus
 from .corpus import CorpusError, count_lines, open_corpus, text_pieces
-from .vocab import EOS, EOS_ID, PAD, Vocabulary, _pad_in_text
+from .vocab import EOS, EOS_ID, PAD, UNK_ID, Vocabulary, _pad_in_text
 
 LEVELS = ("word", "char")
 BYTES_PER_DISTINCT_TOKEN = 160  # a dict entry and its str object, measured about 100 for short words; rounded up
 LINES_PER_PIECE = 65536
-NUMBER_BYTES = 4  # a token's number, and its id: int32  # lines joined into one piece when the text comes as a list of lines
+NUMBER_BYTES = 4  # a token's number, and its id: int32
+PIECES_FOR_WORKERS = 4  # a file of fewer pieces is read by one process  # lines joined into one piece when the text comes as a list of lines
 
 
 def held_out_lines(lines, val_fraction):
@@ -43,6 +50,35 @@ def held_out_lines(lines, val_fraction):
         raise ValueError(f"the corpus has {lines} line; training needs at least 2 (the last is held out for "
                          "validation), or a validation file")
     return min(max(1, round(val_fraction * lines)), lines - 1)
+
+
+def tokens_of(piece, level):
+    """``(distinct tokens, numbers)`` of one piece alone: its distinct tokens in order of first appearance, and its
+    tokens as their positions in that list (int32), a line end (``"\\n"``) being ``<eos>`` (at word level the
+    text's own ``<eos>`` too)."""
+    if level == "word":
+        numbering = collections.defaultdict(itertools.count().__next__)  # a new token takes the next number
+        numbers = _words(piece, numbering)
+        return list(numbering), numbers
+    distinct, numbers = np.unique(np.frombuffer(piece.encode("utf-32-le"), dtype=np.uint32), return_inverse=True)
+    return [chr(c) for c in distinct.tolist()], numbers.reshape(-1).astype(np.int32)
+
+
+def _words(piece, numbering):
+    """The numbers in ``numbering`` (a defaultdict that numbers a new word) of the words of ``piece``."""
+    tokens = piece.replace("\n", f" {EOS} ").split()
+    return np.fromiter(map(numbering.__getitem__, tokens), dtype=np.int32, count=len(tokens))
+
+
+def _numbering_process(link):
+    """A worker of :meth:`TokenTable.encode_all`: numbers the words of the pieces it is sent, its numbering kept
+    from piece to piece, and sends back each piece's numbers with the words it had not seen before."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the reading process's to handle
+    numbering = collections.defaultdict(itertools.count().__next__)
+    while (piece := link.recv()) is not None:
+        known = len(numbering)
+        numbers = _words(piece, numbering)
+        link.send((list(itertools.islice(numbering, known, None)), numbers))
 
 
 class TokenTable:
@@ -71,16 +107,63 @@ class TokenTable:
 
     def encode(self, piece):
         """The numbers of the tokens of ``piece``, a line end (``"\\n"``) giving ``<eos>``: an int32 array."""
+        return self.number(*tokens_of(piece, self.level))
+
+    def number(self, distinct, numbers):
+        """The numbers in this table of a piece's tokens numbered by :func:`tokens_of`, new tokens added."""
         index = self._index
         add = index.setdefault
-        if self.level == "word":
-            numbers = np.array([add(token, len(index)) for token in piece.replace("\n", f" {EOS} ").split()],
-                               dtype=np.int32)
-        else:
-            distinct, inverse = np.unique(np.frombuffer(piece.encode("utf-32-le"), dtype=np.uint32),
-                                          return_inverse=True)
-            numbers = np.array([add(chr(c), len(index)) for c in distinct.tolist()], dtype=np.int32)[inverse]
-        return numbers.reshape(-1)
+        return np.array([add(token, len(index)) for token in distinct], dtype=np.int32)[numbers]
+
+    def encode_all(self, pieces, workers=1):
+        """``(key, numbers)`` of every ``(key, piece)`` of ``pieces``, in order.
+
+        With ``workers > 1`` (word level), that many processes number the
+        words, the part that costs (a dict look-up a word), each its own
+        numbering of the pieces it gets in turn; this process turns their new
+        words into the table's numbers, one look-up a distinct word, and their
+        numbers into the table's by an array look-up. Each worker holds at
+        most one piece at a time.
+        """
+        if workers <= 1 or self.level != "word":
+            for key, piece in pieces:
+                yield key, self.encode(piece)
+            return
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        links, processes, pending = [], [], collections.deque()
+        lookups = [np.zeros(0, dtype=np.int32) for _ in range(workers)]  # a worker's numbers -> the table's
+        try:
+            for _ in range(workers):
+                link, theirs = context.Pipe()
+                processes.append(context.Process(target=_numbering_process, args=(theirs,), daemon=True))
+                processes[-1].start()
+                theirs.close()
+                links.append(link)
+            for i, (key, piece) in enumerate(pieces):
+                if len(pending) == workers:  # the worker that gets this piece is done with its last
+                    yield self._received(*pending.popleft(), links, lookups)
+                links[i % workers].send(piece)
+                pending.append((key, i % workers))
+            while pending:
+                yield self._received(*pending.popleft(), links, lookups)
+        finally:
+            for link in links:
+                with contextlib.suppress(OSError):
+                    link.send(None)
+                link.close()
+            for process in processes:
+                process.join(timeout=10)
+                if process.is_alive():
+                    process.kill()
+
+    def _received(self, key, worker, links, lookups):
+        try:
+            new, numbers = links[worker].recv()
+        except EOFError:
+            raise RuntimeError("a process numbering the corpus's words ended early") from None
+        lookups[worker] = np.concatenate([lookups[worker], self.number(new, np.arange(len(new)))])
+        return key, lookups[worker][numbers]
 
     def memory(self):
         """Bytes the table takes, about (:data:`BYTES_PER_DISTINCT_TOKEN` a token)."""
@@ -124,36 +207,55 @@ class _Fingerprint:
         return self._hash.hexdigest()
 
 
-def read_stretches(pieces, table, where, split_after=None, memory=None, held=0):
+def read_stretches(pieces, table, where, split_after=None, memory=None, held=0, workers=1):
     """Read a text into :class:`Stretch` es: ``(whole text's sha256, [stretch])``.
 
     ``pieces`` as :func:`~xseq.lm.corpus.text_pieces` gives them; with
     ``split_after`` the first stretch holds that many lines, the second the
     rest, else one stretch holds all. With ``memory`` (bytes), reading stops
     with a CorpusError as soon as the token numbers (4 bytes a token, ``held``
-    of them read before) and the table would take more.
+    of them read before) and the table would take more. ``workers``: as
+    :meth:`TokenTable.encode_all`.
     """
     whole = _Fingerprint()
-    parts, limit = [], split_after
-    current, part_hash, lines = [], _Fingerprint(), 0
-    for piece in pieces:
+    parts = [([], _Fingerprint(), [0]) for _ in range(1 if split_after is None else 2)]  # numbers, hash, lines
+
+    def segments():
+        lines = 0  # before the text at hand
+        for piece in pieces:
+            whole.update(piece)
+            cut = len(piece)
+            if split_after is not None and lines < split_after <= lines + piece.count("\n"):
+                cut = _after_line(piece, split_after - lines)
+            for key, text in ((0 if split_after is None or lines < split_after else 1, piece[:cut]), (1, piece[cut:])):
+                if text:
+                    _, fingerprint, counted = parts[key]
+                    fingerprint.update(text)
+                    if table.level == "word" and PAD in text:
+                        _refuse_pad(text, where, lines)
+                    counted[0] += text.count("\n")
+                    lines += text.count("\n")
+                    yield key, text
+
+    read = held
+    for key, numbers in table.encode_all(segments(), workers):
+        parts[key][0].append(numbers)
+        read += len(numbers)
         if memory is not None:
-            _check_memory(memory, table, held + sum(p.tokens for p in parts) + sum(len(n) for n in current), where)
-        whole.update(piece)
-        if limit is not None and lines + piece.count("\n") >= limit:  # the split is in this piece
-            end = _after_line(piece, limit - lines)
-            _add(current, part_hash, table, piece[:end], where, lines)
-            parts.append(_stretch(current, limit, part_hash))
-            piece, lines, limit = piece[end:], limit, None
-            current, part_hash = [], _Fingerprint()
-        _add(current, part_hash, table, piece, where, lines)
-        lines += piece.count("\n")
-    parts.append(_stretch(current, lines - sum(p.lines for p in parts), part_hash))
-    return whole.hexdigest(), parts
+            _check_memory(memory, table, read, where)
+    stretches = [Stretch(pieces=numbers, lines=counted[0], tokens=sum(len(n) for n in numbers),
+                         sha256=fingerprint.hexdigest()) for numbers, fingerprint, counted in parts]
+    return whole.hexdigest(), stretches
+
+
+def _refuse_pad(text, where, lines_before):
+    for i, line in enumerate(text.split("\n")):
+        if PAD in line.split():
+            raise CorpusError(_pad_in_text(f"{where}, line {lines_before + i + 1},"))
 
 
 def _check_memory(memory, table, tokens, where):
-    need = NUMBER_BYTES * tokens + table.memory() + 8 * READ_CHARS  # and a piece's text, numbers and tokens
+    need = NUMBER_BYTES * tokens + table.memory() + 8 * corpus.READ_BYTES  # and a piece's text, numbers and tokens
     if need > memory:
         raise CorpusError(f"reading {where} needs more than the {memory / 2**30:.2f} GiB of memory available "
                           f"({tokens:,} {table.level}s read so far, {len(table):,} distinct); a stream of this "
@@ -166,21 +268,6 @@ def _after_line(piece, k):
     for _ in range(k):
         end = piece.index("\n", end) + 1
     return end
-
-
-def _add(numbers, fingerprint, table, piece, where, lines_before):
-    if not piece:
-        return
-    fingerprint.update(piece)
-    if table.level == "word" and PAD in piece:
-        for i, line in enumerate(piece.split("\n")):
-            if PAD in line.split():
-                raise CorpusError(_pad_in_text(f"{where}, line {lines_before + i + 1},"))
-    numbers.append(table.encode(piece))
-
-
-def _stretch(pieces, lines, fingerprint):
-    return Stretch(pieces=pieces, lines=lines, tokens=sum(len(p) for p in pieces), sha256=fingerprint.hexdigest())
 
 
 def _pieces_of_lines(lines, what):
@@ -220,9 +307,11 @@ class StreamCorpus:
     val_fraction: float | None
 
     @classmethod
-    def from_files(cls, path, val_path=None, *, level="word", val_fraction=0.1, memory=None):
+    def from_files(cls, path, val_path=None, *, level="word", val_fraction=0.1, memory=None, workers=1):
         """Read the training file ``path`` and the validation file ``val_path`` (None: the last ``val_fraction``
-        of the lines), each in pieces; ``memory`` (bytes) bounds what reading may take.
+        of the lines), each in pieces; ``memory`` (bytes) bounds what reading may take, at most ``workers``
+        processes number the words (:meth:`TokenTable.encode_all`; one, this one, for a file of fewer than
+        :data:`PIECES_FOR_WORKERS` pieces, whose reading would not pay for starting them).
 
         Raises
         ------
@@ -236,12 +325,14 @@ class StreamCorpus:
         table = TokenTable(level)
         where = f"corpus file {str(path)!r}"
         with open_corpus(path) as f:
+            if os.fstat(f.fileno()).st_size < PIECES_FOR_WORKERS * corpus.READ_BYTES:
+                workers = 1
             counted = None if val_path is not None else count_lines(f, where)
             split_after = None
             if counted is not None and counted >= 2:
                 split_after = counted - held_out_lines(counted, val_fraction)
             whole, parts = read_stretches(text_pieces(f, where, words=level == "word"), table, where, split_after,
-                                          memory)
+                                          memory, workers=workers)
         _check_words(table, parts, where)
         if counted is not None and counted < 2:
             held_out_lines(counted, val_fraction)  # says why
@@ -250,7 +341,7 @@ class StreamCorpus:
                               f"{sum(p.lines for p in parts)}); train on a file that stays as it is")
         if val_path is not None:
             try:
-                parts += read_file(val_path, table, memory=memory, held=parts[0].tokens)
+                parts += read_file(val_path, table, memory=memory, held=parts[0].tokens, workers=workers)
             except CorpusError as exc:
                 raise ValidationCorpusError(str(exc)) from None
         lines = parts[0].lines + (parts[1].lines if val_path is None else 0)
@@ -294,20 +385,23 @@ class StreamCorpus:
         Turns the stretches' numbers into ids, piece by piece (their memory is
         released as it goes), so it can be called once.
         """
-        return tuple(ids_of(stretch, self.table, vocab) for stretch in (self.train, self.validation))
+        lookup = id_lookup(self.table, vocab)
+        return tuple(ids_of(stretch, lookup) for stretch in (self.train, self.validation))
 
 
 class ValidationCorpusError(CorpusError):
     """The validation file of :meth:`StreamCorpus.from_files` cannot be used (the training file can)."""
 
 
-def read_file(path, table, *, memory=None, held=0):
+def read_file(path, table, *, memory=None, held=0, workers=1):
     """``[stretch]``: a whole file read in pieces, its tokens numbered by ``table``; CorpusError as
     :meth:`StreamCorpus.from_files`."""
     where = f"corpus file {str(path)!r}"
     with open_corpus(path) as f:
+        if os.fstat(f.fileno()).st_size < PIECES_FOR_WORKERS * corpus.READ_BYTES:
+            workers = 1
         _, parts = read_stretches(text_pieces(f, where, words=table.level == "word"), table, where, memory=memory,
-                                  held=held)
+                                  held=held, workers=workers)
     _check_words(table, parts, where)
     return parts
 
@@ -318,10 +412,15 @@ def unknown_tokens(stretch, table, vocab):
     return int(sum(np.count_nonzero(missing[piece]) for piece in stretch.pieces))
 
 
-def ids_of(stretch, table, vocab):
-    """The int32 ids in ``vocab`` of the tokens of ``stretch`` (numbered by ``table``), ``<eos>`` after every
-    line; the stretch's numbers are released as it goes, so it is done once."""
-    lookup = np.array([EOS_ID] + [vocab.token_to_id(t) for t in table.tokens[1:]], dtype=np.int32)
+def id_lookup(table, vocab):
+    """The id in ``vocab`` of every token of ``table``, by its number: an int32 array."""
+    index = {token: i for i, token in enumerate(vocab.tokens)}
+    return np.array([EOS_ID] + [index.get(token, UNK_ID) for token in table.tokens[1:]], dtype=np.int32)
+
+
+def ids_of(stretch, lookup):
+    """The int32 ids of the tokens of ``stretch``, ``<eos>`` after every line, through ``lookup``
+    (:func:`id_lookup`); the stretch's numbers are released as it goes, so it is done once."""
     if stretch.pieces is None:
         raise RuntimeError("the ids of this stretch were made before: its token numbers are gone")
     ids = np.empty(stretch.tokens, dtype=np.int32)

@@ -282,8 +282,9 @@ class Vocabulary:
         if not counts:
             raise ValueError("text_or_lines holds no tokens; cannot build a vocabulary from empty text")
         # A text's own <unk> and <eos> (whitespace tokenizer) already have their ids.
-        ranked = sorted((t for t, c in counts.items() if c >= min_count and t not in SPECIALS),
-                        key=lambda t: (-counts[t], t))
+        # Most frequent first, ties broken by the token: sorted by the token, then (stably) by count.
+        ranked = sorted(t for t, c in counts.items() if c >= min_count and t not in SPECIALS)
+        ranked.sort(key=counts.__getitem__, reverse=True)
         if not ranked and any(t not in SPECIALS for t in counts):
             raise ValueError(
                 f"min_count = {min_count} removes every token (the most frequent is seen "
