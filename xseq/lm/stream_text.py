@@ -218,9 +218,10 @@ def read_stretches(pieces, table, where, split_after=None, memory=None, held=0, 
     :meth:`TokenTable.encode_all`.
     """
     whole = _Fingerprint()
-    parts = [([], _Fingerprint(), [0]) for _ in range(1 if split_after is None else 2)]  # numbers, hash, lines
+    parts = [_Part() for _ in range(1 if split_after is None else 2)]
 
     def segments():
+        """``(part, text)``: the pieces, the one holding the split cut there; fingerprints and lines counted."""
         lines = 0  # before the text at hand
         for piece in pieces:
             whole.update(piece)
@@ -229,23 +230,30 @@ def read_stretches(pieces, table, where, split_after=None, memory=None, held=0, 
                 cut = _after_line(piece, split_after - lines)
             for key, text in ((0 if split_after is None or lines < split_after else 1, piece[:cut]), (1, piece[cut:])):
                 if text:
-                    _, fingerprint, counted = parts[key]
-                    fingerprint.update(text)
                     if table.level == "word" and PAD in text:
                         _refuse_pad(text, where, lines)
-                    counted[0] += text.count("\n")
+                    parts[key].fingerprint.update(text)
+                    parts[key].lines += text.count("\n")
                     lines += text.count("\n")
                     yield key, text
 
     read = held
     for key, numbers in table.encode_all(segments(), workers):
-        parts[key][0].append(numbers)
+        parts[key].numbers.append(numbers)
         read += len(numbers)
         if memory is not None:
             _check_memory(memory, table, read, where)
-    stretches = [Stretch(pieces=numbers, lines=counted[0], tokens=sum(len(n) for n in numbers),
-                         sha256=fingerprint.hexdigest()) for numbers, fingerprint, counted in parts]
-    return whole.hexdigest(), stretches
+    return whole.hexdigest(), [Stretch(pieces=part.numbers, lines=part.lines, tokens=sum(map(len, part.numbers)),
+                                       sha256=part.fingerprint.hexdigest()) for part in parts]
+
+
+@dataclasses.dataclass
+class _Part:
+    """A stretch being read."""
+
+    numbers: list = dataclasses.field(default_factory=list)
+    fingerprint: _Fingerprint = dataclasses.field(default_factory=_Fingerprint)
+    lines: int = 0
 
 
 def _refuse_pad(text, where, lines_before):
