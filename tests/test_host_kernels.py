@@ -1,4 +1,4 @@
-"""xseq's host build of the fused kernels (``xseq/host_kernels.py``): how it is built, cached and
+"""xseq's host build of the fused kernels (``xseq/ops/host.py``): how it is built, cached and
 turned off, and the parts of it that are not the CUDA kernels (copies, softmax, argument checks).
 
 The kernels' results are checked against the reference in ``test_kernels_exec.py`` (step by step,

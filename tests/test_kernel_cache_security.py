@@ -1,4 +1,4 @@
-"""The compiled-kernel cache (``xseq/host_kernels.py``) loads only what this user alone could have put there.
+"""The compiled-kernel cache (``xseq/ops/host.py``) loads only what this user alone could have put there.
 
 Any local user can compute the cached library's name. Each attack below plants a small library whose
 constructor writes a marker file: the marker must stay absent, the kernels must still come (built for

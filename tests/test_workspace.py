@@ -1,4 +1,4 @@
-"""The NumPy buffer pool (xseq/_workspace.py): reuse what callers dropped, never what they hold."""
+"""The NumPy buffer pool (xseq/ops/workspace.py): reuse what callers dropped, never what they hold."""
 
 import gc
 

@@ -1,4 +1,4 @@
-"""``python -m xseq``: the ``xseq`` command line (see :mod:`xseq.cli`)."""
+"""``python -m xseq``: the ``xseq`` command line (see :mod:`xseq.lm.cli`)."""
 
 from .lm.cli import main
 

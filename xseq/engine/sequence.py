@@ -1,6 +1,6 @@
 """Fast whole-sequence forward and backward passes shared by every public sequence function.
 
-The per-cell functions in ``rnn.py``/``lstm.py``/``gru.py`` are the readable
+The per-cell functions of :mod:`xseq.course` (``rnn.py``/``lstm.py``/``gru.py``) are the readable
 definitions; this module computes the same thing quickly:
 
 * time-major, examples-as-rows layout: ``X`` is ``(T_x, m, n_x)`` and every
@@ -15,9 +15,9 @@ definitions; this module computes the same thing quickly:
 * backward stores the pre-activation gradients of every step and computes
   each weight gradient with one GEMM after the loop;
 * the pointwise work of a step, the buffers and the products go to an ops
-  object (``_pointwise.ops_for``), which is where the fused kernels (CuPy's,
+  object (:func:`xseq.ops.select.ops_for`), which is where the fused kernels (CuPy's,
   and their host build for NumPy), NumPy's in-place steps and its reused
-  buffers (``_workspace``) plug in.
+  buffers (:mod:`xseq.ops.workspace`) plug in.
 
 Variable lengths are a boolean ``mask`` ``(T_x, m, 1)``: where it is False the
 step is skipped for that example (state carried unchanged, output zero,
@@ -93,10 +93,11 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
     if reverse:
         X, mask = _flip(xp, X), _flip(xp, mask)
 
-    # Every buffer comes from ops.empty: NumPy's reuses them between calls (xseq/_workspace.py).
+    # Every buffer comes from ops.empty: NumPy's reuses them between calls (xseq/ops/workspace.py).
     def empty(*shape):
         return ops.empty(shape, dtype, dev)
 
+    # Why: see docs/decisions/003-input-projection-bias-column-and-chunks.md
     # One row-major copy of the input (the course layout arrives as a permuted view), with a
     # column of ones: the projection GEMM adds the biases (the last column of [W_ih b]) and the
     # backward GEMM for dW_ih yields their gradient (its last column) without a pass of its own.

@@ -498,7 +498,7 @@ def _backend_for_ranks(args):
 def _check_writable(path, option):
     """Fail now, not after training, when :func:`atomic_write` could not replace ``path``.
 
-    Checks what :func:`~xseq.checkpoint.resolve_destination` checks (a device,
+    Checks what :func:`~xseq.lm.checkpoint.resolve_destination` checks (a device,
     FIFO or socket, a link planted in ``/tmp``, another user's file in a sticky
     directory), then creates and removes a file in the directory that will
     receive it, which catches what permission bits do not show (a full quota

@@ -169,6 +169,7 @@ class CharLM:
 
     # ------------------------------------------------------------------ batches
 
+    # Why: see docs/decisions/015-charlm-batch-at-once.md
     def batch(self, sequences):
         """Inputs, targets and mask for a batch of id sequences (see the module docstring).
 

@@ -67,7 +67,7 @@ def activation_bytes(cell, hidden_size, num_layers, vocab_size, dtype, m, T_x):
 
 
 def sampling_bytes(cell, hidden_size, num_layers, vocab_size, dtype, n, max_len):
-    """Memory of :meth:`CharLM.sample` drawing ``n`` samples of up to ``max_len`` tokens together."""
+    """Memory of :meth:`~xseq.lm.model.CharLM.sample` drawing ``n`` samples of up to ``max_len`` tokens together."""
     # The ids (int64) and the decoded text of every sample, the host float64
     # scores of one step, and the layers' state and cache of one step.
     per_sample = (16 * max_len + ACTIVATIONS_PER_TOKEN * vocab_size * 8

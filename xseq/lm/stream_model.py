@@ -40,8 +40,8 @@ dropout. Every mask comes from one NumPy stream, the layer's
 so a seed gives the same masks on every backend and a saved stream state
 resumes them exactly.
 
-Parameters
-----------
+Parameter arrays
+----------------
 :meth:`StreamLM.parameters` is one flat dict (the same object at every call):
 ``"embedding"`` ``(V, D)``, the layer's arrays under PyTorch's names, ``"Wy"``
 ``(V-1, n_a)`` (untied only) and ``"by"`` ``(V-1,)``.

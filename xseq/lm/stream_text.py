@@ -70,6 +70,7 @@ def _words(piece, numbering):
     return np.fromiter(map(numbering.__getitem__, tokens), dtype=np.int32, count=len(tokens))
 
 
+# Why: see docs/decisions/017-stream-corpus-worker-processes.md
 def _numbering_process(link):
     """A worker of :meth:`TokenTable.encode_all`: numbers the words of the pieces it is sent, its numbering kept
     from piece to piece, and sends back each piece's numbers with the words it had not seen before."""

@@ -505,6 +505,7 @@ class StreamTrainer(Trainer):
         self.state = state
         return loss
 
+    # Why: see docs/decisions/008-embedding-gradient-rows.md
     def _embedding_rows(self, inputs):
         """The embedding rows whose gradient may be non-zero on some rank: the window's ids (every column's).
 

@@ -365,7 +365,7 @@ class Trainer:
     def __init__(self, lines, config=None, *, backend="auto", source=None, comm=None):
         config = TrainConfig() if config is None else config
         if not isinstance(config, TrainConfig):
-            raise TypeError(f"config must be an xseq.train.TrainConfig; got {type(config).__name__}")
+            raise TypeError(f"config must be an xseq.TrainConfig; got {type(config).__name__}")
         lines = list(lines)
         model = CharLM(Vocabulary.from_text(lines), config.hidden_size, cell=config.cell,
                        num_layers=config.num_layers, dropout=config.dropout, backend=backend,
@@ -565,7 +565,8 @@ class Trainer:
         """Train until :attr:`total_steps` (or until :attr:`stop_requested`).
 
         Validates after every epoch and at the end; saves to ``out`` after
-        every epoch, at the end, and when stopped early.
+        every epoch, at the end, and when stopped early. Across processes every
+        rank calls it; only rank 0 shows progress, logs and writes ``out``.
 
         Parameters
         ----------
@@ -580,9 +581,6 @@ class Trainer:
             While running, the first Ctrl-C (SIGINT) sets :attr:`stop_requested`
             (so the run stops after the current step and saves); a second one
             interrupts at once. Only from the main thread.
-
-        Across processes every rank calls it; only rank 0 shows progress,
-        logs and writes ``out``.
 
         Returns
         -------

@@ -131,7 +131,7 @@ class Embedding:
     Examples
     --------
     >>> import numpy as np, xseq
-    >>> from xseq.embedding import Embedding
+    >>> from xseq.nn.embedding import Embedding
     >>> emb = Embedding(10, 4, seed=0)
     >>> e = emb.forward(np.array([[1, 2, 2], [0, 9, 1]]))   # (dim, m, T_x)
     >>> e.shape

@@ -17,7 +17,8 @@ Layouts use the course's letters: ``n_x`` input size, ``n_a`` hidden size,
 
 Weights are named, shaped and gate-ordered exactly like the state dict of
 ``torch.nn.RNN/LSTM/GRU`` (``weight_ih_l0``, ``bias_hh_l1_reverse``, ...), so
-they exchange with PyTorch unchanged (:meth:`from_torch`, :meth:`to_torch`).
+they exchange with PyTorch unchanged (:meth:`~RecurrentLayer.from_torch`,
+:meth:`~RecurrentLayer.to_torch`).
 
 Variable lengths: ``forward(x, lengths=...)`` takes each example's length
 ``L`` (``1 <= L <= T_x``, any order). Steps ``t >= L`` are padding: their
@@ -419,6 +420,6 @@ class LSTM(RecurrentLayer):
 
 
 class GRU(RecurrentLayer):
-    """GRU in the PyTorch/cuDNN form (gates r, z, n; see :mod:`xseq.gru`); see :class:`RecurrentLayer`."""
+    """GRU in the PyTorch/cuDNN form (gates r, z, n; see :mod:`xseq.course.gru`); see :class:`RecurrentLayer`."""
 
     kind, torch_name = "gru", "GRU"

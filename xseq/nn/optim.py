@@ -338,6 +338,7 @@ def clip_by_value(grads, max_value):
     return {k: xp.clip(g, min=-max_value, max=max_value) for k, g in grads.items()}
 
 
+# Why: see docs/decisions/010-clipping-norm-by-blocks.md
 #: Elements per dot product in :func:`_sum_of_squares`.
 _SQUARES_BLOCK = 1024
 

@@ -6,7 +6,7 @@ a 39 MB wheel that installs 164 MB: its one library three times) has its own
 JIT-generated AVX-512 kernels; on the benchmark machine (2-core AMD EPYC,
 Zen 4) ``dnnl_sgemm`` was 10-25% faster than OpenBLAS at the engine's large
 products (the input projection, ``dX``, the weight gradients) and within
-noise of it at the per-step products (``benchmarks/README.md`` has the runs).
+noise of it at the per-step products (``docs/decisions/007-onednn-opt-in.md`` has the runs).
 
 It is off unless ``XSEQ_ONEDNN=1``. The two libraries keep separate thread
 pools, and on a machine with few cores a product by one of them right after
@@ -41,6 +41,7 @@ from importlib import metadata
 
 import numpy as np
 
+# Why: see docs/decisions/007-onednn-opt-in.md
 #: Products of fewer floating-point operations (2 M N K) go to OpenBLAS. 0: none, since switching
 #: between the two libraries' thread pools within a sequence costs more than any product gains (see
 #: the module docstring); a threshold is for a machine with cores to spare.

@@ -1,8 +1,8 @@
 """Fused CuPy kernels: a time step's pointwise work in one launch.
 
-The array-API reference (``_pointwise.ArrayAPIOps``) spends tens of kernel
-launches on the pointwise part of a step (about forty for an LSTM forward
-step), each reading and writing a temporary array; on a GPU that launch
+The array-API reference (:class:`xseq.ops.reference.ArrayAPIOps`) spends tens
+of kernel launches on the pointwise part of a step (about forty for an LSTM
+forward step), each reading and writing a temporary array; on a GPU that launch
 overhead and memory traffic, not the arithmetic, is what the pointwise part
 costs. Here each step and direction is one ``cupy.ElementwiseKernel`` that
 reads its operands straight from the sequence buffers and writes its results

@@ -26,14 +26,14 @@ import warnings
 
 
 class FusedSteps:
-    """The six step methods of ``_pointwise.ArrayAPIOps``, each one kernel launch.
+    """The six step methods of :class:`~xseq.ops.reference.ArrayAPIOps`, each one kernel launch.
 
     Same arguments, results and buffer writes as the reference; the buffer
     views (``S[t+1]``, ``saved[t]`` ...) are passed to the kernel as its
     outputs, so nothing is copied. A subclass says how a kernel is launched
     (``_launch``) and where an array a step returns lives (``_step_array``):
-    :class:`FusedCupyOps` on the GPU, ``xseq._host_kernels.HostFusedOps`` on
-    the CPU.
+    :class:`~xseq.ops.cuda.FusedCupyOps` on the GPU,
+    :class:`~xseq.ops.host.HostFusedOps` on the CPU.
     """
 
     def _launch(self, name, *args):
@@ -108,17 +108,18 @@ def step_blocks(device, a):
     return block_address(device, a[0, ...]), a.strides[0]
 
 
+# Why: see docs/decisions/005-cupy-direct-loop.md
 class DirectSteps:
-    """The time loops of ``_engine`` with one gemm and one kernel launch per step, by address.
+    """The time loops of :mod:`xseq.engine.sequence` with one gemm and one kernel launch per step, by address.
 
     ``device`` has ``dtype``, and inside its ``session()`` context it offers
     ``address(array)``, ``launch(name, n, args)`` (kernel ``name`` of
-    :data:`KERNELS` over ``n`` elements; ``args`` its parameters as Python
-    ints: addresses, and ``n_a``) and ``gemm(m, n, k, a, lda, b, ldb, beta,
-    c, ldc)`` (row-major ``C = A @ B + beta*C`` by address, ``beta`` 0 or 1).
-    :class:`CupyDevice` is the GPU's; the tests drive the same loops with a
-    host build. Same arithmetic and buffer writes as the engine's loops over
-    the :class:`FusedSteps` methods.
+    :data:`~xseq.ops.kernel_source.KERNELS` over ``n`` elements; ``args`` its
+    parameters as Python ints: addresses, and ``n_a``) and ``gemm(m, n, k, a,
+    lda, b, ldb, beta, c, ldc)`` (row-major ``C = A @ B + beta*C`` by address,
+    ``beta`` 0 or 1). :class:`~xseq.ops.cuda.CupyDevice` is the GPU's; the
+    tests drive the same loops with a host build. Same arithmetic and buffer
+    writes as the engine's loops over the :class:`FusedSteps` methods.
     """
 
     def __init__(self, device):

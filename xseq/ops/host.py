@@ -1,12 +1,13 @@
-"""The fused step kernels of ``_kernels`` built for the CPU with the system C++ compiler.
+"""The fused step kernels of :mod:`xseq.ops.kernel_source` built for the CPU with the system C++ compiler.
 
 NumPy runs a step's pointwise work as about ten passes over memory (see
-``_numpy_ops``); the CUDA operation strings in ``_kernels.KERNELS`` do it in
-one. They are plain C++ once the CUDA qualifiers are defined away, so this
-module wraps each in a host loop over the ``(m, n_a)`` elements, the way
-``cupy.ElementwiseKernel`` binds its parameters, compiles them for float and
-double into one shared library and calls it through ``ctypes``: the same
-kernel source serves the GPU and the CPU.
+:mod:`xseq.ops.numpy_inplace`); the CUDA operation strings in
+:data:`xseq.ops.kernel_source.KERNELS` do it in one. They are plain C++ once
+the CUDA qualifiers are defined away, so this module wraps each in a host
+loop over the ``(m, n_a)`` elements, the way ``cupy.ElementwiseKernel`` binds
+its parameters, compiles them for float and double into one shared library
+and calls it through ``ctypes``: the same kernel source serves the GPU and the
+CPU.
 
 Build and use
 -------------
@@ -78,7 +79,7 @@ from .switches import fused_enabled, lanes_enabled
 
 # NVRTC declares the CUDA qualifiers and the float/double overloads of the math
 # functions implicitly; on the host the qualifiers mean nothing and the overloads
-# come from <cmath>. XSEQ_ROW is the host loop's row counter (see _kernels.PREAMBLE).
+# come from <cmath>. XSEQ_ROW is the host loop's row counter (see kernel_source.PREAMBLE).
 HOST_PRELUDE = r"""
 #include <cmath>
 #include <cstddef>
@@ -609,6 +610,7 @@ def _refusal(exc, name, dir_fd=None):
     return "is a symbolic link" if is_link else f"cannot be opened: {exc.strerror}"
 
 
+# Why: see docs/decisions/006-kernel-cache-trust.md
 def _open_cache_dir(directory):
     """The cache directory, opened once, if it is this user's and no one else can write it.
 
@@ -809,15 +811,17 @@ def _address(a):
         return a.ctypes.data
 
 
+# Why: see docs/decisions/004-host-kernels.md
 class HostFusedOps(FusedSteps, NumpyOps):
     """NumPy's ops with every step one call of a host-compiled kernel.
 
     Buffers, products and everything but the six step methods are NumPy's
-    (``_numpy_ops.NumpyOps``); the step methods are ``_kernels.FusedSteps``',
-    the same launches the GPU makes. Unmasked sequences large enough to
-    share take their time loops from :meth:`direct_steps`: the rows split
-    over lanes, one core each (:class:`LaneSteps`). ``lanes`` is None for
-    that choice, False for never, or a :class:`LaneSteps` (the check's).
+    (:class:`xseq.ops.numpy_inplace.NumpyOps`); the step methods are
+    :class:`xseq.ops.fused.FusedSteps`', the same launches the GPU makes.
+    Unmasked sequences large enough to share take their time loops from
+    :meth:`direct_steps`: the rows split over lanes, one core each
+    (:class:`LaneSteps`). ``lanes`` is None for that choice, False for never,
+    or a :class:`LaneSteps` (the check's).
     """
 
     name = "host-kernels"
@@ -901,6 +905,7 @@ def _helpers(lib):
     return helpers
 
 
+# Why: see docs/decisions/009-projection-loss-one-pass-a-row.md
 def softmax_xent_rows(z, b, targets, scale, db):
     """The host build's fused softmax cross-entropy of the logits ``z`` (rows, V), in place; None where it cannot run.
 
@@ -923,6 +928,7 @@ def softmax_xent_rows(z, b, targets, scale, db):
                                           scale, int(db is not None), 0 if db is None else db.ctypes.data)
 
 
+# Why: see docs/decisions/014-adam-in-one-pass.md
 def adam_step(p, g, m, v, lr, beta1, beta2, eps, t):
     """The host build's Adam step: new arrays ``(p, m, v)`` in one pass; None where it cannot run.
 
@@ -963,8 +969,9 @@ def host_ops(xp, dtype):
 # a step, by address) and no core waits for another until the loop ends. The lanes run on OpenBLAS's
 # own threads (HostDevice.run), so they share the cores with nothing.
 
+# Why: see docs/decisions/013-lane-weight-limit-8mib.md
 #: Lanes are used where they were measured faster than the engine's loop with NumPy's threads (the
-#: 2-core benchmark machine, forward + backward, benchmarks/README.md "Lanes"): 0.54x-0.73x of the
+#: 2-core benchmark machine, forward + backward, docs/decisions/011-lanes.md): 0.54x-0.73x of the
 #: engine's time at small language-model sizes (m = 32, n_a = 64-128), 0.85x-0.96x from PTB small's
 #: (m = 20, n_a = 200) to (64, 512) and (20, 650); not with n_a = 1024 (1.04x-1.09x), where every
 #: lane reads the whole recurrent weight (13-17 MB) at every step and two threads of one product read
@@ -1042,13 +1049,14 @@ def numpy_openblas():
     return None, reason
 
 
+# Why: see docs/decisions/016-packed-weight-product-avx512.md
 def packed_products(lib):
     """Whether the lanes' per-step products take the weight packed once a loop (:data:`LOOPS`' ``xseq_packed``).
 
     Where the host build has 512-bit vectors (AVX-512), the only target it
     was measured on: 0.61x-0.84x of a one-thread OpenBLAS call's time at the
-    lanes' shapes (float32 and float64, benchmarks/README.md "Packed
-    products"). Elsewhere the lanes call NumPy's OpenBLAS.
+    lanes' shapes (float32 and float64,
+    docs/decisions/016-packed-weight-product-avx512.md). Elsewhere the lanes call NumPy's OpenBLAS.
     """
     native = lib.xseq_packed_native
     native.argtypes, native.restype = [], ctypes.c_int
@@ -1065,6 +1073,7 @@ class _LaneJob(ctypes.Structure):
                                                        "z_step", "hw_step")])
 
 
+# Why: see docs/decisions/012-lanes-on-openblas-threads.md
 class HostDevice:
     """The engine's time loops in C++ (:data:`LOOPS`) on lanes of rows, run on NumPy's own OpenBLAS threads.
 
@@ -1241,6 +1250,7 @@ def row_blocks(m, lanes):
     return blocks
 
 
+# Why: see docs/decisions/011-lanes.md
 class LaneSteps:
     """The engine's unmasked time loops on blocks of rows, one lane (thread) per block.
 

@@ -27,13 +27,13 @@ CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 # before the preamble, and a template parameter may shadow it.
 PREAMBLE = r"""
 // The row (example) of flat element i of an (m, n_a) state. The host build of
-// these kernels (xseq/_host_kernels.py) loops over rows and columns and
+// these kernels (xseq/ops/host.py) loops over rows and columns and
 // defines this as its row counter, so that the loop has no division.
 #ifndef XSEQ_ROW
 #define XSEQ_ROW(i, n_a) ((i) / (n_a))
 #endif
 template <typename T> __device__ __forceinline__ T sigmoid(T x) {
-    // Same formula as _pointwise.sigmoid: exp of a non-positive number only,
+    // Same formula as pointwise.sigmoid: exp of a non-positive number only,
     // so no overflow for any x, in float as in double.
     const T e = exp(-fabs(x));
     return x >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
@@ -87,7 +87,7 @@ def elementwise_signature(name, src):
 
 
 # Operations. Expressions keep the association order of the reference
-# functions in _pointwise.py, so that the host test can demand agreement to a
+# functions in pointwise.py, so that the host test can demand agreement to a
 # few ulps. ``i`` is CuPy's flat index over the (m, n_a) elements.
 
 _RNN_FORWARD = r"""

@@ -1,7 +1,7 @@
 """NumPy step implementation: the reference math, computed in place.
 
-The array-API reference (``_pointwise.ArrayAPIOps``) is written as pure
-expressions: every operator allocates a temporary, a step's gates are
+The array-API reference (:class:`xseq.ops.reference.ArrayAPIOps`) is written
+as pure expressions: every operator allocates a temporary, a step's gates are
 concatenated, and the results are copied into the sequence buffers. On the
 CPU that is about forty passes over memory per LSTM step. NumPy's ``out=``
 lets the same math write straight into the buffers (``saved[t]``, ``C[t+1]``,
@@ -11,8 +11,8 @@ lets the same math write straight into the buffers (``saved[t]``, ``C[t+1]``,
 
 The step's scratch arrays, the per-step products (``matmul`` with ``out=``)
 and the engine's sequence buffers (``empty``) come from the reuse pool in
-``_workspace``, so a sequence allocates nothing per step and, from the second
-call of the same shapes on, nothing at all.
+:mod:`xseq.ops.workspace`, so a sequence allocates nothing per step and, from
+the second call of the same shapes on, nothing at all.
 
 Same methods, arguments, results and buffer writes as ``ArrayAPIOps``;
 ``tests/test_numpy_ops.py`` holds the two to agreement. The GRU steps are
@@ -44,6 +44,7 @@ def _lstm_constants(n_a, dtype):
     return per_gate(0.5, 0.5, 1.0, 0.5), per_gate(0.5, 0.5, 0.0, 0.5), per_gate(0.0, 0.0, 1.0, 0.0)
 
 
+# Why: see docs/decisions/001-numpy-steps-in-place.md
 class NumpyOps(ArrayAPIOps):
     """In-place NumPy version of the RNN and LSTM steps (see the module docstring).
 

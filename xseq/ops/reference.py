@@ -57,7 +57,10 @@ class ArrayAPIOps:
         return out
 
     def direct_steps(self, dtype, device=None, check=None, rows=None, n_a=None, gates=None):
-        """An object that runs whole unmasked time loops (``_kernels.DirectSteps``), or None: the engine's loops."""
+        """An object that runs whole unmasked time loops (:class:`~xseq.ops.fused.DirectSteps`), or None.
+
+        None here: the engine runs its own loops.
+        """
         return None
 
     def softmax_rows(self, z):

@@ -63,6 +63,7 @@ def _limit_bytes():
     return int(mb * 2**20)
 
 
+# Why: see docs/decisions/002-workspace-pool.md
 class Workspace:
     """A pool of NumPy buffers keyed by (shape, dtype); see the module docstring."""
 
