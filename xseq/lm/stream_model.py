@@ -53,20 +53,18 @@ import math
 
 import numpy as np
 
-from ..backends.arrays import asarray, backend_name, refuse_masked, to_numpy
+from ..backends.arrays import refuse_masked, to_numpy
 from ..backends.checks import check_sizes
 from ..engine import sequence as engine
 from ..nn.embedding import Embedding
 from ..nn.optim import _check_positive as check_positive
 from ..nn.projection_loss import projection_cross_entropy, projection_nll
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .language_model import LanguageModel
 from .model import CELLS, check_prefix, choose_next
 from .vocab import EOS_ID, PAD_ID, UNK_ID, Vocabulary
 from .vocab import _check_int as check_int
 
 MODEL_FORMAT = "xseq.StreamLM"
-MODEL_FORMAT_VERSION = 1
-_PARAM_PREFIX = "param/"
 # Children of numpy.random.SeedSequence(seed): 0 is the layer's dropout stream (see xseq.LSTM),
 # 1 the output weights (as CharLM's), 2 the embedding, 3 the draws of init_scale.
 _OUTPUT_SEED, _EMBEDDING_SEED, _INIT_SCALE_SEED = 1, 2, 3
@@ -76,7 +74,7 @@ def _seed_child(seed, index):
     return np.random.SeedSequence(seed).spawn(index + 1)[index]
 
 
-class StreamLM:
+class StreamLM(LanguageModel):
     """Embedding, recurrent stack and output projection over one token stream.
 
     Parameters
@@ -113,6 +111,9 @@ class StreamLM:
         ``input_size = D``, unidirectional, ``dropout`` between its layers.
     xp : namespace
     """
+
+    MODEL_FORMAT = MODEL_FORMAT
+    KIND = "stream model"
 
     def __init__(self, vocab, hidden_size=128, *, cell="lstm", num_layers=1, embed_size=None, tie_weights=False,
                  dropout=0.0, init_scale=None, backend="numpy", dtype="float32", seed=0):
@@ -154,24 +155,9 @@ class StreamLM:
     # ------------------------------------------------------------------ structure
 
     @property
-    def vocab_size(self):
-        """``V``, the specials included (the projection scores ``V - 1`` of them: not ``<pad>``)."""
-        return len(self.vocab)
-
-    @property
-    def hidden_size(self):
-        """``n_a``."""
-        return self.layer.hidden_size
-
-    @property
     def embed_size(self):
         """``D``."""
         return self.embedding.dim
-
-    @property
-    def num_layers(self):
-        """Stacked recurrent layers."""
-        return self.layer.num_layers
 
     @property
     def dropout(self):
@@ -183,28 +169,6 @@ class StreamLM:
         """The NumPy generator of every dropout mask (the layer's)."""
         return self.layer.dropout_rng
 
-    @property
-    def dtype_name(self):
-        """``"float32"`` or ``"float64"``."""
-        return self.layer.dtype_name
-
-    @property
-    def backend_name(self):
-        """``"numpy"``, ``"cupy"``, ``"torch"`` or ``"array_api_strict"``."""
-        return backend_name(self.xp)
-
-    def parameters(self):
-        """Every weight in one dict (the same object at every call); an optimiser updates it in place."""
-        return self._params
-
-    def grads(self):
-        """The gradients of the last :meth:`loss_and_backward`, keyed like :meth:`parameters`."""
-        return self._grads
-
-    def num_parameters(self):
-        """The number of scalar weights (a tied output matrix counted once)."""
-        return sum(math.prod(p.shape) for p in self._params.values())
-
     def config(self):
         """The constructor arguments that fix the architecture (JSON-serialisable)."""
         return {"cell": self.cell, "hidden_size": self.hidden_size, "num_layers": self.num_layers,
@@ -214,9 +178,6 @@ class StreamLM:
         return (f"StreamLM(V={self.vocab_size}, level={self.vocab.level!r}, cell={self.cell!r}, "
                 f"embed_size={self.embed_size}, hidden_size={self.hidden_size}, num_layers={self.num_layers}, "
                 f"tie_weights={self.tie_weights}, backend={self.backend_name!r}, dtype={self.dtype_name!r})")
-
-    def _from_host(self, a):
-        return asarray(a, backend=self.xp, dtype=self.dtype)
 
     def initial_state(self, m):
         """The zero state of ``m`` streams: ``(num_layers, n_a, m)``, a tuple ``(h, c)`` for the LSTM."""
@@ -424,114 +385,16 @@ class StreamLM:
 
     # ------------------------------------------------------------------ saving
 
-    def state_dict(self):
-        """Host (NumPy) copies of :meth:`parameters`."""
-        return {k: np.array(to_numpy(v), copy=True) for k, v in self._params.items()}
-
-    def load_state_dict(self, state):
-        """Replace every parameter with the arrays of ``state`` (NumPy or any backend).
-
-        float32 and float64 arrays are converted to the model's dtype; other
-        dtypes are refused, not cast.
-
-        Raises
-        ------
-        ValueError
-            A missing or unexpected parameter, an array of another shape, or
-            NaN or infinite values.
-        TypeError
-            An array is not float32 or float64.
-        """
-        missing = sorted(set(self._params) - set(state))
-        unexpected = sorted(set(state) - set(self._params))
-        if missing or unexpected:
-            raise ValueError(f"state dict does not fit this {self!r}: missing {missing}, unexpected {unexpected}")
-        host = {k: np.asarray(to_numpy(v)) for k, v in state.items()}
-        for k, p in self._params.items():
-            a = host[k]
-            if a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8):
-                raise TypeError(f"state dict entry {k!r} has dtype {a.dtype}; expected float32 or float64")
-            if a.shape != tuple(p.shape):
-                raise ValueError(f"state dict entry {k!r} has shape {a.shape}; expected {tuple(p.shape)}")
-            finite = np.isfinite(a)
-            if not finite.all():
-                raise ValueError(f"state dict entry {k!r} holds {a.size - np.count_nonzero(finite)} NaN or "
-                                 f"infinite values (of {a.size}); a model with them computes nothing but NaN")
-        for k in self._params:  # same dict object: an optimiser built on it stays attached
-            self._params[k] = self._from_host(host[k])
-
-    def checkpoint_contents(self):
-        """The arrays and metadata of this model for :func:`xseq.save_checkpoint`.
-
-        Returns
-        -------
-        arrays : dict
-            ``"param/<name>"`` -> host array.
-        meta : dict
-            ``{"format": "xseq.StreamLM", "format_version": 1, "model": config(),
-            "dtype": ..., "vocab": vocab.to_json()}``.
-        """
-        arrays = {_PARAM_PREFIX + k: v for k, v in self.state_dict().items()}
-        meta = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "model": self.config(),
-                "dtype": self.dtype_name, "vocab": self.vocab.to_json()}
-        return arrays, meta
-
-    def save(self, path, *, arrays=None, meta=None):
-        """Write the model to one ``.npz`` checkpoint, atomically; ``arrays`` and ``meta`` are stored alongside."""
-        own_arrays, own_meta = self.checkpoint_contents()
-        arrays, meta = dict(arrays or {}), dict(meta or {})
-        for name, extra, own in (("arrays", arrays, own_arrays), ("meta", meta, own_meta)):
-            clash = sorted(set(extra) & set(own))
-            if clash:
-                raise ValueError(f"{name} keys {clash} are the model's own; choose other names")
-        save_checkpoint(path, arrays={**own_arrays, **arrays}, meta={**own_meta, **meta})
-
     @classmethod
-    def from_checkpoint(cls, arrays, meta, *, backend="numpy", where="checkpoint"):
-        """Rebuild a model from what :func:`xseq.load_checkpoint` returned.
-
-        The configuration is checked against the stored arrays (every name,
-        shape and dtype) before anything is allocated, then every value must be finite.
-
-        Raises
-        ------
-        CheckpointError
-            Not a StreamLM's metadata, another format version, a configuration
-            that does not match the arrays, or an array of another dtype or with
-            NaN or infinite values.
-        """
-        if meta.get("format") != MODEL_FORMAT:
-            raise CheckpointError(f"{where} holds no xseq stream model (format {meta.get('format')!r}; "
-                                  f"expected {MODEL_FORMAT!r})")
-        if meta.get("format_version") != MODEL_FORMAT_VERSION:
-            raise CheckpointError(f"{where} has model format_version {meta.get('format_version')!r}; "
-                                  f"this version of xseq reads {MODEL_FORMAT_VERSION}")
-        try:
-            vocab = Vocabulary.from_json(meta["vocab"])
-            config, dtype = meta["model"], meta["dtype"]
-            if not isinstance(config, dict):
-                raise TypeError(f"metadata entry 'model' must be an object; got {type(config).__name__}")
-            state = {k[len(_PARAM_PREFIX):]: v for k, v in arrays.items() if k.startswith(_PARAM_PREFIX)}
-            tie = config["tie_weights"]
-            if not isinstance(tie, bool):
-                raise TypeError(f"tie_weights must be true or false; got {tie!r}")
-            _check_stored_parameters(state, config["cell"], len(vocab), config["embed_size"], config["hidden_size"],
-                                     config["num_layers"], tie, dtype)
-            model = cls(vocab, config["hidden_size"], cell=config["cell"], num_layers=config["num_layers"],
-                        embed_size=config["embed_size"], tie_weights=tie, dropout=config["dropout"],
-                        backend=backend, dtype=dtype)
-            model.load_state_dict(state)
-        except KeyError as exc:
-            raise CheckpointError(f"{where} has an invalid model: no metadata entry {exc.args[0]!r}") from None
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{where} has an invalid model: {exc}") from None
-        return model
-
-    @classmethod
-    def load(cls, path, *, backend="numpy"):
-        """Read a model saved by :meth:`save` (or by training); CheckpointError naming the path otherwise."""
-        arrays, meta = load_checkpoint(path)
-        return cls.from_checkpoint(arrays, meta, backend=backend, where=f"checkpoint {str(path)!r}")
+    def _from_stored(cls, vocab, config, state, dtype, backend):
+        tie = config["tie_weights"]
+        if not isinstance(tie, bool):
+            raise TypeError(f"tie_weights must be true or false; got {tie!r}")
+        _check_stored_parameters(state, config["cell"], len(vocab), config["embed_size"], config["hidden_size"],
+                                 config["num_layers"], tie, dtype)
+        return cls(vocab, config["hidden_size"], cell=config["cell"], num_layers=config["num_layers"],
+                   embed_size=config["embed_size"], tie_weights=tie, dropout=config["dropout"], backend=backend,
+                   dtype=dtype)
 
 
 def parameter_shapes(cell, V, embed_size, hidden_size, num_layers, tie_weights):

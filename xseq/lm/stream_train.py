@@ -69,14 +69,13 @@ import numpy as np
 from .._version import __version__
 from ..backends.arrays import asarray, to_numpy
 from ..distributed import SingleProcess
-from ..nn.optim import SGD, Adam, clip_by_global_norm, clip_by_value
+from ..nn.optim import SGD, Adam
 from .checkpoint import CheckpointError, load_checkpoint
 from .stream_model import StreamLM
 from .stream_text import StreamCorpus, held_out_lines
 from .train import (
     _LOSSES_KEY,
     _OPTIM_PREFIX,
-    DivergedError,
     TrainConfig,
     Trainer,
     _check_corpus_record,
@@ -483,7 +482,7 @@ class StreamTrainer(Trainer):
         self.model.dropout_rng.start_step(range(start, stop))
         nll, state, grads = 0.0, None, None
         if stop > start:
-            # Overflow shows up as a non-finite loss, which stops the run with DivergedError below.
+            # Overflow shows up as a non-finite loss, which stops the run with DivergedError (Trainer._update).
             with np.errstate(over="ignore", invalid="ignore"):
                 nll, state = self.model.loss_and_backward(inputs[start:stop], targets[start:stop], self.state,
                                                           training=True)
@@ -493,15 +492,7 @@ class StreamTrainer(Trainer):
             # The model's gradients average over this rank's columns; the step's over all of them.
             grads, loss = self._reduce(self._zero_grads() if grads is None else grads,
                                        (stop - start) / inputs.shape[0], loss, rows=self._embedding_rows(inputs))
-        if not math.isfinite(loss):
-            raise DivergedError(f"training diverged at step {self.step + 1}: the training loss is {loss}")
-        clip = self.config.clip
-        if clip:
-            if self.config.clip_mode == "norm":
-                grads, _ = clip_by_global_norm(grads, clip)
-            else:
-                grads = clip_by_value(grads, clip)
-        self.optimizer.step(grads)
+        self._update(grads, loss)
         self.state = state
         return loss
 

@@ -528,8 +528,13 @@ class Trainer:
         if self.comm.size > 1:
             weight = sum(len(s) + 1 for s in mine) / sum(len(s) + 1 for s in sequences)
             grads, loss = self._reduce(self._zero_grads() if grads is None else grads, weight, loss * weight)
+        self._update(grads, loss)
+        return loss
+
+    def _update(self, grads, loss):
+        """The step's update from its (summed) gradients: DivergedError on a non-finite loss, before the weights
+        change (so they, and any checkpoint written since, stay finite); then clipping and the optimiser."""
         if not math.isfinite(loss):
-            # Before the update, so the weights in memory (and any checkpoint written since) stay finite.
             raise DivergedError(f"training diverged at step {self.step + 1}: the training loss is {loss}")
         clip = self.config.clip
         if clip:
@@ -538,7 +543,6 @@ class Trainer:
             else:
                 grads = clip_by_value(grads, clip)
         self.optimizer.step(grads)
-        return loss
 
     def validation_loss(self):
         """Mean cross-entropy per character of the model on the validation split (shared among the ranks)."""
