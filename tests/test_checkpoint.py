@@ -8,12 +8,8 @@ import numpy as np
 import pytest
 
 import xseq
-from xseq.lm.checkpoint import (
-    CheckpointError,
-    atomic_write,
-    load_checkpoint,
-    save_checkpoint,
-)
+from xseq.lm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from xseq.lm.files import atomic_write
 from xseq.lm.vocab import Vocabulary
 
 

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from xseq.lm import cli, corpus, resources, stream_text
-from xseq.lm.checkpoint import Destination, DestinationError, atomic_write, load_checkpoint
+from xseq.lm.checkpoint import load_checkpoint
 from xseq.lm.cli import main
 from xseq.lm.corpus import CorpusError, read_corpus
+from xseq.lm.files import Destination, DestinationError, atomic_write
 from xseq.lm.stream_text import StreamCorpus, TokenTable, read_file
 from xseq.lm.stream_train import StreamConfig, StreamTrainer, build_vocabulary, split_lines, stream_ids
 from xseq.lm.train import corpus_fingerprint

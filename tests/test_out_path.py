@@ -15,14 +15,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from xseq.lm.checkpoint import (
+from xseq.lm.checkpoint import load_checkpoint
+from xseq.lm.files import (
     STALE_TEMPORARY_AGE_S,
     DestinationError,
     _is_stale_temporary,
     _link_not_followed,
     _sticky_forbids_replacing,
     atomic_write,
-    load_checkpoint,
     resolve_destination,
 )
 from xseq.lm.cli import main
@@ -315,7 +315,7 @@ def test_the_next_save_removes_what_a_killed_save_left(tmp_path):
     path = tmp_path / "model.npz"
     path.write_bytes(b"old")
     script = ("import os, signal, sys\n"
-              "from xseq.lm.checkpoint import atomic_write\n"
+              "from xseq.lm.files import atomic_write\n"
               "def write(f):\n"
               "    f.write(b'partial')\n"
               "    f.flush()\n"

@@ -5,7 +5,8 @@ import pytest
 
 from xseq.lm.checkpoint import CheckpointError, save_checkpoint
 from xseq.lm.cli import main, printable
-from xseq.lm.model import CharLM, SamplingError, choose_next
+from xseq.lm.language_model import SamplingError, choose_next
+from xseq.lm.model import CharLM
 from xseq.lm.stream_model import StreamLM
 from xseq.lm.vocab import SPECIALS, Vocabulary
 

@@ -77,17 +77,11 @@ from ..ops import blas, host
 from ..ops.select import ops_for
 from ..ops.switches import direct_enabled, fused_enabled, lanes_enabled
 from . import resources
-from .checkpoint import (
-    CheckpointError,
-    Destination,
-    DestinationError,
-    atomic_write,
-    load_checkpoint,
-    resolve_destination,
-)
+from .checkpoint import CheckpointError, load_checkpoint
 from .corpus import CorpusError, builtin_corpus, builtin_corpus_path, open_corpus, read_corpus
-from .files import file_identity
-from .model import CELLS, CharLM, SamplingError
+from .files import Destination, DestinationError, atomic_write, file_identity, resolve_destination
+from .language_model import SamplingError
+from .model import CELLS, CharLM
 from .stream_model import MODEL_FORMAT as STREAM_MODEL_FORMAT
 from .stream_model import StreamLM
 from .stream_text import (
@@ -498,7 +492,7 @@ def _backend_for_ranks(args):
 def _check_writable(path, option):
     """Fail now, not after training, when :func:`atomic_write` could not replace ``path``.
 
-    Checks what :func:`~xseq.lm.checkpoint.resolve_destination` checks (a device,
+    Checks what :func:`~xseq.lm.files.resolve_destination` checks (a device,
     FIFO or socket, a link planted in ``/tmp``, another user's file in a sticky
     directory), then creates and removes a file in the directory that will
     receive it, which catches what permission bits do not show (a full quota
@@ -568,7 +562,7 @@ def _check_files(args):
     file it was not told to write. Files are compared by identity (device and
     inode, links followed; the resolved path of a file not yet there), so a
     link or a hard link to the corpus is the corpus. Returns the
-    :class:`~xseq.lm.checkpoint.Destination` the run writes.
+    :class:`~xseq.lm.files.Destination` the run writes.
     """
     named = args.out is not None or args.resume is not None
     if args.out is None:
@@ -789,22 +783,10 @@ def _check_training_fits(config, lines, samples, xp, *, resumed):
     every distinct character. On ``--resume`` only the options that may still
     be given (the run's length and ``--samples``) are offered as the ones to lower.
     """
-    if config.num_layers > MAX_LAYERS and not resumed:
-        raise UsageError(f"--layers {config.num_layers} is more than the {MAX_LAYERS} layers xseq train allows "
-                         f"(every layer is a loop over the time steps; deep plain recurrent stacks do not train)")
     longest = max(len(line) for line in lines)
     pieces = sum(-(-len(line) // config.max_seq_len) for line in lines)
     steps_per_epoch = -(-pieces // config.batch_size)
-    if config.steps is not None:
-        length = ("--steps", config.steps)
-        total_steps = config.steps
-    else:
-        length = ("--epochs", config.epochs)
-        total_steps = config.epochs * steps_per_epoch
-    if total_steps > MAX_STEPS:
-        about = "" if config.steps is not None else f" (about {total_steps:,} optimizer steps)"
-        raise UsageError(f"{length[0]} {length[1]}{about} is more than the {MAX_STEPS:,} optimizer steps "
-                         f"xseq train allows in one run")
+    length, total_steps = _run_length(config, steps_per_epoch, resumed)
     vocab_size = len(SPECIALS) + len(set(itertools.chain.from_iterable(lines)))
     values = {"hidden_size": config.hidden_size, "num_layers": config.num_layers, "batch_size": config.batch_size,
               "max_seq_len": config.max_seq_len, "total_steps": total_steps, "samples": samples}
@@ -821,6 +803,25 @@ def _check_training_fits(config, lines, samples, xp, *, resumed):
                 f"to {min(longest, config.max_seq_len)} characters, {samples:,} samples, {total_steps:,} steps")
 
 
+def _run_length(config, steps_per_epoch, resumed):
+    """``((option, value), total optimizer steps)`` of a run; UsageError beyond :data:`MAX_LAYERS` layers (of a new
+    run) or :data:`MAX_STEPS` steps."""
+    if config.num_layers > MAX_LAYERS and not resumed:
+        raise UsageError(f"--layers {config.num_layers} is more than the {MAX_LAYERS} layers xseq train allows "
+                         f"(every layer is a loop over the time steps; deep plain recurrent stacks do not train)")
+    if config.steps is not None:
+        length = ("--steps", config.steps)
+        total_steps = config.steps
+    else:
+        length = ("--epochs", config.epochs)
+        total_steps = config.epochs * steps_per_epoch
+    if total_steps > MAX_STEPS:
+        about = "" if config.steps is not None else f" (about {total_steps:,} optimizer steps)"
+        raise UsageError(f"{length[0]} {length[1]}{about} is more than the {MAX_STEPS:,} optimizer steps "
+                         f"xseq train allows in one run")
+    return length, total_steps
+
+
 def _check_stream_training_fits(config, sizes, samples, xp, *, resumed):
     """:func:`_check_training_fits` for a stream model: layers, windows, and memory (model, one window, samples).
 
@@ -828,25 +829,13 @@ def _check_stream_training_fits(config, sizes, samples, xp, *, resumed):
     distinct tokens of the corpus (:func:`_stream_sizes`), which bound the
     vocabulary (with ``--vocab-size``).
     """
-    if config.num_layers > MAX_LAYERS and not resumed:
-        raise UsageError(f"--layers {config.num_layers} is more than the {MAX_LAYERS} layers xseq train allows "
-                         f"(every layer is a loop over the time steps; deep plain recurrent stacks do not train)")
     tokens, held_out, distinct = sizes
     columns = tokens // config.batch_size
     if columns < 2:
         raise UsageError(f"--batch {config.batch_size}: the training stream has {tokens} tokens (with <eos>), too few "
                          f"for {config.batch_size} columns of at least 2 tokens each; lower --batch")
     windows = -(-(columns - 1) // config.bptt)
-    if config.steps is not None:
-        length = ("--steps", config.steps)
-        total_steps = config.steps
-    else:
-        length = ("--epochs", config.epochs)
-        total_steps = config.epochs * windows
-    if total_steps > MAX_STEPS:
-        about = "" if config.steps is not None else f" (about {total_steps:,} optimizer steps)"
-        raise UsageError(f"{length[0]} {length[1]}{about} is more than the {MAX_STEPS:,} optimizer steps "
-                         f"xseq train allows in one run")
+    length, total_steps = _run_length(config, windows, resumed)
     vocab_size = len(SPECIALS) + distinct
     if config.vocab_size is not None:
         vocab_size = min(vocab_size, config.vocab_size)

@@ -49,10 +49,8 @@ from ..backends.checks import check_sizes
 from ..engine import sequence as engine
 from ..nn.layers import GRU, LSTM, RNN
 from ..nn.losses import softmax_cross_entropy
-from ..nn.optim import _check_positive as check_positive
-from .language_model import LanguageModel
-from .vocab import EOS, EOS_ID, PAD, PAD_ID, SPECIALS, UNK, UNK_ID, Vocabulary
-from .vocab import _check_int as check_int
+from .language_model import LanguageModel, check_prefix, check_sampling, check_stored_shapes
+from .vocab import EOS_ID, PAD_ID, UNK_ID, Vocabulary
 
 CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 MODEL_FORMAT = "xseq.CharLM"
@@ -274,7 +272,7 @@ class CharLM(LanguageModel):
 
         A vocabulary of the three specials alone leaves nothing to draw, and
         scores that are not numbers (NaN or +inf, from weights that overflow)
-        give no distribution: both raise :class:`SamplingError`, never a NaN
+        give no distribution: both raise :class:`~xseq.lm.language_model.SamplingError`, never a NaN
         draw. See :func:`check_prefix` for what a prefix may hold.
 
         Parameters
@@ -305,49 +303,22 @@ class CharLM(LanguageModel):
         ValueError
             A bad argument, or a prefix that holds ``<eos>`` or unknown tokens.
         """
-        check_int("n", n, 1)
-        check_int("max_len", max_len, 1)
-        temperature = check_positive("temperature", temperature)
-        if top_k is not None:
-            check_int("top_k", top_k, 1)
-        if not isinstance(prefix, str):
-            raise TypeError(f"prefix must be a str; got {type(prefix).__name__}")
+        temperature = check_sampling(n, max_len, temperature, top_k, prefix)
         unknown = sorted({t for t in self.vocab.tokenize(prefix) if t not in self.vocab})
         if unknown:
             raise ValueError(f"prefix {prefix!r} holds tokens that are not in the model's vocabulary: {unknown}")
         prefix_ids = check_prefix(self.vocab, prefix, max_len)
 
-        rng = np.random.default_rng(seed)
-        V = self.vocab_size
-        forbidden = np.zeros(V, dtype=bool)
-        forbidden[[PAD_ID, UNK_ID]] = True
-        samples = np.zeros((n, max_len), dtype=np.int64)
-        samples[:, :len(prefix_ids)] = prefix_ids
-        done = np.zeros(n, dtype=bool)
-        state, previous = None, np.zeros(n, dtype=np.int64)  # id 0: the zero first input
-        for t in range(max_len):
-            logits, state = self._step(previous, state)
-            if t < len(prefix_ids):
-                previous = samples[:, t]
-                continue
-            scores = logits.copy()
-            scores[forbidden] = -np.inf
-            if t == 0:
-                scores[EOS_ID] = -np.inf
-            drawn = choose_next(scores, top_k=top_k, temperature=temperature, rng=rng)
-            samples[:, t] = np.where(done, PAD_ID, drawn)
-            done |= drawn == EOS_ID
-            if done.all():
-                break
-            previous = samples[:, t]
-        return [self.vocab.decode(row.tolist()) for row in samples]
+        # id 0 (<pad>) is the zero first input; every id is scored, <pad> and <unk> never drawn
+        return self._sample_ids(prefix_ids, n, max_len, first_input=PAD_ID, offset=0, never=(PAD_ID, UNK_ID),
+                                top_k=top_k, temperature=temperature, seed=seed)
 
     def _step(self, ids, state):
         """One step for every sample: host ids (m,) -> host float64 logits (V, m) and the new state."""
         X = self._one_hot(ids[:, None])
         with np.errstate(over="ignore", invalid="ignore"):  # choose_next refuses what overflowed
             logits, state = self.forward(X, state)
-        return np.asarray(to_numpy(logits[:, :, 0]), dtype=np.float64), state
+        return np.array(to_numpy(logits[:, :, 0]), dtype=np.float64), state  # a copy: the loop writes into it
 
     # ------------------------------------------------------------------ saving
 
@@ -398,81 +369,5 @@ def _check_stored_parameters(state, cell, V, hidden_size, num_layers, dtype):
         raise ValueError(f"num_layers = {num_layers} needs {4 * num_layers + 2} parameter arrays; "
                          f"the checkpoint holds {len(state)}")
     shapes = parameter_shapes(cell, V, hidden_size, num_layers)
-    missing, unexpected = sorted(set(shapes) - set(state)), sorted(set(state) - set(shapes))
     source = f"cell={cell!r}, hidden_size={hidden_size}, num_layers={num_layers} and V={V}"
-    if missing or unexpected:
-        raise ValueError(f"state dict does not fit the model of {source}: missing {missing}, unexpected {unexpected}")
-    for name, shape in shapes.items():
-        a = state[name]
-        if a.dtype != np.dtype(dtype):
-            raise TypeError(f"parameter {name!r} has dtype {a.dtype}; expected {dtype}, the checkpoint's dtype")
-        if a.shape != shape:
-            raise ValueError(f"parameter {name!r} has shape {a.shape}; expected {shape} from {source}")
-
-
-class SamplingError(ValueError):
-    """A model that cannot be sampled: no token to draw, or scores that are not numbers."""
-
-
-def check_prefix(vocab, prefix, max_len):
-    """The ids of a sample's ``prefix``, once sampling can honour it; ValueError naming what cannot be.
-
-    ``<eos>`` ends a sample, and :meth:`Vocabulary.decode` stops there, so a
-    prefix holding it would print as its text before the ``<eos>`` alone: it
-    is refused. Only a word vocabulary of the whitespace tokenizer reads the
-    word ``<eos>`` as that token; at character level ``"<eos>"`` is five
-    characters and the regex tokenizer gives ``<``, ``eos``, ``>``, ordinary
-    text. A vocabulary of the specials alone raises :class:`SamplingError`:
-    ``<pad>`` and ``<unk>`` are never drawn and a sample never starts with
-    ``<eos>``, so there is no token to draw.
-    """
-    if len(vocab) == len(SPECIALS):
-        raise SamplingError(
-            f"the model's vocabulary has no token to draw: it holds only {' '.join(SPECIALS)} (V = {len(vocab)}); "
-            f"{PAD} and {UNK} are never drawn and a sample never starts with {EOS}, so a model needs another "
-            "token to be sampled (train it with a larger --vocab-size)")
-    prefix_ids = vocab.encode(prefix)
-    if EOS_ID in prefix_ids:
-        raise ValueError(
-            f"prefix {prefix!r} holds {EOS} (its token {prefix_ids.index(EOS_ID) + 1} of {len(prefix_ids)}): "
-            f"{EOS} ends a sample, so a prefix cannot hold it; give the text of one line")
-    if len(prefix_ids) > max_len:
-        raise ValueError(f"prefix has {len(prefix_ids)} tokens, more than max_len = {max_len}")
-    return prefix_ids
-
-
-def choose_next(scores, *, top_k, temperature, rng):
-    """One id per column of ``scores`` (V, m): the ``top_k`` best (None: all), softened by ``temperature``, drawn.
-
-    ``scores`` is modified; entries of -inf are never drawn. A column with no
-    finite entry, or with a NaN or +inf (a model whose weights overflow),
-    raises :class:`SamplingError`: it gives no distribution to draw from.
-    """
-    _check_scores(scores)
-    V = scores.shape[0]
-    if top_k is not None and top_k < V:
-        cut = np.partition(scores, V - top_k, axis=0)[V - top_k]
-        scores[scores < cut] = -np.inf
-    # Shift before dividing: the likeliest token scores 0 at any
-    # temperature, so a tiny one sends every other score to -inf
-    # (greedy decoding) instead of overflowing to inf - inf = NaN.
-    with np.errstate(over="ignore", under="ignore"):
-        scores = (scores - scores.max(axis=0, keepdims=True)) / temperature
-    return _draw(scores, rng)
-
-
-def _check_scores(scores):
-    if np.isnan(scores).any() or np.isposinf(scores).any():
-        raise SamplingError("the model's scores hold NaN or +inf (weights so large that the output overflows): "
-                            "they give no distribution to draw from")
-    if np.isneginf(scores).all(axis=0).any():
-        raise SamplingError("no token is left to draw: every token that may be drawn scores -inf")
-
-
-def _draw(scores, rng):
-    """One id per column of ``scores`` (V, m), drawn from softmax over each column (-inf = never)."""
-    p = np.exp(scores - scores.max(axis=0, keepdims=True))
-    cumulative = np.cumsum(p, axis=0)
-    u = rng.random(scores.shape[1]) * cumulative[-1]
-    # The first id whose cumulative mass exceeds u: always one of positive probability.
-    return (cumulative <= u).sum(axis=0)
+    check_stored_shapes(state, shapes, dtype, source)

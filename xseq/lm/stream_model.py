@@ -59,10 +59,9 @@ from ..engine import sequence as engine
 from ..nn.embedding import Embedding
 from ..nn.optim import _check_positive as check_positive
 from ..nn.projection_loss import projection_cross_entropy, projection_nll
-from .language_model import LanguageModel
-from .model import CELLS, check_prefix, choose_next
+from .language_model import LanguageModel, check_prefix, check_sampling, check_stored_shapes
+from .model import CELLS
 from .vocab import EOS_ID, PAD_ID, UNK_ID, Vocabulary
-from .vocab import _check_int as check_int
 
 MODEL_FORMAT = "xseq.StreamLM"
 # Children of numpy.random.SeedSequence(seed): 0 is the layer's dropout stream (see xseq.LSTM),
@@ -158,16 +157,6 @@ class StreamLM(LanguageModel):
     def embed_size(self):
         """``D``."""
         return self.embedding.dim
-
-    @property
-    def dropout(self):
-        """The dropout probability (embedding, between layers, before the projection)."""
-        return self.layer.dropout
-
-    @property
-    def dropout_rng(self):
-        """The NumPy generator of every dropout mask (the layer's)."""
-        return self.layer.dropout_rng
 
     def config(self):
         """The constructor arguments that fix the architecture (JSON-serialisable)."""
@@ -315,7 +304,7 @@ class StreamLM(LanguageModel):
         A vocabulary of the three specials alone (``--vocab-size 3``) leaves
         nothing to draw, and scores that are not numbers (NaN or +inf, from
         weights that overflow) give no distribution: both raise
-        :class:`~xseq.lm.model.SamplingError`, never a NaN draw.
+        :class:`~xseq.lm.language_model.SamplingError`, never a NaN draw.
 
         Parameters
         ----------
@@ -326,7 +315,7 @@ class StreamLM(LanguageModel):
             Text every sample starts with, tokenized like the corpus; a token
             the vocabulary lacks is read as ``<unk>`` (and written so). The
             word ``<eos>`` (whitespace tokenizer) is refused: it ends a sample
-            (:func:`~xseq.lm.model.check_prefix`).
+            (:func:`~xseq.lm.language_model.check_prefix`).
         max_len : int >= 1, default 50
             Longest sample in tokens, the prefix included.
         seed : int
@@ -344,35 +333,12 @@ class StreamLM(LanguageModel):
         ValueError
             A bad argument, or a prefix that holds ``<eos>``.
         """
-        check_int("n", n, 1)
-        check_int("max_len", max_len, 1)
-        temperature = check_positive("temperature", temperature)
-        if top_k is not None:
-            check_int("top_k", top_k, 1)
-        if not isinstance(prefix, str):
-            raise TypeError(f"prefix must be a str; got {type(prefix).__name__}")
+        temperature = check_sampling(n, max_len, temperature, top_k, prefix)
         prefix_ids = check_prefix(self.vocab, prefix, max_len)
 
-        rng = np.random.default_rng(seed)
-        samples = np.zeros((n, max_len), dtype=np.int64)
-        samples[:, :len(prefix_ids)] = prefix_ids
-        done = np.zeros(n, dtype=bool)
-        state, previous = None, np.full(n, EOS_ID, dtype=np.int64)
-        for t in range(max_len):
-            scores, state = self._step(previous, state)
-            if t < len(prefix_ids):
-                previous = samples[:, t]
-                continue
-            scores[UNK_ID - 1] = -np.inf  # row j scores id j + 1
-            if t == 0:
-                scores[EOS_ID - 1] = -np.inf
-            drawn = choose_next(scores, top_k=top_k, temperature=temperature, rng=rng) + 1
-            samples[:, t] = np.where(done, PAD_ID, drawn)
-            done |= drawn == EOS_ID
-            if done.all():
-                break
-            previous = samples[:, t]
-        return [self.vocab.decode(row.tolist()) for row in samples]
+        # every sample starts where the stream starts a line, after <eos>; row j scores id j + 1 (no <pad>)
+        return self._sample_ids(prefix_ids, n, max_len, first_input=EOS_ID, offset=1, never=(UNK_ID,),
+                                top_k=top_k, temperature=temperature, seed=seed)
 
     def _step(self, ids, state):
         """One step for every sample: host ids (m,) -> host float64 scores (V-1, m) and the new state."""
@@ -430,14 +396,6 @@ def _check_stored_parameters(state, cell, V, embed_size, hidden_size, num_layers
         raise ValueError(f"num_layers = {num_layers} needs at least {4 * num_layers + 2} parameter arrays; "
                          f"the checkpoint holds {len(state)}")
     shapes = parameter_shapes(cell, V, embed_size, hidden_size, num_layers, tie_weights)
-    missing, unexpected = sorted(set(shapes) - set(state)), sorted(set(state) - set(shapes))
     source = (f"cell={cell!r}, embed_size={embed_size}, hidden_size={hidden_size}, num_layers={num_layers}, "
               f"tie_weights={tie_weights} and V={V}")
-    if missing or unexpected:
-        raise ValueError(f"state dict does not fit the model of {source}: missing {missing}, unexpected {unexpected}")
-    for name, shape in shapes.items():
-        a = state[name]
-        if a.dtype != np.dtype(dtype):
-            raise TypeError(f"parameter {name!r} has dtype {a.dtype}; expected {dtype}, the checkpoint's dtype")
-        if a.shape != shape:
-            raise ValueError(f"parameter {name!r} has shape {a.shape}; expected {shape} from {source}")
+    check_stored_shapes(state, shapes, dtype, source)

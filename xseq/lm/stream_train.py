@@ -69,19 +69,18 @@ import numpy as np
 from .._version import __version__
 from ..backends.arrays import asarray, to_numpy
 from ..distributed import SingleProcess
-from ..nn.optim import SGD, Adam
 from .checkpoint import CheckpointError, load_checkpoint
 from .stream_model import StreamLM
 from .stream_text import StreamCorpus, held_out_lines
 from .train import (
-    _LOSSES_KEY,
-    _OPTIM_PREFIX,
     TrainConfig,
     Trainer,
     _check_corpus_record,
     _check_counted,
     _check_real,
     _state_error,
+    check_same_corpus,
+    invalid_state,
     share,
 )
 from .vocab import Vocabulary
@@ -430,16 +429,7 @@ class StreamTrainer(Trainer):
         self.source = source
         self.corpus = {"source": source, "sha256": text.corpus["sha256"], "sequences": text.corpus["sequences"]}
         self.validation = {"source": val_source, "sha256": text.validation.sha256, "sequences": text.validation.lines}
-        params = model.parameters()
-        if config.optimizer == "adam":
-            self.optimizer = Adam(params, lr=config.lr)
-        else:
-            self.optimizer = SGD(params, lr=config.lr, momentum=config.momentum)
-        self.step = self.epoch = self.batch_in_epoch = 0
-        self.losses, self.history = [], []
-        self.seconds = 0.0
-        self.chars_seen = 0
-        self.stop_requested = False
+        self._start(config, model)
         self.state = None
 
     def _fingerprints(self):
@@ -459,14 +449,8 @@ class StreamTrainer(Trainer):
         inputs, targets = window(self.train_data, self.batch_in_epoch, self.config.bptt)
         self.optimizer.lr = self.config.learning_rate(self.epoch)
         loss = self.learn(inputs, targets)
-        self.step += 1
-        self.batch_in_epoch += 1
-        self.chars_seen += targets.size
-        self.losses.append(loss)
-        if self.batch_in_epoch == self.steps_per_epoch:
-            self.epoch += 1
-            self.batch_in_epoch = 0
-            self.state = None
+        if self._count_step(loss, targets.size):
+            self.state = None  # every epoch starts from the zero state
         return loss
 
     def learn(self, inputs, targets):
@@ -522,13 +506,7 @@ class StreamTrainer(Trainer):
     # ------------------------------------------------------------------ checkpoints
 
     def _checkpoint_contents(self):
-        arrays = {_LOSSES_KEY: np.asarray(self.losses, dtype=np.float64)}
-        optimizer_state = {}
-        for key, value in self.optimizer.state_dict().items():
-            if hasattr(value, "shape"):
-                arrays[_OPTIM_PREFIX + key] = value
-            else:
-                optimizer_state[key] = value
+        arrays, optimizer_state = self._losses_and_optimizer()
         if self.batch_in_epoch:
             arrays.update(zip(_STATE_KEYS, self._every_columns_state()))
         trainer = {
@@ -613,16 +591,11 @@ class StreamTrainer(Trainer):
             raise CheckpointError(f"{where} has training-state format_version {state.get('format_version')!r}, "
                                   f"kind {state.get('kind')!r}; this version of xseq reads "
                                   f"{STREAM_TRAINER_FORMAT_VERSION}, 'stream'")
-        try:
+        with invalid_state(where):
             config = _recipe(where, state["config"], model, epochs, steps)
             text = stream_corpus(lines, val_lines, config)
-            recorded = _check_corpus_record(where, state["corpus"])
-            if recorded["sha256"] != text.corpus["sha256"]:
-                raise CheckpointError(
-                    f"{where} was trained on another corpus ({recorded['source'] or 'unknown source'}, "
-                    f"{recorded['sequences']} lines) than {source or 'the given one'} ({text.corpus['sequences']} "
-                    "lines); resume with the same corpus")
-            _check_counted(where, "corpus['sequences']", recorded["sequences"], text.corpus["sequences"])
+            recorded = check_same_corpus(where, state["corpus"], text.corpus["sha256"], text.corpus["sequences"],
+                                         source, "lines")
             validation = _check_corpus_record(where, state["validation"])
             if validation["sha256"] != text.validation.sha256:
                 saved = (f"the validation file {validation['source']}" if validation["source"]
@@ -637,10 +610,6 @@ class StreamTrainer(Trainer):
             trainer._setup(text, config, model, source if source is not None else recorded["source"],
                            val_source=val_source if val_source is not None else validation["source"], comm=comm)
             trainer._restore(where, arrays, state)
-        except KeyError as exc:
-            raise CheckpointError(f"{where} has an invalid training state: no entry {exc.args[0]!r}") from None
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{where} has an invalid training state: {type(exc).__name__}: {exc}") from None
         trainer._check_ranks_agree("after resuming")
         return trainer
 

@@ -382,19 +382,22 @@ class Trainer:
         self._attach(comm)
         self.source = source
         self.corpus = {"source": source, "sha256": corpus_fingerprint(lines), "sequences": len(lines)}
-        params = model.parameters()
-        if config.optimizer == "adam":
-            self.optimizer = Adam(params, lr=config.lr)
-        else:
-            self.optimizer = SGD(params, lr=config.lr, momentum=config.momentum)
+        self._start(config, model)
         self.shuffle_rng = np.random.default_rng([config.seed, 2])
+        self._order = None
+        self._epoch_start_rng_state = None
+
+    def _start(self, config, model):
+        """The recipe's optimiser on ``model``'s parameters, and every counter of the run at zero."""
+        if config.optimizer == "adam":
+            self.optimizer = Adam(model.parameters(), lr=config.lr)
+        else:
+            self.optimizer = SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.losses, self.history = [], []
         self.seconds = 0.0
         self.chars_seen = 0
         self.stop_requested = False
-        self._order = None
-        self._epoch_start_rng_state = None
 
     # ------------------------------------------------------------------ ranks
 
@@ -491,15 +494,21 @@ class Trainer:
         chosen = self._order[self.batch_in_epoch * B:(self.batch_in_epoch + 1) * B]
         sequences = [self.train_ids[i] for i in chosen]
         loss = self.learn(sequences)
-        self.step += 1
-        self.batch_in_epoch += 1
-        self.chars_seen += sum(len(s) + 1 for s in sequences)
-        self.losses.append(loss)
-        if self.batch_in_epoch == self.steps_per_epoch:
-            self.epoch += 1
-            self.batch_in_epoch = 0
+        if self._count_step(loss, sum(len(s) + 1 for s in sequences)):
             self._order = None
         return loss
+
+    def _count_step(self, loss, tokens):
+        """Count a step taken, its loss and the ``tokens`` it predicted; whether it ended an epoch."""
+        self.step += 1
+        self.batch_in_epoch += 1
+        self.chars_seen += tokens
+        self.losses.append(loss)
+        if self.batch_in_epoch < self.steps_per_epoch:
+            return False
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        return True
 
     def learn(self, sequences):
         """Forward, backward, clipping and one optimiser step on a batch; returns the batch's loss.
@@ -651,8 +660,9 @@ class Trainer:
             self.model.save(path, arrays=arrays, meta=meta)
         self.comm.barrier()
 
-    def _checkpoint_contents(self):
-        """The trainer's arrays and metadata for :meth:`save` (every rank computes them)."""
+    def _losses_and_optimizer(self):
+        """``(arrays, optimizer metadata)`` every trainer saves: the losses, the optimiser's arrays, and its
+        other state (its step count, hyperparameters)."""
         arrays = {_LOSSES_KEY: np.asarray(self.losses, dtype=np.float64)}
         optimizer_state = {}
         for key, value in self.optimizer.state_dict().items():
@@ -660,6 +670,11 @@ class Trainer:
                 arrays[_OPTIM_PREFIX + key] = value
             else:
                 optimizer_state[key] = value
+        return arrays, optimizer_state
+
+    def _checkpoint_contents(self):
+        """The trainer's arrays and metadata for :meth:`save` (every rank computes them)."""
+        arrays, optimizer_state = self._losses_and_optimizer()
         in_epoch = self._order is not None
         trainer = {
             "format_version": TRAINER_FORMAT_VERSION,
@@ -719,7 +734,7 @@ class Trainer:
             raise CheckpointError(f"{where} has training-state format_version {state.get('format_version')!r}; "
                                   f"this version of xseq reads {TRAINER_FORMAT_VERSION}")
         lines = list(lines)
-        try:
+        with invalid_state(where):
             config = state["config"]
             missing = [field for field in _RECIPE_FIELDS if not isinstance(config, dict) or field not in config]
             if missing:
@@ -735,20 +750,11 @@ class Trainer:
                 if getattr(config, field) != value:
                     raise _state_error(where, f"config[{field!r}]", getattr(config, field),
                                        f"the model's {value!r}")
-            recorded = _check_corpus_record(where, state["corpus"])
-            if recorded["sha256"] != corpus_fingerprint(lines):
-                raise CheckpointError(
-                    f"{where} was trained on another corpus ({recorded['source'] or 'unknown source'}, "
-                    f"{recorded['sequences']} sequences) than {source or 'the given one'} "
-                    f"({len(lines)} sequences); resume with the same corpus")
-            _check_counted(where, "corpus['sequences']", recorded["sequences"], len(lines))
+            recorded = check_same_corpus(where, state["corpus"], corpus_fingerprint(lines), len(lines), source,
+                                         "sequences")
             trainer = cls.__new__(cls)
             trainer._setup(lines, config, model, source if source is not None else recorded["source"], comm)
             trainer._restore(where, arrays, state)
-        except KeyError as exc:
-            raise CheckpointError(f"{where} has an invalid training state: no entry {exc.args[0]!r}") from None
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{where} has an invalid training state: {type(exc).__name__}: {exc}") from None
         trainer._check_ranks_agree("after resuming")
         return trainer
 
@@ -871,6 +877,31 @@ def _check_corpus_record(where, record):
         raise _state_error(where, "corpus['source']", record["source"], "a string or null")
     _state_int(where, "corpus['sequences']", record["sequences"], 0)
     return record
+
+
+@contextlib.contextmanager
+def invalid_state(where):
+    """Inside: a missing entry (KeyError) or a value of the wrong type or range (TypeError, ValueError) of a
+    saved training state is a CheckpointError naming ``where``."""
+    try:
+        yield
+    except KeyError as exc:
+        raise CheckpointError(f"{where} has an invalid training state: no entry {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where} has an invalid training state: {type(exc).__name__}: {exc}") from None
+
+
+def check_same_corpus(where, record, sha256, lines, source, unit):
+    """The saved run's corpus ``record``, which must be that of the corpus given to resume it (fingerprint
+    ``sha256``, ``lines`` lines or sequences, ``unit`` naming them); CheckpointError otherwise."""
+    recorded = _check_corpus_record(where, record)
+    if recorded["sha256"] != sha256:
+        raise CheckpointError(
+            f"{where} was trained on another corpus ({recorded['source'] or 'unknown source'}, "
+            f"{recorded['sequences']} {unit}) than {source or 'the given one'} ({lines} {unit}); resume with the "
+            "same corpus")
+    _check_counted(where, "corpus['sequences']", recorded["sequences"], lines)
+    return recorded
 
 
 def _check_counted(where, field, recorded, lines):

@@ -52,7 +52,7 @@ from array_api_compat import is_array_api_obj
 
 from ..backends.arrays import backend as _backend_named
 from ..backends.arrays import dtype_of, refuse_masked, to_numpy
-from .checkpoint import atomic_write
+from .files import atomic_write
 
 PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
 SPECIALS = (PAD, UNK, EOS)
