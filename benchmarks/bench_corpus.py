@@ -69,7 +69,7 @@ def generate(path, megabytes, seed=0):
 
 
 def contender_xseq_read(corpus, workers=None):
-    from xseq.lm.cli import MAX_READING_WORKERS
+    from xseq.lm.usage import MAX_READING_WORKERS
     from xseq.lm.stream_text import StreamCorpus
 
     if workers is None:  # as xseq train chooses in one process

@@ -11,7 +11,8 @@ import pytest
 
 import xseq
 from xseq.lm import resources as _resources
-from xseq.lm.cli import MAX_LAYERS, MAX_STEPS, main
+from xseq.lm.cli import main
+from xseq.lm.usage import MAX_LAYERS, MAX_STEPS
 from xseq.lm.model import CharLM
 from xseq.lm.train import TrainConfig, Trainer, evaluate, split_sequences
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xseq.lm import cli, corpus, resources, stream_text
+from xseq.lm import corpus, outputs, plan_lines, resources, stream_text
 from xseq.lm.checkpoint import load_checkpoint
 from xseq.lm.cli import main
 from xseq.lm.corpus import CorpusError, read_corpus
@@ -87,11 +87,11 @@ def test_plot_and_out_naming_one_file_are_refused(tmp_path, words, capsys):
 def test_the_builtin_corpus_is_an_input_too(tmp_path, capsys, monkeypatch):
     names = tmp_path / "names.txt"
     names.write_text("anna\nbob\n", encoding="utf-8")
-    monkeypatch.setattr(cli, "builtin_corpus_path", lambda: str(names))
+    monkeypatch.setattr(outputs, "builtin_corpus_path", lambda: str(names))
     assert main(["train", *TINY, "--out", str(names)]) == 2
     one_line_error(capsys, "--out", "CORPUS")
     assert names.read_text(encoding="utf-8") == "anna\nbob\n"
-    assert cli.__dict__["builtin_corpus_path"] is not corpus.builtin_corpus_path
+    assert outputs.__dict__["builtin_corpus_path"] is not corpus.builtin_corpus_path
     assert Path(corpus.builtin_corpus_path()).read_text(encoding="utf-8").startswith("aaron\n")
 
 
@@ -244,7 +244,7 @@ def test_reading_stops_when_the_stream_would_not_fit(tmp_path):
 
 def test_a_line_model_too_large_for_memory_is_refused_before_reading(tmp_path, words, capsys, monkeypatch):
     monkeypatch.setattr(resources, "available_memory", lambda xp: 1000)
-    monkeypatch.setattr(cli, "read_corpus", lambda *a, **k: pytest.fail("the corpus was read"))
+    monkeypatch.setattr(plan_lines, "read_corpus", lambda *a, **k: pytest.fail("the corpus was read"))
     assert main(["train", str(words), *TINY, "--out", str(tmp_path / "m.npz")]) == 2
     one_line_error(capsys, "a line model", "--level word, or --bptt L")
 

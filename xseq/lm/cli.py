@@ -12,12 +12,19 @@
     xseq evaluate MODEL CORPUS [--max-seq-len 256]
     xseq info MODEL
 
-Two kinds of model: the line model (:class:`~xseq.lm.model.CharLM`, the
-default: one line of the corpus is one sequence of characters) and the stream
-model (:class:`~xseq.lm.stream_model.StreamLM`, with ``--level word`` or
-``--bptt``: the corpus is one stream of words or characters, trained in
-windows with the state carried, :mod:`xseq.lm.stream_train`). ``sample``,
-``evaluate`` and ``info`` read either kind from the checkpoint.
+Plans
+-----
+Two ways of reading text, each a *plan* (:data:`PLANS`): the line plan
+(:mod:`xseq.lm.plan_lines`, :class:`~xseq.lm.model.CharLM`, the default: one
+line of the corpus is one sequence of characters) and the stream plan
+(:mod:`xseq.lm.plan_stream`, :class:`~xseq.lm.stream_model.StreamLM`, with
+``--level word`` or ``--bptt``: the corpus is one stream of words or
+characters, trained in windows with the state carried). A plan says which
+options select it and which it takes, reads its corpus, builds or resumes its
+trainer and checks it against the machine, prints its plan line, scores a file
+and describes a saved run; the commands call it and never branch on the kind of
+model. ``train --resume``, ``sample``, ``evaluate`` and ``info`` take the plan
+of the checkpoint's model format.
 
 Under an MPI launcher (``mpiexec -n 4 xseq train ...``) ``train`` and
 ``evaluate`` run on every process of the job (:mod:`xseq.distributed`):
@@ -35,7 +42,7 @@ estimated from its options and compared with the memory available (see
 :mod:`xseq.lm.resources`), and ``--layers`` and the run's total step count
 have fixed maxima (``MAX_LAYERS``, ``MAX_STEPS``). An output never replaces
 an input, and ``train`` replaces no file it was not told to write
-(:func:`_check_files`); every file read must be a regular file. Ctrl-C during training
+(:func:`~xseq.lm.outputs.check_files`); every file read must be a regular file. Ctrl-C during training
 saves a checkpoint, then exits with status 130. When the reader of the
 output goes away (``xseq sample m.npz | head -1``) the command stops
 quietly with status 141, as a program killed by SIGPIPE does.
@@ -45,15 +52,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import math
 import os
-import re
 import shlex
 import sys
-import tempfile
 
-import numpy as np
 
 from ..backends.arrays import BackendUnavailableError, backend_name
 from ..backends.arrays import backend as backend_named
@@ -78,75 +81,35 @@ from ..ops.select import ops_for
 from ..ops.switches import direct_enabled, fused_enabled, lanes_enabled
 from . import resources
 from .checkpoint import CheckpointError, load_checkpoint
-from .corpus import CorpusError, builtin_corpus, builtin_corpus_path, open_corpus, read_corpus
-from .files import Destination, DestinationError, atomic_write, file_identity, resolve_destination
+from .corpus import CorpusError
+from .files import DestinationError
 from .language_model import SamplingError
-from .model import CELLS, CharLM
-from .stream_model import MODEL_FORMAT as STREAM_MODEL_FORMAT
-from .stream_model import StreamLM
-from .stream_text import (
-    StreamCorpus,
-    TokenTable,
-    ValidationCorpusError,
-    id_lookup,
-    ids_of,
-    read_file,
-    unknown_tokens,
+from .model import CELLS
+from .outputs import DEFAULT_OUT, check_files, check_writable, plot, pyplot
+from .plan_lines import LinePlan
+from .plan_stream import StreamPlan
+from .stream_train import DEFAULT_BPTT, STREAM_DEFAULT_LR
+from .train import CLIP_MODES, DEFAULT_EPOCHS, DEFAULT_MAX_SEQ_LEN, OPTIMIZERS, DivergedError
+from .usage import (
+    MAX_LEN,
+    SAMPLES,
+    SAMPLES_AFTER_TRAINING,
+    TEMPERATURE,
+    UsageError,
+    check_fits,
+    model_shape,
+    perplexity,
+    printable,
+    say,
+    show,
 )
-from .stream_train import (
-    DEFAULT_BPTT,
-    EVALUATION_WINDOW,
-    STREAM_DEFAULT_LR,
-    StreamConfig,
-    StreamTrainer,
-    batchify,
-    evaluate_stream,
-    reading_recipe,
-)
-from .train import (
-    CLIP_MODES,
-    DEFAULT_EPOCHS,
-    DEFAULT_MAX_SEQ_LEN,
-    EVALUATION_BATCH,
-    OPTIMIZERS,
-    DivergedError,
-    TrainConfig,
-    Trainer,
-    evaluate,
-    split_sequences,
-)
-from .vocab import SPECIALS
 
 CLI_BACKENDS = ("auto", "numpy", "cupy", "torch")
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a program killed by a closed pipe
-MAX_LAYERS = 64  # far deeper than a plain recurrent stack trains; each layer is a loop over time steps
-MAX_STEPS = 10**9  # optimiser steps of one run: weeks at a millisecond each
-TEMPERATURE = 0.8  # of xseq sample, and of the samples printed after training
-MAX_LEN = 50  # characters of a sample, of xseq sample and after training
-SAMPLES = 10  # of xseq sample
-SAMPLES_AFTER_TRAINING = 5
-BUILTIN = "the built-in corpus (1990 US Census first names)"
-DEFAULT_OUT = "model.npz"  # of xseq train without --out or --resume; never replaces a file
-MAX_READING_WORKERS = 4  # processes numbering a large corpus's words (2: 13.5 -> 25 MB/s on 2 cores)
-# Options that fix the recipe: on --resume they come from the checkpoint.
-RECIPE_OPTIONS = {"cell": "--cell", "hidden_size": "--hidden", "num_layers": "--layers", "dropout": "--dropout",
-                  "batch_size": "--batch", "optimizer": "--optimizer", "lr": "--lr", "momentum": "--momentum",
-                  "clip": "--clip", "clip_mode": "--clip-mode", "val_fraction": "--val-fraction",
-                  "max_seq_len": "--max-seq-len", "seed": "--seed", "dtype": "--dtype"}
-# Options of stream models only (--level is also a stream option, but --level char alone is the line model).
-STREAM_OPTIONS = {"bptt": "--bptt", "embed_size": "--embed", "tie_weights": "--tie-weights",
-                  "init_scale": "--init-scale", "lr_decay": "--lr-decay", "decay_after": "--decay-after",
-                  "vocab_size": "--vocab-size", "min_count": "--min-count"}
-STREAM_RECIPE_OPTIONS = {**{k: v for k, v in RECIPE_OPTIONS.items() if k != "max_seq_len"},
-                         "level": "--level", **STREAM_OPTIONS}
-DEFAULTS = TrainConfig()
-STREAM_DEFAULTS = StreamConfig()
-
-
-class UsageError(Exception):
-    """Bad input found by the command itself; reported as one line, exit status 2."""
+# The plans, tried in order: the first that a new run's options select trains it (the line plan takes the rest).
+PLANS = (StreamPlan(), LinePlan())
 
 
 class _Parser(argparse.ArgumentParser):
@@ -482,152 +445,32 @@ def _backend_for_ranks(args):
     if args.comm.size > 1 and backend_name(xp) == "cupy":
         args.comm = gpu_communicator(args.comm)
     if args.comm.size > 1:
-        _say(f"data-parallel over {args.comm.size} processes ({args.comm.description})")
+        say(f"data-parallel over {args.comm.size} processes ({args.comm.description})")
     return xp
 
 
 # ---------------------------------------------------------------------- helpers
 
 
-def _check_writable(path, option):
-    """Fail now, not after training, when :func:`atomic_write` could not replace ``path``.
-
-    Checks what :func:`~xseq.lm.files.resolve_destination` checks (a device,
-    FIFO or socket, a link planted in ``/tmp``, another user's file in a sticky
-    directory), then creates and removes a file in the directory that will
-    receive it, which catches what permission bits do not show (a full quota
-    of inodes, some network file systems).
-    """
-    if os.path.isdir(path):
-        raise UsageError(f"{option} {path!r} is a directory; give a file name")
-    try:
-        target = resolve_destination(path)
-    except DestinationError as exc:
-        raise UsageError(f"cannot write {option} {path!r}: {exc.reason}") from None
-    try:
-        with tempfile.TemporaryFile(dir=os.path.dirname(target) or os.curdir):
-            pass
-    except OSError as exc:
-        raise UsageError(f"cannot write {option} {path!r}: {exc.strerror or exc}") from None
-
-
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise UsageError("--plot needs matplotlib, which is not installed: pip install 'xseq[plot]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _load_model(path, backend):
-    """The line or stream model of a checkpoint, by its format."""
-    arrays, meta = load_checkpoint(path)
-    return _model_from(arrays, meta, backend_named(backend), f"checkpoint {str(path)!r}")
-
-
-def _model_from(arrays, meta, backend, where):
-    kind = StreamLM if meta.get("format") == STREAM_MODEL_FORMAT else CharLM
-    return kind.from_checkpoint(arrays, meta, backend=backend, where=where)
-
-
-def _corpus(path, max_seq_len, option="--max-seq-len"):
-    """(lines, description) of a line model's CORPUS argument, the built-in corpus when None.
-
-    A line model holds its corpus as Python lines and lists of ids
-    (:func:`~xseq.lm.resources.line_corpus_bytes`): a file too large for that is
-    refused before it is read, with the stream models' way to read it.
-    """
-    if path is None:
-        return builtin_corpus(), BUILTIN
-    with open_corpus(path) as f:  # a FIFO, a device or a directory is refused here, at once
-        size = os.fstat(f.fileno()).st_size
-    need = resources.line_corpus_bytes(size, max_seq_len)
-    available = resources.available_memory(np)
-    if available is not None and need > available:
-        raise UsageError(f"{path}: a line model would hold this {resources.format_bytes(size)} corpus in about "
-                         f"{resources.format_bytes(need)} of memory ({option} {max_seq_len}); "
-                         f"{resources.format_bytes(available)} is available; train a stream model instead "
-                         "(--level word, or --bptt L), which reads a corpus of any size in bounded memory")
-    return read_corpus(path), path
-
-
-def _check_files(args):
-    """Settle ``--out`` and refuse, before any work, an output that is an input or another output.
-
-    ``--out`` defaults to the ``--resume`` file (the run goes on in its own
-    file), else to :data:`DEFAULT_OUT`, which must not exist: xseq replaces no
-    file it was not told to write. Files are compared by identity (device and
-    inode, links followed; the resolved path of a file not yet there), so a
-    link or a hard link to the corpus is the corpus. Returns the
-    :class:`~xseq.lm.files.Destination` the run writes.
-    """
-    named = args.out is not None or args.resume is not None
-    if args.out is None:
-        args.out = args.resume if args.resume is not None else DEFAULT_OUT
-        if args.resume is None and os.path.lexists(args.out):
-            raise UsageError(f"{args.out} already exists and --out was not given; xseq train replaces no file it "
-                             f"was not told to write: give --out {args.out} to replace it, --resume {args.out} to "
-                             "continue its run, or another --out")
-    corpus = builtin_corpus_path() if args.corpus is None else args.corpus
-    inputs = {"CORPUS": corpus, "--val-corpus": getattr(args, "val_corpus", None), "--resume": args.resume}
-    outputs = {"--out": args.out, "--plot": args.plot}
-    seen = {}
-    for flag, path in [*inputs.items(), *outputs.items()]:
-        if path is None:
-            continue
-        identity = file_identity(path)
-        if identity in seen and flag in outputs and (seen[identity][0], flag) != ("--resume", "--out"):
-            other, other_path = seen[identity]
-            what = "an input" if other in inputs else "another output"
-            raise UsageError(f"{flag} {path!r} is the same file as {other} {other_path!r}, {what}: writing it would "
-                             f"destroy it; give {flag} another file")
-        seen.setdefault(identity, (flag, path))
-    return Destination(args.out, may_replace=named)
-
-
 # ---------------------------------------------------------------------- train
 
 
 def cmd_train(args):
-    destination = _check_files(args)
+    destination = check_files(args)
     xp = _backend_for_ranks(args)
     comm = args.comm
     resumed = None if args.resume is None else load_checkpoint(args.resume)
-    stream = _check_model_kind(args, resumed)
+    plan = _train_plan(args, resumed)
     plt = None
     if comm.rank == 0:  # rank 0 alone writes files
-        _check_writable(args.out, "--out")
+        check_writable(args.out, "--out")
         if args.plot is not None:
-            plt = _pyplot()
-            _check_writable(args.plot, "--plot")
-    given = {key: getattr(args, key) for key in RECIPE_OPTIONS if getattr(args, key) is not None}
-    if stream:
-        trainer = _stream_trainer(args, xp, resumed)
-    elif args.resume is not None:
-        lines, source = _corpus(args.corpus, _resumed_max_seq_len(resumed[1]), "--max-seq-len of the resumed run")
-        trainer = Trainer.resume(args.resume, lines, backend=xp, epochs=args.epochs, steps=args.steps,
-                                 source=source, comm=comm)
-        saved = trainer.config
-        for key, value in given.items():
-            if value != getattr(saved, key):
-                raise UsageError(f"{RECIPE_OPTIONS[key]} {value} differs from the resumed run's "
-                                 f"{getattr(saved, key)}; leave it out when resuming (the checkpoint fixes it)")
-        _check_training_fits(saved, lines, args.samples, xp, resumed=True)
-    else:
-        try:
-            config = TrainConfig(epochs=args.epochs, steps=args.steps, **given)
-            lines, source = _corpus(args.corpus, config.max_seq_len)
-            _check_training_fits(config, lines, args.samples, xp, resumed=False)
-            trainer = Trainer(lines, config, backend=xp, source=source, comm=comm)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-
-    (_print_stream_plan if stream else _print_plan)(trainer)
+            plt = pyplot()
+            check_writable(args.plot, "--plot")
+    trainer = plan.trainer(args, xp, resumed)
+    plan.print_plan(trainer)
     try:
-        completed = trainer.run(out=destination, progress=True, log=_say, handle_sigint=True)
+        completed = trainer.run(out=destination, progress=True, log=say, handle_sigint=True)
     except BrokenPipeError:  # stdout, not --out: main stops quietly
         raise
     except DestinationError as exc:
@@ -645,313 +488,38 @@ def cmd_train(args):
     if comm.rank != 0:
         return 0
     val = trainer.history[-1]["val_loss"]
-    print(f"validation loss: {val:.4f} nats per {_unit(trainer.model)} (perplexity {_perplexity(val):.2f})")
+    unit = plan.unit(trainer.model)
+    print(f"validation loss: {val:.4f} nats per {unit} (perplexity {perplexity(val):.2f})")
     if args.samples:
         _print_training_samples(trainer.model, args.samples, trainer.config.seed)
     if plt is not None:
-        _plot(plt, trainer, args.plot)
+        plot(plt, trainer, args.plot, unit)
         print(f"loss curves written to {args.plot}")
     print(f"model saved to {args.out}")
     return 0
 
 
-def _say(line):
-    print(line, flush=True)
-
-
-def _unit(model):
-    """What the model predicts, for messages: "character", "word" or "token"."""
-    if isinstance(model, StreamLM):
-        return "token"
-    return "character" if model.vocab.level == "char" else "token"
-
-
-def _check_model_kind(args, resumed):
-    """Whether ``xseq train`` runs a stream model; UsageError for options the other kind does not take."""
+def _train_plan(args, resumed):
+    """The plan of ``xseq train``: the resumed checkpoint's, else the first that the options select; UsageError
+    for an option of another plan."""
     if resumed is not None:
-        stream = resumed[1].get("format") == STREAM_MODEL_FORMAT
-        why = f"the resumed checkpoint {args.resume!r} holds a {'stream' if stream else 'line'} model"
+        plan = _plan_of(resumed[1])
+        why = f"the resumed checkpoint {args.resume!r} holds a {plan.NAME} model"
     else:
-        stream = args.level == "word" or args.bptt is not None
-        why = "add --level word or --bptt L for a stream model" if not stream else "this is a stream model"
-    if stream:
-        if args.max_seq_len is not None:
-            raise UsageError(f"--max-seq-len applies to line models, not stream models (--level word or --bptt), "
-                             f"which read windows of --bptt steps; {why}")
-        if args.val_corpus is not None and args.val_fraction is not None:
-            raise UsageError(f"--val-fraction {args.val_fraction} has no effect with --val-corpus; give one of them")
-        return True
-    if args.level == "word":
-        raise UsageError(f"--level word trains a stream model; {why}")
-    for key, flag in {**STREAM_OPTIONS, "val_corpus": "--val-corpus"}.items():
-        if getattr(args, key) is not None:
-            raise UsageError(f"{flag} applies to stream models (--level word, or --bptt); {why}")
-    return False
+        plan = next(p for p in PLANS if p.selected_by(args))
+        why = plan.WHY_NEW
+    foreign = {key: (flag, other.DESCRIPTION) for other in PLANS if other is not plan
+               for key, flag in other.OPTIONS.items()}
+    plan.check_options(args, why, foreign)
+    return plan
 
 
-def _stream_trainer(args, xp, resumed):
-    """The StreamTrainer of ``xseq train``: resumed from ``resumed`` (arrays, meta) or new; the corpus read as a
-    stream in bounded memory (:class:`~xseq.lm.stream_text.StreamCorpus`)."""
-    given = {key: getattr(args, key) for key in STREAM_RECIPE_OPTIONS if getattr(args, key) is not None}
-    if resumed is not None:
-        arrays, meta = resumed
-        where = f"checkpoint {args.resume!r}"
-        text, source = _stream_text(args, *reading_recipe(meta, where))
-        sizes = _stream_sizes(text)
-        trainer = StreamTrainer.from_checkpoint(arrays, meta, text, backend=xp, epochs=args.epochs,
-                                                steps=args.steps, source=source, val_source=args.val_corpus,
-                                                where=where, comm=args.comm)
-        saved = trainer.config
-        for key, value in given.items():
-            if value != getattr(saved, key):
-                raise UsageError(f"{STREAM_RECIPE_OPTIONS[key]} {value} differs from the resumed run's "
-                                 f"{getattr(saved, key)}; leave it out when resuming (the checkpoint fixes it)")
-        _check_stream_training_fits(saved, sizes, args.samples, xp, resumed=True)
-        return trainer
-    hidden = given.get("hidden_size", STREAM_DEFAULTS.hidden_size)
-    if args.tie_weights and given.get("embed_size", hidden) != hidden:
-        raise UsageError(f"--tie-weights needs --embed equal to --hidden (the output matrix is the embedding); "
-                         f"got --embed {given['embed_size']} and --hidden {hidden}")
-    given["level"] = args.level or "char"
-    try:
-        config = StreamConfig(epochs=args.epochs, steps=args.steps, **given)
-        text, source = _stream_text(args, config.level, config.val_fraction)
-        _check_stream_training_fits(config, _stream_sizes(text), args.samples, xp, resumed=False)
-        return StreamTrainer(text, config, backend=xp, source=source, val_source=args.val_corpus, comm=args.comm)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def _stream_sizes(text):
-    """(training tokens, validation tokens, distinct tokens) of a StreamCorpus, for the memory check."""
-    return text.train.tokens, text.validation.tokens, len(text.table) - 1
-
-
-def _stream_text(args, level, val_fraction):
-    """(StreamCorpus, description) of ``xseq train``'s CORPUS and ``--val-corpus`` for a stream model."""
-    if args.corpus is None:
-        val_lines = None if args.val_corpus is None else _val_lines(args.val_corpus)
-        return StreamCorpus.from_lines(builtin_corpus(), val_lines, level=level, val_fraction=val_fraction), BUILTIN
-    try:
-        return StreamCorpus.from_files(args.corpus, args.val_corpus, level=level, val_fraction=val_fraction,
-                                       memory=resources.available_memory(np), workers=_reading_workers(args.comm)),\
-            args.corpus
-    except ValidationCorpusError as exc:
-        raise UsageError(f"--val-corpus: {exc}") from None
-
-
-def _reading_workers(comm):
-    """Processes that number a large corpus's words: one per usable core (at most 4), or this one alone under a
-    launcher, whose ranks have the cores already."""
-    if comm.size > 1:
-        return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(MAX_READING_WORKERS, cores)
-
-
-def _val_lines(path):
-    try:
-        return read_corpus(path, keep_blank=True)
-    except CorpusError as exc:
-        raise UsageError(f"--val-corpus: {exc}") from None
-
-
-def _resumed_max_seq_len(meta):
-    """The ``max_seq_len`` of a resumed line model's recipe, for the memory check before its corpus is read
-    (the default where the file does not say: the resume checks it afterwards)."""
-    recipe = meta.get("trainer", {}).get("config", {}) if isinstance(meta.get("trainer"), dict) else {}
-    value = recipe.get("max_seq_len") if isinstance(recipe, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else DEFAULT_MAX_SEQ_LEN
-
-
-def _perplexity(loss):
-    """``exp(loss)``; inf where that overflows a float (a diverged model's loss of thousands of nats)."""
-    try:
-        return math.exp(loss)
-    except OverflowError:
-        return math.inf
-
-
-# ---------------------------------------------------------------------- what the machine can do
-
-
-def _check_training_fits(config, lines, samples, xp, *, resumed):
-    """Refuse, before any work, a run whose layers, steps or memory are beyond this machine.
-
-    The memory estimate bounds the data from the corpus alone: at most one
-    piece per ``max_seq_len`` characters of a line, the vocabulary at most
-    every distinct character. On ``--resume`` only the options that may still
-    be given (the run's length and ``--samples``) are offered as the ones to lower.
-    """
-    longest = max(len(line) for line in lines)
-    pieces = sum(-(-len(line) // config.max_seq_len) for line in lines)
-    steps_per_epoch = -(-pieces // config.batch_size)
-    length, total_steps = _run_length(config, steps_per_epoch, resumed)
-    vocab_size = len(SPECIALS) + len(set(itertools.chain.from_iterable(lines)))
-    values = {"hidden_size": config.hidden_size, "num_layers": config.num_layers, "batch_size": config.batch_size,
-              "max_seq_len": config.max_seq_len, "total_steps": total_steps, "samples": samples}
-    fixed = {"cell": config.cell, "vocab_size": vocab_size, "dtype": config.dtype, "train_sequences": pieces,
-             "val_sequences": pieces, "longest": longest, "sample_len": MAX_LEN}
-    options = {"total_steps": (*length, DEFAULT_EPOCHS * steps_per_epoch),
-               "samples": ("--samples", samples, SAMPLES_AFTER_TRAINING)}
-    if not resumed:
-        options.update({key: (RECIPE_OPTIONS[key], values[key], getattr(DEFAULTS, key))
-                        for key in ("hidden_size", "num_layers", "batch_size", "max_seq_len")})
-    parameters = resources.parameter_count(config.cell, config.hidden_size, config.num_layers, vocab_size)
-    _check_fits(xp, lambda **v: resources.training_bytes(**fixed, **v), values, options, "the run",
-                f"{parameters:,} parameters, {vocab_size} tokens, batches of {config.batch_size} sequences of up "
-                f"to {min(longest, config.max_seq_len)} characters, {samples:,} samples, {total_steps:,} steps")
-
-
-def _run_length(config, steps_per_epoch, resumed):
-    """``((option, value), total optimizer steps)`` of a run; UsageError beyond :data:`MAX_LAYERS` layers (of a new
-    run) or :data:`MAX_STEPS` steps."""
-    if config.num_layers > MAX_LAYERS and not resumed:
-        raise UsageError(f"--layers {config.num_layers} is more than the {MAX_LAYERS} layers xseq train allows "
-                         f"(every layer is a loop over the time steps; deep plain recurrent stacks do not train)")
-    if config.steps is not None:
-        length = ("--steps", config.steps)
-        total_steps = config.steps
-    else:
-        length = ("--epochs", config.epochs)
-        total_steps = config.epochs * steps_per_epoch
-    if total_steps > MAX_STEPS:
-        about = "" if config.steps is not None else f" (about {total_steps:,} optimizer steps)"
-        raise UsageError(f"{length[0]} {length[1]}{about} is more than the {MAX_STEPS:,} optimizer steps "
-                         f"xseq train allows in one run")
-    return length, total_steps
-
-
-def _check_stream_training_fits(config, sizes, samples, xp, *, resumed):
-    """:func:`_check_training_fits` for a stream model: layers, windows, and memory (model, one window, samples).
-
-    ``sizes`` are the training and validation streams' tokens and the
-    distinct tokens of the corpus (:func:`_stream_sizes`), which bound the
-    vocabulary (with ``--vocab-size``).
-    """
-    tokens, held_out, distinct = sizes
-    columns = tokens // config.batch_size
-    if columns < 2:
-        raise UsageError(f"--batch {config.batch_size}: the training stream has {tokens} tokens (with <eos>), too few "
-                         f"for {config.batch_size} columns of at least 2 tokens each; lower --batch")
-    windows = -(-(columns - 1) // config.bptt)
-    length, total_steps = _run_length(config, windows, resumed)
-    vocab_size = len(SPECIALS) + distinct
-    if config.vocab_size is not None:
-        vocab_size = min(vocab_size, config.vocab_size)
-    all_tokens = tokens + held_out
-    values = {"hidden_size": config.hidden_size, "num_layers": config.num_layers, "batch_size": config.batch_size,
-              "bptt": config.bptt, "embed_size": config.embed_size, "total_steps": total_steps, "samples": samples}
-    fixed = {"cell": config.cell, "vocab_size": vocab_size, "dtype": config.dtype, "tie_weights": config.tie_weights,
-             "tokens": all_tokens, "sample_len": MAX_LEN}
-    options = {"total_steps": (*length, DEFAULT_EPOCHS * windows),
-               "samples": ("--samples", samples, SAMPLES_AFTER_TRAINING)}
-    if not resumed:
-        defaults = {"hidden_size": STREAM_DEFAULTS.hidden_size, "num_layers": STREAM_DEFAULTS.num_layers,
-                    "batch_size": STREAM_DEFAULTS.batch_size, "bptt": DEFAULT_BPTT,
-                    "embed_size": min(config.embed_size, STREAM_DEFAULTS.hidden_size)}
-        options.update({key: (STREAM_RECIPE_OPTIONS[key], values[key], default) for key, default in defaults.items()})
-    parameters = resources.stream_parameter_count(config.cell, config.hidden_size, config.num_layers,
-                                                  config.embed_size, vocab_size, config.tie_weights)
-    _check_fits(xp, lambda **v: resources.stream_training_bytes(**fixed, **v), values, options, "the run",
-                f"{parameters:,} parameters, {vocab_size:,} tokens in the vocabulary, windows of {config.batch_size} "
-                f"x {config.bptt} steps, a stream of {all_tokens:,} tokens, {samples:,} samples, {total_steps:,} steps")
-
-
-def _check_fits(xp, estimate, values, options, what, details):
-    """UsageError when ``estimate(**values)`` bytes exceed the memory of ``xp``'s device.
-
-    ``options`` maps keys of ``values`` to ``(option, given value, default)``:
-    the error names the one whose default would lower the estimate the most.
-    """
-    available = resources.available_memory(xp)
-    need = estimate(**values)
-    if available is None or need <= available:
-        return
-    key = resources.biggest_cause(estimate, values, {k: default for k, (_, _, default) in options.items()})
-    option, value, _ = options[key]
-    where = "on the GPU" if backend_name(xp) == "cupy" else "on this machine"
-    raise UsageError(f"{option} {value}: {what} would need about {resources.format_bytes(need)} of memory "
-                     f"({details}); {resources.format_bytes(available)} is available {where}; lower {option}")
-
-
-def _print_plan(trainer):
-    c, model = trainer.config, trainer.model
-    n_train, n_val = len(trainer.train_ids), len(trainer.val_ids)
-    resumed = f", resuming at step {trainer.step}" if trainer.step else ""
-    split = ""
-    if n_train + n_val > trainer.corpus["sequences"]:
-        split = f" (lines longer than {c.max_seq_len} characters split into pieces)"
-    _say(f"training {c.cell} (hidden {c.hidden_size}, {c.num_layers} layer{'s' * (c.num_layers > 1)}, "
-         f"{model.num_parameters():,} parameters, {model.backend_name} {model.dtype_name}) "
-         f"on {trainer.source}: {n_train} training + {n_val} validation sequences{split}, "
-         f"{model.vocab_size} tokens; {trainer.total_steps} steps of {c.batch_size} "
-         f"({trainer.steps_per_epoch} per epoch){resumed}")
-
-
-def _print_stream_plan(trainer):
-    c, model = trainer.config, trainer.model
-    m, n = trainer.train_data.shape
-    resumed = f", resuming at step {trainer.step}" if trainer.step else ""
-    tied = ", tied" if c.tie_weights else ""
-    dropped = f" ({trainer.dropped} dropped)" if trainer.dropped else ""
-    validation = trainer.validation["source"] or f"the last {trainer.validation['sequences']} lines"
-    _say(f"training {c.cell} (hidden {c.hidden_size}, {c.num_layers} layer{'s' * (c.num_layers > 1)}, embedding "
-         f"{c.embed_size}{tied}, {model.num_parameters():,} parameters, {model.backend_name} {model.dtype_name}) "
-         f"on {trainer.source}, {c.level} level: {model.vocab_size:,} tokens in the vocabulary; a stream of "
-         f"{m * n:,} tokens{dropped} in {m} columns, {trainer.steps_per_epoch:,} windows of {c.bptt} steps per "
-         f"epoch; validation on {validation}: {trainer.val_data.size:,} tokens in {trainer.val_data.shape[0]} "
-         f"columns; {trainer.total_steps:,} steps{resumed}")
-
-
-def _plot(plt, trainer, path):
-    steps = range(1, len(trainer.losses) + 1)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.plot(steps, trainer.losses, color="tab:blue", alpha=0.3, linewidth=0.8, label="training (per step)")
-    window = max(1, trainer.steps_per_epoch)
-    if len(trainer.losses) >= window > 1:
-        smooth = np.convolve(trainer.losses, np.full(window, 1 / window), mode="valid")
-        ax.plot(range(window, len(trainer.losses) + 1), smooth, color="tab:blue",
-                label=f"training (mean of {window} steps)")
-    ax.plot([r["step"] for r in trainer.history], [r["val_loss"] for r in trainer.history], "o-",
-            color="tab:orange", label="validation")
-    ax.set_xlabel("step")
-    ax.set_ylabel(f"cross-entropy (nats per {_unit(trainer.model)})")
-    ax.set_title(f"xseq {trainer.config.cell}, hidden {trainer.config.hidden_size}, on {trainer.source}",
-                 fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    except OSError as exc:
-        raise UsageError(f"cannot write --plot {path!r}: {exc}") from None
-    finally:
-        plt.close(fig)
+def _plan_of(meta):
+    """The plan of a checkpoint, by its model's format (the line plan's model says what is wrong with others)."""
+    return next((plan for plan in PLANS if plan.MODEL.MODEL_FORMAT == meta.get("format")), PLANS[-1])
 
 
 # ---------------------------------------------------------------------- sample, evaluate, info
-
-# What a terminal acts on instead of showing: the C0 and C1 controls but the tab, DEL, the line and paragraph
-# separators, the bidirectional marks, embeddings, overrides and isolates (they reorder what follows), and lone
-# surrogates (which UTF-8 cannot carry). A checkpoint's tokens may hold any of them: the file can be crafted, and
-# text can hold controls (a character-level vocabulary keeps every character but the newline).
-_UNPRINTABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
-                          r"\u2066-\u2069\ud800-\udfff]")
-
-
-def printable(text):
-    """``text`` with what a terminal would act on written as Python escapes: ``"\\x1b"``, ``"\\n"``, ``"\\u202e"``.
-
-    Every line xseq prints from a checkpoint (samples, the vocabulary, the
-    training record) goes through it, so that it stays one line of visible
-    text. A tab is kept; a backslash in the text is not escaped.
-    """
-    return _UNPRINTABLE.sub(lambda match: repr(match.group())[1:-1], text)
-
-
-def _show(line):
-    print(printable(line))
 
 
 def _print_training_samples(model, n, seed):
@@ -963,165 +531,64 @@ def _print_training_samples(model, n, seed):
         return
     print("samples:")
     for text in samples:
-        _show(f"  {text}")
+        show(f"  {text}")
 
 
 def cmd_sample(args):
-    model = _load_model(args.model, args.backend)
-    shape = _model_shape(model)
-    _check_fits(model.xp, lambda **v: resources.sampling_bytes(**shape, **v), {"n": args.n, "max_len": args.max_len},
-                {"n": ("-n", args.n, SAMPLES), "max_len": ("--max-len", args.max_len, MAX_LEN)}, "sampling",
-                f"{args.n:,} samples of up to {args.max_len:,} {_unit(model)}s drawn together")
-    if isinstance(model, StreamLM):
-        unknown = sorted({t for t in model.vocab.tokenize(args.prefix) if t not in model.vocab})
-        if unknown:
-            what = "word" if model.vocab.level == "word" else "character"
-            print(f"xseq sample: warning: --prefix holds {len(unknown)} {what}{'s' * (len(unknown) > 1)} "
-                  f"the model's vocabulary lacks, read as <unk>: {printable(' '.join(unknown))}", file=sys.stderr)
+    arrays, meta = load_checkpoint(args.model)
+    plan = _plan_of(meta)
+    model = plan.MODEL.from_checkpoint(arrays, meta, backend=backend_named(args.backend),
+                                       where=f"checkpoint {str(args.model)!r}")
+    shape = model_shape(model)
+    check_fits(model.xp, lambda **v: resources.sampling_bytes(**shape, **v), {"n": args.n, "max_len": args.max_len},
+               {"n": ("-n", args.n, SAMPLES), "max_len": ("--max-len", args.max_len, MAX_LEN)}, "sampling",
+               f"{args.n:,} samples of up to {args.max_len:,} {plan.unit(model)}s drawn together")
+    plan.note_prefix(model, args.prefix)
     try:
         samples = model.sample(args.n, temperature=args.temperature, top_k=args.top_k, prefix=args.prefix,
                                max_len=args.max_len, seed=args.seed)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     for text in samples:
-        _show(text)
+        show(text)
     return 0
 
 
 def cmd_evaluate(args):
-    """Score a corpus; under a launcher every rank scores a share of the lines (a stream model: rank 0 alone)."""
+    """Score a corpus as the model's plan reads text (under a launcher: a share of the lines on every rank, or a
+    stream on rank 0 alone)."""
     backend = _backend_for_ranks(args)
     arrays, meta = load_checkpoint(args.model)
-    model = _model_from(arrays, meta, backend, f"checkpoint {str(args.model)!r}")
-    if isinstance(model, StreamLM):
-        # The file is one stream, its state carried from the first token to the last: cut into pieces it
-        # would score another number, so rank 0 scores it alone.
-        return _evaluate_stream(args, model) if args.comm.rank == 0 else 0
-    if args.max_seq_len is None:
-        args.max_seq_len = DEFAULT_MAX_SEQ_LEN
-    lines, _ = _corpus(args.corpus, args.max_seq_len)
-    vocab = model.vocab
-    unknown = sum(t not in vocab for line in lines for t in vocab.tokenize(line))
-    if unknown and args.comm.rank == 0:
-        print(f"xseq evaluate: note: {unknown} characters of {args.corpus} are not in the model's vocabulary "
-              "(they count as <unk>)", file=sys.stderr)
-    pieces = split_sequences([vocab.encode(line) for line in lines], args.max_seq_len)
-    T_x = max(len(p) for p in pieces) + 1
-    m = min(len(pieces), EVALUATION_BATCH)
-    shape = _model_shape(model)
-    _check_fits(model.xp, lambda max_seq_len: resources.activation_bytes(**shape, m=m, T_x=min(T_x, max_seq_len + 1)),
-                {"max_seq_len": args.max_seq_len},
-                {"max_seq_len": ("--max-seq-len", args.max_seq_len, DEFAULT_MAX_SEQ_LEN)},
-                "evaluating", f"batches of {m} sequences of up to {T_x - 1} characters, {model.vocab_size} tokens")
-    loss = evaluate(model, pieces, max_seq_len=args.max_seq_len, comm=args.comm)
-    characters = sum(len(p) for p in pieces)
-    split = "" if len(pieces) == len(lines) else f" (split into {len(pieces)} of at most {args.max_seq_len} characters)"
-    print(f"{args.corpus}: {len(lines)} sequence{'s' * (len(lines) != 1)}{split}, {characters} characters "
-          f"+ {len(pieces)} end-of-sequence tokens")
-    print(f"cross-entropy: {loss:.4f} nats per character")
-    print(f"perplexity: {_perplexity(loss):.3f}")
+    plan = _plan_of(meta)
+    model = plan.MODEL.from_checkpoint(arrays, meta, backend=backend, where=f"checkpoint {str(args.model)!r}")
+    scored = plan.evaluate(args, model)
+    if scored is not None:
+        what, loss = scored
+        print(what)
+        print(f"cross-entropy: {loss:.4f} nats per {plan.unit(model)}")
+        print(f"perplexity: {perplexity(loss):.3f}")
     return 0
-
-
-def _evaluate_stream(args, model):
-    """``xseq evaluate`` of a stream model: the whole file as one stream (one column) from the zero state, read in
-    bounded memory."""
-    if args.max_seq_len is not None:
-        raise UsageError(f"--max-seq-len applies to line models; {args.model} is a stream model, which scores "
-                         "the file as one stream")
-    vocab, unit = model.vocab, _unit(model)
-    shape = _model_shape(model)
-    window = resources.stream_activation_bytes(**shape, embed_size=model.embed_size, m=1, T=EVALUATION_WINDOW)
-    available = resources.available_memory(model.xp)
-    table = TokenTable(vocab.level)
-    (stretch,) = read_file(args.corpus, table, memory=None if available is None else max(available - window, 0))
-    tokens = stretch.tokens
-    need = window + resources.BYTES_PER_STREAM_TOKEN * tokens
-    if available is not None and need > available:
-        raise UsageError(f"evaluating {args.corpus} ({tokens:,} tokens) would need about "
-                         f"{resources.format_bytes(need)} of memory; {resources.format_bytes(available)} is available")
-    unknown = unknown_tokens(stretch, table, vocab)
-    if unknown:
-        print(f"xseq evaluate: note: {unknown} {unit}s of {args.corpus} are not in the model's vocabulary "
-              "(they count as <unk>)", file=sys.stderr)
-    try:
-        data = batchify(ids_of(stretch, id_lookup(table, vocab)), 1)
-    except ValueError as exc:
-        raise UsageError(f"{args.corpus}: {exc}") from None
-    loss = evaluate_stream(model, data, EVALUATION_WINDOW)
-    print(f"{args.corpus}: {stretch.lines} line{'s' * (stretch.lines != 1)}, {tokens:,} tokens ({vocab.level}s and "
-          f"<eos>) scored as one stream from the zero state: {tokens - 1:,} predicted")
-    print(f"cross-entropy: {loss:.4f} nats per {unit}")
-    print(f"perplexity: {_perplexity(loss):.3f}")
-    return 0
-
-
-def _model_shape(model):
-    """The keyword arguments of the memory estimates of :mod:`xseq.lm.resources` that a model fixes."""
-    return {"cell": model.cell, "hidden_size": model.hidden_size, "num_layers": model.num_layers,
-            "vocab_size": model.vocab_size, "dtype": model.dtype_name}
 
 
 def cmd_info(args):
     arrays, meta = load_checkpoint(args.model)
     where = f"checkpoint {args.model!r}"
-    model = _model_from(arrays, meta, "numpy", where)
-    stream = isinstance(model, StreamLM)
+    plan = _plan_of(meta)
+    model = plan.MODEL.from_checkpoint(arrays, meta, backend="numpy", where=where)
     c, vocab = model.config(), model.vocab
-    embedding = f", embedding {c['embed_size']}{' tied to the output' * c['tie_weights']}" if stream else ""
-    _show(f"model: {c['cell']}, hidden size {c['hidden_size']}, {c['num_layers']} "
-          f"layer{'s' * (c['num_layers'] > 1)}{embedding}, dropout {c['dropout']:g}, {model.dtype_name}"
-          f"{', stream model' if stream else ''}")
+    inside, after = plan.describe(c)
+    show(f"model: {c['cell']}, hidden size {c['hidden_size']}, {c['num_layers']} "
+         f"layer{'s' * (c['num_layers'] > 1)}{inside}, dropout {c['dropout']:g}, {model.dtype_name}{after}")
     shown = "".join(vocab.tokens[3:]) if vocab.level == "char" else " ".join(vocab.tokens[3:13]) + " ..."
     tokenizer = "" if vocab.tokenizer is None else f", {vocab.tokenizer} tokenizer"
-    _show(f"vocabulary: {len(vocab)} tokens ({vocab.level} level{tokenizer}): <pad> <unk> <eos> {shown!r}")
-    _show(f"parameters: {model.num_parameters():,}")
+    show(f"vocabulary: {len(vocab)} tokens ({vocab.level} level{tokenizer}): <pad> <unk> <eos> {shown!r}")
+    show(f"parameters: {model.num_parameters():,}")
     state = meta.get("trainer")
     if not isinstance(state, dict):
-        _show("training: no training state recorded")
+        show("training: no training state recorded")
         return 0
     try:
-        (_print_stream_history if stream else _print_history)(state, arrays.get("train/losses"))
+        plan.print_history(state, arrays.get("train/losses"))
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{where} has an invalid training state: {type(exc).__name__}: {exc}") from None
     return 0
-
-
-def _print_history(state, losses):
-    r, corpus, history = state["config"], state["corpus"], state["history"]
-    clip = "none" if not r["clip"] else f"{r['clip_mode']} {r['clip']:g}"
-    _show(f"recipe: {r['optimizer']} lr {r['lr']:g}, batch {r['batch_size']}, clip {clip}, "
-          f"validation fraction {r['val_fraction']:g}, seed {r['seed']}")
-    _show(f"corpus: {corpus['source']}; {corpus['sequences']} sequences, sha256 {corpus['sha256'][:12]}")
-    _show(f"trained: {state['step']} steps ({state['epoch']} whole epoch{'s' * (state['epoch'] != 1)}), "
-          f"{state['chars_seen']:,} characters, {state['seconds']:.1f} s")
-    if losses is not None and len(losses):
-        _show(f"training loss: first step {losses[0]:.4f}, last step {losses[-1]:.4f}")
-    if history:
-        best = min(history, key=lambda h: h["val_loss"])
-        last = history[-1]
-        _show(f"validation loss: last {last['val_loss']:.4f} (epoch {last['epoch']:g}), "
-              f"best {best['val_loss']:.4f} (epoch {best['epoch']:g})")
-
-
-def _print_stream_history(state, losses):
-    r, corpus, validation, history = state["config"], state["corpus"], state["validation"], state["history"]
-    clip = "none" if not r["clip"] else f"{r['clip_mode']} {r['clip']:g}"
-    decay = "" if r["lr_decay"] == 1 else f" x{r['lr_decay']:g} per epoch after epoch {r['decay_after']}"
-    init = "" if r["init_scale"] is None else f", init scale {r['init_scale']:g}"
-    momentum = f" momentum {r['momentum']:g}" if r["optimizer"] == "sgd" and r["momentum"] else ""
-    _show(f"recipe: {r['optimizer']}{momentum} lr {r['lr']:g}{decay}, batch {r['batch_size']}, bptt {r['bptt']}, "
-          f"clip {clip}{init}, seed {r['seed']}")
-    _show(f"corpus: {corpus['source']}; {corpus['sequences']} lines, sha256 {corpus['sha256'][:12]}")
-    held_out = validation["source"] or "the end of the corpus"
-    _show(f"validation: {held_out}; {validation['sequences']} lines, sha256 {validation['sha256'][:12]}")
-    _show(f"trained: {state['step']} windows ({state['epoch']} whole epoch{'s' * (state['epoch'] != 1)}), "
-          f"{state['tokens_seen']:,} tokens, {state['seconds']:.1f} s")
-    if losses is not None and len(losses):
-        _show(f"training loss: first window {losses[0]:.4f}, last window {losses[-1]:.4f} (nats per token)")
-    if history:
-        best = min(history, key=lambda h: h["val_loss"])
-        last = history[-1]
-        _show(f"validation loss: last {last['val_loss']:.4f} (perplexity {_perplexity(last['val_loss']):.2f}, "
-              f"epoch {last['epoch']:g}), best {best['val_loss']:.4f} (perplexity "
-              f"{_perplexity(best['val_loss']):.2f}, epoch {best['epoch']:g})")
