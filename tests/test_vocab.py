@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 
 import xseq
+from xseq.lm.batches import one_hot, pad_ids
 from xseq.lm.vocab import (
     EOS_ID,
     PAD_ID,
     UNK_ID,
     Vocabulary,
-    one_hot,
-    pad_ids,
     word_tokenize,
 )
 

@@ -43,7 +43,8 @@ from .lm.model import CharLM
 from .lm.stream_model import StreamLM
 from .lm.stream_train import StreamConfig, StreamTrainer
 from .lm.train import TrainConfig, Trainer
-from .lm.vocab import Vocabulary, one_hot, pad_ids, word_tokenize
+from .lm.batches import one_hot, pad_ids
+from .lm.vocab import Vocabulary, word_tokenize
 from .nn.embedding import Embedding
 from .nn.layers import GRU, LSTM, RNN
 from .nn.losses import softmax_cross_entropy

@@ -89,7 +89,7 @@ from .outputs import DEFAULT_OUT, check_files, check_writable, plot, pyplot
 from .plan_lines import LinePlan
 from .plan_stream import StreamPlan
 from .stream_train import DEFAULT_BPTT, STREAM_DEFAULT_LR
-from .train import CLIP_MODES, DEFAULT_EPOCHS, DEFAULT_MAX_SEQ_LEN, OPTIMIZERS, DivergedError
+from .recipe import CLIP_MODES, DEFAULT_EPOCHS, DEFAULT_MAX_SEQ_LEN, OPTIMIZERS, DivergedError
 from .usage import (
     MAX_LEN,
     SAMPLES,
@@ -478,7 +478,8 @@ def cmd_train(args):
     except OSError as exc:
         raise UsageError(f"cannot write --out {args.out!r}: {exc}") from None
     if not completed:
-        validation = "" if getattr(args, "val_corpus", None) is None else f" --val-corpus {shlex.quote(args.val_corpus)}"
+        val_corpus = getattr(args, "val_corpus", None)
+        validation = "" if val_corpus is None else f" --val-corpus {shlex.quote(val_corpus)}"
         if comm.rank == 0:
             print(f"xseq train: interrupted at step {trainer.step}; checkpoint saved to {args.out}; "
                   f"continue with: xseq train {'' if args.corpus is None else shlex.quote(args.corpus) + ' '}"

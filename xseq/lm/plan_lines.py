@@ -18,15 +18,9 @@ import numpy as np
 from . import resources
 from .corpus import builtin_corpus, open_corpus, read_corpus
 from .model import CharLM
-from .train import (
-    DEFAULT_EPOCHS,
-    DEFAULT_MAX_SEQ_LEN,
-    EVALUATION_BATCH,
-    TrainConfig,
-    Trainer,
-    evaluate,
-    split_sequences,
-)
+from .lines_data import evaluate, split_sequences
+from .recipe import DEFAULT_EPOCHS, DEFAULT_MAX_SEQ_LEN, EVALUATION_BATCH, TrainConfig
+from .train import Trainer
 from .usage import (
     BUILTIN,
     MAX_LEN,

@@ -27,7 +27,7 @@ from .stream_train import (
     evaluate_stream,
     reading_recipe,
 )
-from .train import DEFAULT_EPOCHS
+from .recipe import DEFAULT_EPOCHS
 from .usage import (
     BUILTIN,
     MAX_LEN,

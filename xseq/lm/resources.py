@@ -18,7 +18,7 @@ from ..backends.arrays import backend_name
 from ..engine.sequence import GATES
 from ..nn.projection_loss import default_chunk_rows
 from .stream_model import parameter_shapes as stream_parameter_shapes
-from .train import EVALUATION_BATCH
+from .recipe import EVALUATION_BATCH
 
 DTYPE_BYTES = {"float32": 4, "float64": 8}
 # Weights, gradients, optimiser moments, their float64 initial draw, the

@@ -38,9 +38,9 @@ from .vocab import EOS, EOS_ID, PAD, UNK_ID, Vocabulary, _pad_in_text
 
 LEVELS = ("word", "char")
 BYTES_PER_DISTINCT_TOKEN = 160  # a dict entry and its str object, measured about 100 for short words; rounded up
-LINES_PER_PIECE = 65536
+LINES_PER_PIECE = 65536  # lines joined into one piece when the text comes as a list of lines
 NUMBER_BYTES = 4  # a token's number, and its id: int32
-PIECES_FOR_WORKERS = 4  # a file of fewer pieces is read by one process  # lines joined into one piece when the text comes as a list of lines
+PIECES_FOR_WORKERS = 4  # a file of fewer pieces is read by one process
 
 
 def held_out_lines(lines, val_fraction):

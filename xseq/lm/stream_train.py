@@ -68,29 +68,38 @@ import numpy as np
 
 from .._version import __version__
 from ..backends.arrays import asarray, to_numpy
-from ..distributed import SingleProcess
 from .checkpoint import CheckpointError, load_checkpoint
+# The stream plan's data lives in its own module; its public names are this module's too, as they were before.
+from .stream_data import (  # noqa: F401
+    EVALUATION_WINDOW,
+    batchify,
+    build_vocabulary,
+    evaluate_stream,
+    num_windows,
+    split_lines,
+    stream_corpus,
+    stream_ids,
+    validation_batch,
+    window,
+)
 from .stream_model import StreamLM
-from .stream_text import StreamCorpus, held_out_lines
-from .train import (
-    TrainConfig,
-    Trainer,
-    _check_corpus_record,
-    _check_counted,
-    _check_real,
-    _state_error,
+from .saved_state import (
+    check_corpus_record,
+    check_counted,
     check_same_corpus,
     invalid_state,
-    share,
+    restore_run,
+    state_error,
 )
-from .vocab import Vocabulary
+from .lines_data import share
+from .recipe import TrainConfig, _check_real
+from .train import Trainer
 from .vocab import _check_int as check_int
 
 STREAM_TRAINER_FORMAT_VERSION = 1
 LEVELS = ("word", "char")
 DEFAULT_BPTT = 20
 STREAM_DEFAULT_LR = {"adam": 0.003, "sgd": 1.0}
-EVALUATION_WINDOW = 512  # steps per forward pass when a whole file is scored as one stream
 _STATE_KEYS = ("stream/h", "stream/c")
 
 
@@ -216,110 +225,6 @@ def _round_down(value, digits=3):
 # ---------------------------------------------------------------------- the stream and its windows
 
 
-def build_vocabulary(lines, config):
-    """The vocabulary of the training lines under ``config`` (level, ``vocab_size``, ``min_count``)."""
-    tokenizer = "whitespace" if config.level == "word" else None
-    return Vocabulary.from_text(lines, level=config.level, max_size=config.vocab_size,
-                                min_count=config.min_count, tokenizer=tokenizer)
-
-
-def stream_ids(vocab, lines):
-    """Every line's ids followed by ``<eos>``, one stream: a ``(N,)`` int64 NumPy array.
-
-    Unknown tokens are ``<unk>``; blank lines give a lone ``<eos>``.
-    """
-    ids = []
-    for line in lines:
-        ids.extend(vocab.encode(line, add_eos=True))
-    return np.asarray(ids, dtype=np.int64)
-
-
-def batchify(ids, batch_size):
-    """Cut a stream into ``batch_size`` contiguous columns, as PyTorch's ``word_language_model`` does.
-
-    Parameters
-    ----------
-    ids : (N,) integer array
-    batch_size : int
-        ``m``.
-
-    Returns
-    -------
-    (m, n) array, ``n = N // m``
-        Row ``i`` is ``ids[i*n:(i+1)*n]``; the last ``N - m*n`` ids are dropped.
-
-    Raises
-    ------
-    ValueError
-        ``n < 2``: a column needs an input and a target.
-    """
-    check_int("batch_size", batch_size, 1)
-    ids = np.asarray(ids)
-    n = len(ids) // batch_size
-    if n < 2:
-        raise ValueError(f"a stream of {len(ids)} tokens is too short for {batch_size} columns: each needs at least "
-                         f"2 tokens (an input and its target), so at least {2 * batch_size} tokens")
-    return ids[:n * batch_size].reshape(batch_size, n)
-
-
-def validation_batch(tokens, batch_size):
-    """Columns of a validation stream of ``tokens`` tokens: ``batch_size``, or fewer for a short stream."""
-    return max(1, min(batch_size, tokens // 2))
-
-
-def num_windows(data, bptt):
-    """Windows of ``bptt`` steps in the columns ``data`` (m, n): ``ceil((n - 1) / bptt)``."""
-    return -(-(data.shape[1] - 1) // bptt)
-
-
-def window(data, k, bptt):
-    """Window ``k`` of the columns ``data`` (m, n): ``(inputs, targets)``, each ``(m, T)`` with ``T <= bptt``.
-
-    Inputs are steps ``[k*bptt, min((k+1)*bptt, n-1))``, targets the same
-    steps shifted by one; the last window of ``data`` may be shorter.
-    """
-    start = k * bptt
-    stop = min(start + bptt, data.shape[1] - 1)
-    if not 0 <= start < stop:
-        raise IndexError(f"window {k} is out of range: the columns have {num_windows(data, bptt)} windows of {bptt}")
-    return data[:, start:stop], data[:, start + 1:stop + 1]
-
-
-def evaluate_stream(model, data, bptt=EVALUATION_WINDOW, comm=None):
-    """Mean cross-entropy per predicted token of ``model`` on the columns ``data``, the state carried.
-
-    Parameters
-    ----------
-    model : StreamLM
-    data : (m, n) integer array
-        From :func:`batchify` (one column, ``ids[None, :]``, scores a whole stream).
-    bptt : int
-        Steps per forward pass. With the state carried, the result does not
-        depend on it (up to rounding); it bounds the memory of a pass.
-    comm : Communicator, optional
-        Every rank of ``comm`` passes the same ``data`` and scores its
-        :func:`~xseq.lm.train.share` of the columns; the sums are reduced.
-
-    Returns
-    -------
-    float
-        Nats per token over the ``m * (n - 1)`` targets (every token but the
-        first of each column, ``<eos>`` included); ``exp`` of it is the perplexity.
-    """
-    check_int("bptt", bptt, 1)
-    comm = SingleProcess() if comm is None else comm
-    start, stop = share(data.shape[0], comm)
-    mine = data[start:stop]
-    state, total = None, 0.0
-    for k in range(num_windows(data, bptt) if len(mine) else 0):
-        inputs, targets = window(mine, k, bptt)
-        nll, state = model.nll(inputs, targets, state)
-        total += nll
-    if comm.size > 1:
-        total = float(comm.allreduce_sum(np.array([total]))[0])
-    return total / (data.shape[0] * (data.shape[1] - 1))
-
-
 def reading_recipe(meta, where="checkpoint"):
     """``(level, val_fraction)`` of the stream run saved in a checkpoint's ``meta``: how its corpus is read again
     before the run is resumed (:meth:`StreamTrainer.from_checkpoint` checks the rest). CheckpointError when absent
@@ -330,32 +235,11 @@ def reading_recipe(meta, where="checkpoint"):
         raise CheckpointError(f"{where} holds a model but no training state; it cannot be resumed")
     level, val_fraction = recipe.get("level"), recipe.get("val_fraction")
     if level not in LEVELS:
-        raise _state_error(where, "config['level']", level, f"one of {LEVELS}")
+        raise state_error(where, "config['level']", level, f"one of {LEVELS}")
     if (isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float))
             or not 0 < val_fraction < 1):
-        raise _state_error(where, "config['val_fraction']", val_fraction, "a number in (0, 1)")
+        raise state_error(where, "config['val_fraction']", val_fraction, "a number in (0, 1)")
     return level, val_fraction
-
-
-def stream_corpus(lines, val_lines, config):
-    """The :class:`~xseq.lm.stream_text.StreamCorpus` of a run: ``lines`` itself when it is one (read from files,
-    with ``val_lines`` None), else read from the lists of lines; its level and split must be the recipe's."""
-    if not isinstance(lines, StreamCorpus):
-        return StreamCorpus.from_lines(lines, val_lines, level=config.level, val_fraction=config.val_fraction)
-    if val_lines is not None:
-        raise ValueError("val_lines must be None when lines is a StreamCorpus (it holds the validation text)")
-    if lines.level != config.level or lines.val_fraction not in (None, config.val_fraction):
-        raise ValueError(f"the corpus was read at level {lines.level!r} with val_fraction {lines.val_fraction}; "
-                         f"the recipe has level {config.level!r} and val_fraction {config.val_fraction}")
-    return lines
-
-
-def split_lines(lines, val_lines, val_fraction):
-    """``(training lines, validation lines)``: ``val_lines`` when given, else the last ``val_fraction`` of ``lines``."""
-    if val_lines is not None:
-        return list(lines), list(val_lines)
-    n_val = held_out_lines(len(lines), val_fraction)
-    return list(lines[:len(lines) - n_val]), list(lines[len(lines) - n_val:])
 
 
 # ---------------------------------------------------------------------- the trainer
@@ -596,7 +480,7 @@ class StreamTrainer(Trainer):
             text = stream_corpus(lines, val_lines, config)
             recorded = check_same_corpus(where, state["corpus"], text.corpus["sha256"], text.corpus["sequences"],
                                          source, "lines")
-            validation = _check_corpus_record(where, state["validation"])
+            validation = check_corpus_record(where, state["validation"])
             if validation["sha256"] != text.validation.sha256:
                 saved = (f"the validation file {validation['source']}" if validation["source"]
                          else "the end of the training corpus")
@@ -605,11 +489,11 @@ class StreamTrainer(Trainer):
                 raise CheckpointError(f"{where} was validated on {saved} ({validation['sequences']} lines), "
                                       f"not on {given} ({text.validation.lines} lines); resume with the same "
                                       "validation corpus")
-            _check_counted(where, "validation['sequences']", validation["sequences"], text.validation.lines)
+            check_counted(where, "validation['sequences']", validation["sequences"], text.validation.lines)
             trainer = cls.__new__(cls)
             trainer._setup(text, config, model, source if source is not None else recorded["source"],
                            val_source=val_source if val_source is not None else validation["source"], comm=comm)
-            trainer._restore(where, arrays, state)
+            restore_run(trainer, where, arrays, state)
         trainer._check_ranks_agree("after resuming")
         return trainer
 
@@ -635,16 +519,16 @@ class StreamTrainer(Trainer):
         present = [key for key in _STATE_KEYS if key in arrays]
         if not mid_epoch:
             if present:
-                raise _state_error(where, "the carried state", present, "none at the start of an epoch")
+                raise state_error(where, "the carried state", present, "none at the start of an epoch")
             return None
         if present != list(keys):
-            raise _state_error(where, "the carried state", present, f"the arrays {list(keys)} in the middle of an epoch")
+            raise state_error(where, "the carried state", present, f"the arrays {list(keys)} in the middle of an epoch")
         shape = (model.num_layers, model.hidden_size, self.config.batch_size)
         parts = []
         for key in keys:
             a = arrays[key]
             if a.dtype != np.dtype(model.dtype_name) or a.shape != shape:
-                raise _state_error(where, f"array {key!r}", f"{a.dtype} {a.shape}",
+                raise state_error(where, f"array {key!r}", f"{a.dtype} {a.shape}",
                                    f"{model.dtype_name} of shape (num_layers, n_a, batch) = {shape}")
             if not np.isfinite(a).all():
                 raise CheckpointError(f"{where} has an invalid training state: array {key!r} holds NaN or "
@@ -666,11 +550,11 @@ def _recipe(where, saved, model, epochs, steps):
     """The saved recipe as a StreamConfig, with every field present and agreeing with the model."""
     missing = [field for field in _STREAM_RECIPE_FIELDS if not isinstance(saved, dict) or field not in saved]
     if missing:
-        raise _state_error(where, "config", saved, f"the recipe with every field of stream format version "
+        raise state_error(where, "config", saved, f"the recipe with every field of stream format version "
                            f"{STREAM_TRAINER_FORMAT_VERSION}; it lacks {missing}")
     unknown = sorted(set(saved) - set(_STREAM_RECIPE_FIELDS))
     if unknown:
-        raise _state_error(where, "config", saved, f"only the recipe's fields; it has {unknown}")
+        raise state_error(where, "config", saved, f"only the recipe's fields; it has {unknown}")
     config = dict(saved)
     if epochs is not None or steps is not None:
         config.update(epochs=epochs, steps=steps)
@@ -679,7 +563,7 @@ def _recipe(where, saved, model, epochs, steps):
                          ("dropout", model.dropout), ("dtype", model.dtype_name), ("embed_size", model.embed_size),
                          ("tie_weights", model.tie_weights), ("level", model.vocab.level)):
         if getattr(config, field) != value:
-            raise _state_error(where, f"config[{field!r}]", getattr(config, field), f"the model's {value!r}")
+            raise state_error(where, f"config[{field!r}]", getattr(config, field), f"the model's {value!r}")
     return config
 
 

@@ -64,9 +64,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import math
-import reprlib
 import signal
 import time
 
@@ -85,233 +83,26 @@ from ..distributed import (
 from ..nn.embedding import add_rows
 from ..nn.optim import SGD, Adam, clip_by_global_norm, clip_by_value
 from .checkpoint import CheckpointError, load_checkpoint
-from .model import CELLS, CharLM
+# The line plan's data and the recipe live in their own modules; their public names are this module's too, as
+# they were before the split (``from xseq.lm.train import TrainConfig, split_corpus``).
+from .lines_data import corpus_fingerprint, evaluate, share, split_corpus, split_sequences  # noqa: F401
+from .model import CharLM
+from .recipe import DivergedError, TrainConfig  # noqa: F401
+from .saved_state import (
+    LOSSES_KEY,
+    OPTIM_PREFIX,
+    check_rng_state,
+    check_same_corpus,
+    invalid_state,
+    restore_run,
+    state_error,
+)
 from .vocab import Vocabulary
-from .vocab import _check_int as check_int
 
 TRAINER_FORMAT_VERSION = 1
-OPTIMIZERS = ("adam", "sgd")
-CLIP_MODES = ("norm", "value")
-DEFAULT_EPOCHS = 15
-DEFAULT_MAX_SEQ_LEN = 256
-EVALUATION_BATCH = 256  # sequences per forward pass of evaluate
-DEFAULT_LR = {"adam": 0.003, "sgd": 0.5}
-_OPTIM_PREFIX = "optim/"
-_LOSSES_KEY = "train/losses"
 # Packed with the gradients of a step (a name no parameter has): this rank's share of the loss, and 1 when it
 # asks to stop.
 _STEP_SCALARS = "step/loss,stop"
-
-
-class DivergedError(ArithmeticError):
-    """The loss stopped being a finite number (the learning rate is too large, or clipping is off)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """The recipe of a run; every field has the default of ``xseq train``.
-
-    Parameters
-    ----------
-    cell : {"lstm", "gru", "rnn"}
-    hidden_size : int
-        ``n_a``.
-    num_layers : int
-    dropout : float in [0, 1)
-        Between stacked layers.
-    batch_size : int
-        ``m``, sequences per step.
-    optimizer : {"adam", "sgd"}
-    lr : float or None
-        Learning rate; None for the optimiser's default (Adam 0.003, SGD 0.5),
-        filled in on construction.
-    momentum : float in [0, 1)
-        SGD only.
-    clip : float or None
-        Gradient clipping threshold; None (or 0) for no clipping.
-    clip_mode : {"norm", "value"}
-        Scale all gradients to a global L2 norm of at most ``clip``, or clip
-        every entry to ``[-clip, clip]`` (the course's ``clip``).
-    epochs, steps : int or None
-        Length of the run: at most one may be given; when neither is,
-        ``epochs`` is set to ``DEFAULT_EPOCHS`` on construction.
-    val_fraction : float in (0, 1)
-        Share of the sequences held out for validation.
-    max_seq_len : int
-        Longest sequence in tokens: longer lines are split into pieces of this
-        length (see :func:`split_sequences`).
-    seed : int
-        Seeds the weights, the split, the shuffling and dropout.
-    dtype : {"float32", "float64"}
-    """
-
-    cell: str = "lstm"
-    hidden_size: int = 128
-    num_layers: int = 1
-    dropout: float = 0.0
-    batch_size: int = 32
-    optimizer: str = "adam"
-    lr: float | None = None
-    momentum: float = 0.9
-    clip: float | None = 5.0
-    clip_mode: str = "norm"
-    epochs: int | None = None
-    steps: int | None = None
-    val_fraction: float = 0.1
-    max_seq_len: int = DEFAULT_MAX_SEQ_LEN
-    seed: int = 0
-    dtype: str = "float32"
-
-    def __post_init__(self):
-        for name, allowed in (("cell", tuple(CELLS)), ("optimizer", OPTIMIZERS), ("clip_mode", CLIP_MODES),
-                              ("dtype", ("float32", "float64"))):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}; got {getattr(self, name)!r}")
-        for name in ("hidden_size", "num_layers", "batch_size", "max_seq_len"):
-            check_int(name, getattr(self, name), 1)
-        check_int("seed", self.seed, 0)
-        for name in ("epochs", "steps"):
-            if getattr(self, name) is not None:
-                check_int(name, getattr(self, name), 1)
-        if self.epochs is not None and self.steps is not None:
-            raise ValueError(f"give epochs or steps, not both; got epochs={self.epochs}, steps={self.steps}")
-        for name, low, high in (("dropout", 0, 1), ("momentum", 0, 1)):
-            _check_real(name, getattr(self, name))
-            if not low <= getattr(self, name) < high:
-                raise ValueError(f"{name} must be in [{low}, {high}); got {getattr(self, name)}")
-        _check_real("val_fraction", self.val_fraction)
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1); got {self.val_fraction}")
-        for name in ("lr", "clip"):
-            value = getattr(self, name)
-            if value is not None:
-                _check_real(name, value)
-                if value < 0 or (name == "lr" and value == 0):
-                    raise ValueError(f"{name} must be {'> 0' if name == 'lr' else '>= 0'}; got {value}")
-        # Defaults are made explicit, so that a checkpoint records the run as it was.
-        if self.lr is None:
-            object.__setattr__(self, "lr", DEFAULT_LR[self.optimizer])
-        if self.epochs is None and self.steps is None:
-            object.__setattr__(self, "epochs", DEFAULT_EPOCHS)
-
-
-def _check_real(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number; got {value!r}")
-
-
-def corpus_fingerprint(lines):
-    """SHA-256 (hex) of the sequences joined by newlines: identifies a corpus in a checkpoint."""
-    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
-
-
-def split_corpus(lines, val_fraction, seed):
-    """Hold out a validation split.
-
-    Parameters
-    ----------
-    lines : list of str, or list of lists of int
-        At least two sequences (lines, or encoded sequences).
-    val_fraction : float in (0, 1)
-    seed : int
-
-    Returns
-    -------
-    train, validation : lists of the items of ``lines``
-        ``round(val_fraction * N)`` validation sequences, at least 1 and at
-        most ``N - 1``, chosen by ``numpy.random.default_rng([seed, 1])``; both
-        lists keep the corpus order.
-    """
-    N = len(lines)
-    if N < 2:
-        raise ValueError(f"the corpus has {N} sequence; training needs at least 2 (one is held out for validation)")
-    n_val = min(max(1, round(val_fraction * N)), N - 1)
-    held_out = np.zeros(N, dtype=bool)
-    held_out[np.random.default_rng([seed, 1]).permutation(N)[:n_val]] = True
-    return [s for s, h in zip(lines, held_out) if not h], [s for s, h in zip(lines, held_out) if h]
-
-
-def split_sequences(sequences, max_len):
-    """Cut every sequence longer than ``max_len`` into consecutive pieces of ``max_len``.
-
-    Parameters
-    ----------
-    sequences : list of lists of int
-        Encoded sequences (without ``<eos>``).
-    max_len : int >= 1
-
-    Returns
-    -------
-    list of lists of int
-        The sequences in order, each long one replaced by its pieces (the last
-        may be shorter); ``[c1 .. c600]`` with ``max_len=256`` becomes
-        ``[c1 .. c256], [c257 .. c512], [c513 .. c600]``. Every piece is then
-        modelled as a sequence of its own (zero first input, ``<eos>`` target
-        at its end).
-    """
-    check_int("max_len", max_len, 1)
-    pieces = []
-    for seq in sequences:
-        if len(seq) <= max_len:
-            pieces.append(seq)
-        else:
-            pieces.extend(seq[start:start + max_len] for start in range(0, len(seq), max_len))
-    return pieces
-
-
-def share(n, comm):
-    """The ``[start, stop)`` of this rank's contiguous share of ``n`` items, in rank order.
-
-    The first ``n % size`` ranks take one item more; a rank takes none when
-    ``n < size`` (then the last ranks have none).
-
-    Examples
-    --------
-    >>> from xseq.distributed import SingleProcess
-    >>> share(5, SingleProcess())
-    (0, 5)
-    """
-    base, extra = divmod(n, comm.size)
-    start = comm.rank * base + min(comm.rank, extra)
-    return start, start + base + (comm.rank < extra)
-
-
-def evaluate(model, sequences, batch_size=EVALUATION_BATCH, max_seq_len=DEFAULT_MAX_SEQ_LEN, comm=None):
-    """Mean cross-entropy per predicted token (``<eos>`` included) of ``model`` on ``sequences``.
-
-    Parameters
-    ----------
-    model : CharLM
-    sequences : list of lists of int
-        Encoded sequences (without ``<eos>``).
-    batch_size : int
-        Sequences per forward pass; they are grouped by length to limit padding.
-    max_seq_len : int
-        Sequences longer than this are split first (:func:`split_sequences`),
-        as training splits them, so a forward pass holds at most
-        ``batch_size`` sequences of ``max_seq_len + 1`` steps.
-    comm : Communicator, optional
-        Every rank of ``comm`` passes the same ``sequences`` and scores every
-        ``size``-th of them, by length; the sums are reduced over the ranks.
-
-    Returns
-    -------
-    float
-        Nats per token; ``exp`` of it is the perplexity (the same on every rank).
-    """
-    if not sequences:
-        raise ValueError("sequences is empty; nothing to evaluate")
-    comm = SingleProcess() if comm is None else comm
-    sequences = split_sequences(sequences, max_seq_len)
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))[comm.rank::comm.size]
-    total = count = 0
-    for start in range(0, len(order), batch_size):
-        batch_total, batch_count = model.loss(*model.batch([sequences[i] for i in order[start:start + batch_size]]))
-        total += batch_total
-        count += batch_count
-    if comm.size > 1:
-        total, count = comm.allreduce_sum(np.array([total, count], dtype=np.float64))
-    return float(total / count)
 
 
 class Trainer:
@@ -663,11 +454,11 @@ class Trainer:
     def _losses_and_optimizer(self):
         """``(arrays, optimizer metadata)`` every trainer saves: the losses, the optimiser's arrays, and its
         other state (its step count, hyperparameters)."""
-        arrays = {_LOSSES_KEY: np.asarray(self.losses, dtype=np.float64)}
+        arrays = {LOSSES_KEY: np.asarray(self.losses, dtype=np.float64)}
         optimizer_state = {}
         for key, value in self.optimizer.state_dict().items():
             if hasattr(value, "shape"):
-                arrays[_OPTIM_PREFIX + key] = value
+                arrays[OPTIM_PREFIX + key] = value
             else:
                 optimizer_state[key] = value
         return arrays, optimizer_state
@@ -722,7 +513,7 @@ class Trainer:
             or one that contradicts the model or the other fields (counters,
             the optimizer's step count, settings and moments, random streams,
             history, losses and recipe are all checked before use, see
-            :meth:`_restore`), or a corpus that differs from the saved run's.
+            :func:`~xseq.lm.saved_state.restore_run`), or a corpus that differs from the saved run's.
         """
         where = f"checkpoint {str(path)!r}"
         arrays, meta = load_checkpoint(path)
@@ -738,7 +529,7 @@ class Trainer:
             config = state["config"]
             missing = [field for field in _RECIPE_FIELDS if not isinstance(config, dict) or field not in config]
             if missing:
-                raise _state_error(where, "config", config, f"the recipe with every field of format version "
+                raise state_error(where, "config", config, f"the recipe with every field of format version "
                                    f"{TRAINER_FORMAT_VERSION}; it lacks {missing}")
             config = dict(config)
             if epochs is not None or steps is not None:
@@ -748,52 +539,20 @@ class Trainer:
                                  ("num_layers", model.num_layers), ("dropout", model.layer.dropout),
                                  ("dtype", model.dtype_name)):
                 if getattr(config, field) != value:
-                    raise _state_error(where, f"config[{field!r}]", getattr(config, field),
+                    raise state_error(where, f"config[{field!r}]", getattr(config, field),
                                        f"the model's {value!r}")
             recorded = check_same_corpus(where, state["corpus"], corpus_fingerprint(lines), len(lines), source,
                                          "sequences")
             trainer = cls.__new__(cls)
             trainer._setup(lines, config, model, source if source is not None else recorded["source"], comm)
-            trainer._restore(where, arrays, state)
+            restore_run(trainer, where, arrays, state)
         trainer._check_ranks_agree("after resuming")
         return trainer
 
-    def _restore(self, where, arrays, state):
-        """Put a saved run's counters, optimiser, random streams, losses and history in place, each checked.
-
-        Every field is checked for its type and range and against the others
-        and the corpus (the trainer is already set up on it): ``step`` is
-        ``epoch`` whole epochs plus ``batch_in_epoch`` steps, the optimiser
-        took exactly ``step`` steps with the run's hyperparameters, the
-        tokens seen are those of the ``step`` batches, there is one finite
-        loss per step and every validation record agrees with its step.
-        CheckpointError names the field, its value and what was expected.
-        """
-        per_epoch = self.steps_per_epoch
-        step = _state_int(where, "step", state["step"], 0)
-        epoch = _state_int(where, "epoch", state["epoch"], 0)
-        batch_in_epoch = _state_int(where, "batch_in_epoch", state["batch_in_epoch"], 0, per_epoch)
-        if step != epoch * per_epoch + batch_in_epoch:
-            raise CheckpointError(f"{where} has an invalid training state: step {step} is not epoch {epoch} "
-                                  f"x {per_epoch} {self._step_unit} per epoch + batch_in_epoch {batch_in_epoch}")
-        self.step, self.epoch, self.batch_in_epoch = step, epoch, batch_in_epoch
-        self._restore_position(where, arrays, state)
-        self._restore_optimizer(where, arrays, state["optimizer"])
-        rng = self.model.layer.dropout_rng
-        rng.bit_generator.state = _check_rng_state(where, "dropout_rng", state["dropout_rng"], rng)
-        self.losses = _check_losses(where, arrays[_LOSSES_KEY], step, self._step_unit)
-        self.history = _check_history(where, state["history"], step, per_epoch, self._step_unit)
-        self.seconds = _state_real(where, "seconds", state["seconds"], 0)
-        tokens = _state_int(where, self._tokens_key, state[self._tokens_key], 0)
-        expected = self._tokens_after(epoch, batch_in_epoch)
-        if tokens != expected:
-            raise _state_error(where, self._tokens_key, tokens, f"{expected}, the tokens predicted in epoch {epoch} "
-                               f"x {per_epoch} {self._step_unit} per epoch + batch_in_epoch {batch_in_epoch}")
-        self.chars_seen = tokens
 
     def _restore_position(self, where, arrays, state):
         """Where the saved run stood in its epoch: the shuffling stream, and mid-epoch the epoch's order."""
-        self.shuffle_rng.bit_generator.state = _check_rng_state(where, "shuffle_rng", state["shuffle_rng"],
+        self.shuffle_rng.bit_generator.state = check_rng_state(where, "shuffle_rng", state["shuffle_rng"],
                                                                 self.shuffle_rng)
         if self.batch_in_epoch:
             self._epoch_start_rng_state = self.shuffle_rng.bit_generator.state
@@ -809,169 +568,11 @@ class Trainer:
         """The learning rate the optimiser holds after ``step`` steps: the recipe's, for the whole run."""
         return self.config.lr
 
-    def _restore_optimizer(self, where, arrays, saved):
-        """The optimiser's saved state, checked against the run before it is loaded.
 
-        Its step count must be the run's (one optimiser step per training
-        step) and its hyperparameters those the run built it with (the
-        learning rate: :meth:`_lr_after`); the optimiser itself refuses moments
-        that are not finite, or second moments below 0.
-        """
-        if not isinstance(saved, dict):
-            raise _state_error(where, "optimizer", saved, "an object with the optimizer's kind, step and settings")
-        built = {key: value for key, value in self.optimizer.state_dict().items() if not hasattr(value, "shape")}
-        expected = {**built, "step": self.step, "lr": self._lr_after(self.step, self.epoch, self.batch_in_epoch)}
-        why = {"step": "the run's step count (one optimizer step per training step)",
-               "lr": "the learning rate of the run's recipe at its step", "optimizer": "the recipe's optimizer"}
-        for key, value in expected.items():
-            if key in saved and (isinstance(saved[key], bool) or saved[key] != value):
-                raise _state_error(where, f"optimizer[{key!r}]", saved[key],
-                                   f"{value!r}, {why.get(key, 'the setting the run was built with')}")
-        optimizer_arrays = {k[len(_OPTIM_PREFIX):]: v for k, v in arrays.items() if k.startswith(_OPTIM_PREFIX)}
-        try:
-            self.optimizer.load_state_dict({**saved, **optimizer_arrays})
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{where} has an invalid training state: optimizer {exc}") from None
-
-
-# ---------------------------------------------------------------------- checks of a saved training state
-
-_HISTORY_FIELDS = ("epoch", "step", "train_loss", "val_loss", "seconds")
 # The recipe fields every checkpoint of TRAINER_FORMAT_VERSION 1 records: a missing one would silently
 # take its default (another seed, split or learning rate). A field added since then takes its default.
 _RECIPE_FIELDS = ("cell", "hidden_size", "num_layers", "dropout", "batch_size", "optimizer", "lr", "momentum",
                   "clip", "clip_mode", "epochs", "steps", "val_fraction", "seed", "dtype")
-
-
-def _state_error(where, field, value, expected):
-    return CheckpointError(f"{where} has an invalid training state: {field} is {reprlib.repr(value)}; "
-                           f"expected {expected}")
-
-
-def _state_int(where, field, value, low, high=None):
-    """``value``, an int (not a bool) with ``low <= value`` and, when given, ``value < high``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value >= high):
-        bound = f"{low} <= {field}" + ("" if high is None else f" < {high}")
-        raise _state_error(where, field, value, f"an int with {bound}")
-    return value
-
-
-def _is_real(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _state_real(where, field, value, low):
-    """``value`` as a float: a finite number (not a bool) ``>= low``."""
-    if not _is_real(value) or not math.isfinite(value) or value < low:
-        raise _state_error(where, field, value, f"a finite number >= {low}")
-    return float(value)
-
-
-def _check_corpus_record(where, record):
-    """The saved run's corpus record: ``sha256`` (str), ``source`` (str or None), ``sequences`` (int)."""
-    if not isinstance(record, dict):
-        raise _state_error(where, "corpus", record, "an object with 'source', 'sha256' and 'sequences'")
-    if not isinstance(record["sha256"], str):
-        raise _state_error(where, "corpus['sha256']", record["sha256"], "a hex string")
-    if record["source"] is not None and not isinstance(record["source"], str):
-        raise _state_error(where, "corpus['source']", record["source"], "a string or null")
-    _state_int(where, "corpus['sequences']", record["sequences"], 0)
-    return record
-
-
-@contextlib.contextmanager
-def invalid_state(where):
-    """Inside: a missing entry (KeyError) or a value of the wrong type or range (TypeError, ValueError) of a
-    saved training state is a CheckpointError naming ``where``."""
-    try:
-        yield
-    except KeyError as exc:
-        raise CheckpointError(f"{where} has an invalid training state: no entry {exc.args[0]!r}") from None
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{where} has an invalid training state: {type(exc).__name__}: {exc}") from None
-
-
-def check_same_corpus(where, record, sha256, lines, source, unit):
-    """The saved run's corpus ``record``, which must be that of the corpus given to resume it (fingerprint
-    ``sha256``, ``lines`` lines or sequences, ``unit`` naming them); CheckpointError otherwise."""
-    recorded = _check_corpus_record(where, record)
-    if recorded["sha256"] != sha256:
-        raise CheckpointError(
-            f"{where} was trained on another corpus ({recorded['source'] or 'unknown source'}, "
-            f"{recorded['sequences']} {unit}) than {source or 'the given one'} ({lines} {unit}); resume with the "
-            "same corpus")
-    _check_counted(where, "corpus['sequences']", recorded["sequences"], lines)
-    return recorded
-
-
-def _check_counted(where, field, recorded, lines):
-    """A corpus record's count of lines, which must be ``lines``, that of the corpus its fingerprint matched."""
-    if recorded != lines:
-        raise _state_error(where, field, recorded, f"{lines}, the lines of the corpus whose SHA-256 it records")
-
-
-def _check_losses(where, losses, step, unit):
-    """The saved losses as floats: one finite number >= 0 (a mean cross-entropy) per step."""
-    if losses.ndim != 1 or losses.dtype.kind != "f" or len(losses) != step:
-        raise _state_error(where, f"array {_LOSSES_KEY!r}", f"{losses.dtype} {losses.shape}",
-                           f"the float losses of the {step} {unit}, shape ({step},)")
-    bad = np.flatnonzero(~(np.isfinite(losses) & (losses >= 0)))
-    if bad.size:
-        raise _state_error(where, f"array {_LOSSES_KEY!r}[{bad[0]}]", float(losses[bad[0]]),
-                           f"a finite loss >= 0 (nats per token); {bad.size} of the {step} are not")
-    return [float(x) for x in losses]
-
-
-def _check_rng_state(where, field, value, generator):
-    """``value`` if it has the layout of ``generator.bit_generator.state`` (PCG64: nested dicts of str and int).
-
-    Its strings must be the generator's (the bit generator's name) and its
-    integers ints in ``[0, 2**128)``, the range of PCG64's state words.
-    """
-    def check(saved, current, at):
-        if isinstance(current, dict):
-            if not isinstance(saved, dict) or set(saved) != set(current):
-                raise _state_error(where, at, saved, f"an object with the keys {sorted(current)}")
-            for key in current:
-                check(saved[key], current[key], f"{at}[{key!r}]")
-        elif isinstance(current, str):
-            if saved != current:
-                raise _state_error(where, at, saved, repr(current))
-        elif isinstance(saved, bool) or not isinstance(saved, int) or not 0 <= saved < 2**128:
-            raise _state_error(where, at, saved, "an int with 0 <= value < 2**128")
-
-    check(value, generator.bit_generator.state, field)
-    return value
-
-
-def _check_history(where, history, step, per_epoch, unit="steps"):
-    """The saved validation records, as :meth:`Trainer.validate` writes them after ``step`` steps at most.
-
-    Each has every field; steps are in order and at most ``step``; each
-    ``epoch`` is its step's, in epochs of ``per_epoch`` steps (``unit``); losses are
-    finite numbers >= 0 (``train_loss`` may be None); ``seconds`` never
-    decrease.
-    """
-    if not isinstance(history, list):
-        raise _state_error(where, "history", history, "a list of validation records")
-    previous = seconds = 0
-    for i, record in enumerate(history):
-        at = f"history[{i}]"
-        if not isinstance(record, dict) or set(record) != set(_HISTORY_FIELDS):
-            raise _state_error(where, at, record, f"a record with the keys {list(_HISTORY_FIELDS)}")
-        previous = _state_int(where, f"{at}['step']", record["step"], previous, step + 1)
-        epoch = round(previous // per_epoch + previous % per_epoch / per_epoch, 4)
-        if _state_real(where, f"{at}['epoch']", record["epoch"], 0) != epoch:
-            raise _state_error(where, f"{at}['epoch']", record["epoch"],
-                               f"{epoch:g}, the epoch of its step {previous} with {per_epoch} {unit} per epoch")
-        seconds = _state_real(where, f"{at}['seconds']", record["seconds"], seconds)
-        for key in ("train_loss", "val_loss"):
-            if key == "train_loss" and record[key] is None:
-                continue
-            if not _is_real(record[key]):
-                raise _state_error(where, f"{at}[{key!r}]", record[key], "a number")
-            _state_real(where, f"{at}[{key!r}]", record[key], 0)
-    return list(history)
 
 
 def _around_bar(bar, log):
