@@ -2,6 +2,7 @@
 the model's gradients, exact resumption, checkpoints, and the command line (issue 13, parts 2, 3 and 5)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -478,3 +479,22 @@ def test_bad_stream_corpora_exit_2_with_one_line(tmp_path, words, capsys):
     padded.write_text("a b\nc <pad> d\n" * 20, encoding="utf-8")
     assert main(["train", str(padded), "--level", "word", "--out", str(tmp_path / "m.npz")]) == 2
     one_line_error(capsys, "holds the token '<pad>'")
+
+
+def test_a_stream_recipe_has_no_max_seq_len_and_old_checkpoints_that_record_one_resume():
+    """Issue 21: StreamConfig no longer inherits the line models' max_seq_len (windows have bptt steps); xseq
+    0.1.0's stream checkpoints recorded it, and they still resume (tests/data/v010_word.npz holds one)."""
+    import dataclasses
+
+    from xseq.lm.recipe import RunConfig, TrainConfig
+
+    assert "max_seq_len" not in {f.name for f in dataclasses.fields(StreamConfig)}
+    assert issubclass(StreamConfig, RunConfig) and not issubclass(StreamConfig, TrainConfig)
+    with pytest.raises(TypeError, match="max_seq_len"):
+        StreamConfig(max_seq_len=10)
+    data = Path(__file__).resolve().parent / "data"
+    arrays, meta = load_checkpoint(data / "v010_word.npz")
+    assert "max_seq_len" in meta["trainer"]["config"]
+    lines = (data / "v010_words.txt").read_text(encoding="utf-8").split("\n")[:-1]
+    trainer = StreamTrainer.from_checkpoint(arrays, meta, lines, backend="numpy")
+    assert trainer.step == meta["trainer"]["step"] and not hasattr(trainer.config, "max_seq_len")

@@ -24,8 +24,9 @@ class DivergedError(ArithmeticError):
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """The recipe of a run; every field has the default of ``xseq train``.
+class RunConfig:
+    """What every plan's recipe has (:class:`TrainConfig`, :class:`~xseq.lm.stream_train.StreamConfig`); every
+    field has the default of ``xseq train``.
 
     Parameters
     ----------
@@ -53,9 +54,6 @@ class TrainConfig:
         ``epochs`` is set to ``DEFAULT_EPOCHS`` on construction.
     val_fraction : float in (0, 1)
         Share of the sequences held out for validation.
-    max_seq_len : int
-        Longest sequence in tokens: longer lines are split into pieces of this
-        length (see :func:`~xseq.lm.lines_data.split_sequences`).
     seed : int
         Seeds the weights, the split, the shuffling and dropout.
     dtype : {"float32", "float64"}
@@ -74,7 +72,6 @@ class TrainConfig:
     epochs: int | None = None
     steps: int | None = None
     val_fraction: float = 0.1
-    max_seq_len: int = DEFAULT_MAX_SEQ_LEN
     seed: int = 0
     dtype: str = "float32"
 
@@ -83,7 +80,7 @@ class TrainConfig:
                               ("dtype", ("float32", "float64"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}; got {getattr(self, name)!r}")
-        for name in ("hidden_size", "num_layers", "batch_size", "max_seq_len"):
+        for name in ("hidden_size", "num_layers", "batch_size"):
             check_int(name, getattr(self, name), 1)
         check_int("seed", self.seed, 0)
         for name in ("epochs", "steps"):
@@ -109,6 +106,24 @@ class TrainConfig:
             object.__setattr__(self, "lr", DEFAULT_LR[self.optimizer])
         if self.epochs is None and self.steps is None:
             object.__setattr__(self, "epochs", DEFAULT_EPOCHS)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(RunConfig):
+    """The recipe of a line run: :class:`RunConfig`'s fields and ``max_seq_len``.
+
+    Parameters
+    ----------
+    max_seq_len : int
+        Longest sequence in tokens: longer lines are split into pieces of this
+        length (see :func:`~xseq.lm.lines_data.split_sequences`).
+    """
+
+    max_seq_len: int = DEFAULT_MAX_SEQ_LEN
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_int("max_seq_len", self.max_seq_len, 1)
 
 
 def _check_real(name, value):

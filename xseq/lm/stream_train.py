@@ -92,7 +92,7 @@ from .saved_state import (
     state_error,
 )
 from .lines_data import share
-from .recipe import TrainConfig, _check_real
+from .recipe import RunConfig, _check_real
 from .train import Trainer
 from .vocab import _check_int as check_int
 
@@ -104,12 +104,12 @@ _STATE_KEYS = ("stream/h", "stream/c")
 
 
 @dataclasses.dataclass(frozen=True)
-class StreamConfig(TrainConfig):
-    """The recipe of a stream run: :class:`~xseq.lm.train.TrainConfig`'s fields and these.
+class StreamConfig(RunConfig):
+    """The recipe of a stream run: :class:`~xseq.lm.recipe.RunConfig`'s fields and these.
 
     ``momentum`` defaults to 0 (plain SGD, as the Penn Treebank recipes), the
-    SGD learning rate to 1.0; ``max_seq_len`` is not used (windows have
-    ``bptt`` steps).
+    SGD learning rate to 1.0. There is no ``max_seq_len``: windows have
+    ``bptt`` steps (checkpoints of xseq 0.1.0 recorded one, which is ignored).
 
     Parameters
     ----------
@@ -548,6 +548,9 @@ _STREAM_RECIPE_FIELDS = tuple(field.name for field in dataclasses.fields(StreamC
 
 def _recipe(where, saved, model, epochs, steps):
     """The saved recipe as a StreamConfig, with every field present and agreeing with the model."""
+    if isinstance(saved, dict) and "max_seq_len" in saved:
+        # xseq 0.1.0's StreamConfig inherited the line models' max_seq_len, which a stream never used.
+        saved = {k: v for k, v in saved.items() if k != "max_seq_len"}
     missing = [field for field in _STREAM_RECIPE_FIELDS if not isinstance(saved, dict) or field not in saved]
     if missing:
         raise state_error(where, "config", saved, f"the recipe with every field of stream format version "
