@@ -234,8 +234,9 @@ def read_stretches(pieces, table, where, split_after=None, memory=None, held=0, 
                     if table.level == "word" and PAD in text:
                         _refuse_pad(text, where, lines)
                     parts[key].fingerprint.update(text)
-                    parts[key].lines += text.count("\n")
-                    lines += text.count("\n")
+                    ends = text.count("\n")
+                    parts[key].lines += ends
+                    lines += ends
                     yield key, text
 
     read = held
