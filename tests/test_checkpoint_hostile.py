@@ -24,7 +24,7 @@ import pytest
 
 import xseq
 from xseq.lm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from xseq.lm.model import CharLM, parameter_shapes
+from xseq.lm.model import CharLM, parameter_shapes  # parameter_shapes: the model's, re-exported
 from xseq.lm.train import TrainConfig, Trainer
 
 from .test_cli import NAMES, assert_bad_input, env, xseq_cli
@@ -270,14 +270,16 @@ def test_brackets_and_digits_inside_strings_do_not_count(tmp_path):
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_parameter_shapes_are_the_models(cell):
     model = CharLM(VOCAB, 5, cell=cell, num_layers=3)
-    assert parameter_shapes(cell, len(VOCAB), 5, 3) == {k: tuple(v.shape) for k, v in model.parameters().items()}
+    assert parameter_shapes(model.config(), len(VOCAB)) == {k: tuple(v.shape) for k, v in model.parameters().items()}
+    words = xseq.StreamLM(VOCAB, 5, cell=cell, num_layers=2, embed_size=3)
+    assert parameter_shapes(words.config(), len(VOCAB)) == {k: tuple(v.shape) for k, v in words.parameters().items()}
 
 
 @pytest.mark.parametrize("field, value, message", [
     ("hidden_size", 2_000_000_000, f"expected (8000000000, {len(VOCAB)}) from cell='lstm', hidden_size=2000000000"),
     ("hidden_size", 60_000, f"expected (240000, {len(VOCAB)}) from cell='lstm', hidden_size=60000"),
-    ("num_layers", 3_000, "num_layers = 3000 needs 12002 parameter arrays; the checkpoint holds 6"),
-    ("num_layers", 100_000, "num_layers = 100000 needs 400002 parameter arrays; the checkpoint holds 6"),
+    ("num_layers", 3_000, "num_layers = 3000 needs at least 12002 parameter arrays; the checkpoint holds 6"),
+    ("num_layers", 100_000, "num_layers = 100000 needs at least 400002 parameter arrays; the checkpoint holds 6"),
 ])
 def test_a_configuration_that_contradicts_the_arrays_is_refused_before_building(tmp_path, field, value, message):
     """hidden_size 128 arrays: building the model the metadata claims would take gigabytes."""

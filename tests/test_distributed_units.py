@@ -132,7 +132,7 @@ def test_a_stream_step_sends_only_its_windows_embedding_rows_and_gets_the_whole_
     inputs, targets = window(trainer.train_data, 1, config.bptt)
     trainer.model.loss_and_backward(inputs, targets)
     grads = {k: np.array(v, copy=True) for k, v in trainer.model.grads().items()}
-    rows = trainer._embedding_rows(inputs)
+    rows = trainer.data.sparse_rows((inputs, targets), trainer.model)
     if tie:
         assert rows is None
         return

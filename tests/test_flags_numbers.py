@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import xseq
+from xseq.lm import lines_data
 from xseq.lm import resources as _resources
 from xseq.lm.cli import main
 from xseq.lm.usage import MAX_LAYERS, MAX_STEPS
@@ -67,7 +68,7 @@ def test_a_diverging_run_stops_with_one_line_and_writes_no_checkpoint(tmp_path, 
 def test_the_trainer_raises_before_applying_a_non_finite_loss(corpus):
     trainer = Trainer(NAMES.split(), TrainConfig(steps=5, hidden_size=8, batch_size=4), backend="numpy")
     weights = {k: np.array(v) for k, v in trainer.model.parameters().items()}
-    trainer.model.loss_and_backward = lambda *args, **kwargs: float("nan")
+    trainer.model.loss_and_backward = lambda *args, **kwargs: (float("nan"), None)
     with pytest.raises(xseq.lm.train.DivergedError, match="training diverged at step 1: the training loss is nan"):
         trainer.run()
     for name, value in trainer.model.parameters().items():
@@ -175,9 +176,9 @@ def test_long_lines_are_split_so_a_batch_is_bounded_by_max_seq_len(monkeypatch):
     pieces = [s for s in sequences if len(s) == 100]
     assert sorted("".join(trainer.model.vocab.decode(p) for p in pieces)) == sorted(LONG)
     steps_seen = []
-    batch = CharLM.batch
-    monkeypatch.setattr(CharLM, "batch", lambda self, seqs: steps_seen.append(max(map(len, seqs)) + 1)
-                        or batch(self, seqs))
+    batch = lines_data.line_batch
+    monkeypatch.setattr(lines_data, "line_batch", lambda seqs, V: steps_seen.append(max(map(len, seqs)) + 1)
+                        or batch(seqs, V))
     assert trainer.run()
     assert max(steps_seen) == 101
 
@@ -193,9 +194,9 @@ def test_evaluate_splits_long_sequences_as_training_does(monkeypatch):
     model = CharLM(xseq.Vocabulary.from_text([LONG]), 8)
     ids = model.vocab.encode(LONG)
     steps_seen = []
-    batch = CharLM.batch
-    monkeypatch.setattr(CharLM, "batch", lambda self, seqs: steps_seen.append(max(map(len, seqs)) + 1)
-                        or batch(self, seqs))
+    batch = lines_data.line_batch
+    monkeypatch.setattr(lines_data, "line_batch", lambda seqs, V: steps_seen.append(max(map(len, seqs)) + 1)
+                        or batch(seqs, V))
     loss = evaluate(model, [ids], max_seq_len=300)
     assert max(steps_seen) == 301
     assert loss == pytest.approx(evaluate(model, split_sequences([ids], 300), max_seq_len=10**9), rel=1e-6)
@@ -286,4 +287,4 @@ def test_model_batch_refuses_ids_that_are_not_integers():
     model = names_model()
     with pytest.raises(TypeError, match=r"sequences\[1\] has dtype float64; expected integer ids"):
         model.batch([[3, 4], [3.7]])
-    assert math.isfinite(model.loss(*model.batch([[3, 4], []]))[0])
+    assert math.isfinite(model.loss([[3, 4], []])[0])

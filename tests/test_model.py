@@ -32,14 +32,14 @@ def test_gradient_of_the_whole_model_matches_finite_differences(cell, num_layers
     model = CharLM(vocab, 3, cell=cell, num_layers=num_layers, dtype="float64", seed=3)
     rng = np.random.default_rng(0)  # larger weights than the default init, so every path matters
     model.load_state_dict({k: rng.standard_normal(v.shape) * 0.7 for k, v in model.state_dict().items()})
-    batch = model.batch(encoded(vocab))
-    model.loss_and_backward(*batch)
+    batch = encoded(vocab)
+    model.sequences_loss_and_backward(batch)
     analytic = {k: host(v) for k, v in model.grads().items()}
     assert set(analytic) == set(model.parameters())
 
     def loss(arrays):
         model.load_state_dict(arrays)
-        total, count = model.loss(*batch)
+        total, count = model.loss(batch)
         return total / count
 
     params = model.state_dict()
@@ -53,7 +53,7 @@ def test_every_backend_gives_numpy_s_loss_gradients_and_samples(xp):
     results = []
     for backend in ("numpy", xp):
         model = CharLM(vocab, 4, num_layers=2, backend=backend, dtype="float64", seed=1)
-        loss = model.loss_and_backward(*model.batch(encoded(vocab)))
+        loss = model.sequences_loss_and_backward(encoded(vocab))
         grads = {k: host(v) for k, v in model.grads().items()}
         results.append((loss, grads, model.sample(4, prefix="c", seed=2)))
     (loss0, grads0, samples0), (loss1, grads1, samples1) = results
@@ -131,12 +131,12 @@ def test_parameters_is_one_dict_an_optimizer_updates():
     assert {"Wy", "by", "weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"} == set(params)
     assert params["Wy"].shape == (len(vocab), 4) and params["by"].shape == (len(vocab), 1)
     assert model.num_parameters() == sum(p.size for p in params.values())
-    batch = model.batch(encoded(vocab))
+    batch = encoded(vocab)
     optimizer = xseq.Adam(params, lr=0.05)
-    first = model.loss_and_backward(*batch)
+    first = model.sequences_loss_and_backward(batch)
     for _ in range(5):
         optimizer.step(model.grads())
-        last = model.loss_and_backward(*batch)
+        last = model.sequences_loss_and_backward(batch)
     assert last < first
 
 

@@ -6,7 +6,7 @@ import pytest
 from xseq.lm.checkpoint import CheckpointError, save_checkpoint
 from xseq.lm.cli import main
 from xseq.lm.usage import printable
-from xseq.lm.language_model import SamplingError, choose_next
+from xseq.lm.sampling import SamplingError, choose_next
 from xseq.lm.model import CharLM
 from xseq.lm.stream_model import StreamLM
 from xseq.lm.vocab import SPECIALS, Vocabulary

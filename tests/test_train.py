@@ -106,7 +106,8 @@ def test_the_checkpoint_holds_model_optimizer_vocabulary_and_recipe(tmp_path):
     t = trainer(steps=5, seed=3)
     t.run(out=tmp_path / "m.npz")
     arrays, meta = load_checkpoint(tmp_path / "m.npz")
-    assert meta["format"] == "xseq.CharLM" and meta["format_version"] == 1
+    assert meta["format"] == "xseq.LanguageModel" and meta["format_version"] == 1
+    assert meta["model"]["input"] == "one_hot" and meta["trainer"]["kind"] == "line"
     assert xseq.Vocabulary.from_json(meta["vocab"]) == t.model.vocab
     state = meta["trainer"]
     assert state["config"]["seed"] == 3 and state["step"] == 5 and state["optimizer"]["optimizer"] == "Adam"
@@ -134,7 +135,7 @@ def test_a_step_applies_the_clipped_gradients(clip_mode):
     t = trainer(optimizer="sgd", lr=lr, momentum=0.0, clip=clip, clip_mode=clip_mode, dtype="float64")
     batch = t.train_ids[:SMALL["batch_size"]]
     # No dropout, so this backward gives the very gradients learn() is about to clip.
-    t.model.loss_and_backward(*t.model.batch(batch))
+    t.model.sequences_loss_and_backward(batch)
     grads = {k: xseq.to_numpy(g).copy() for k, g in t.model.grads().items()}
     before = t.model.state_dict()
     t.learn(batch)

@@ -177,7 +177,7 @@ def test_the_projection_covers_every_id_but_pad():
     assert model.parameters()["Wy"].shape == (len(vocab) - 1, 4) and model.parameters()["by"].shape == (5,)
     tied = StreamLM(vocab, 4, tie_weights=True)
     assert "Wy" not in tied.parameters() and tied.num_parameters() == model.num_parameters() - 5 * 4
-    with pytest.raises(ValueError, match=r"targets\[0\]\[1\] = 0 is <pad> \(id 0\), which a stream model never"):
+    with pytest.raises(ValueError, match=r"targets\[0\]\[1\] = 0 is <pad> \(id 0\), which an embedding model never"):
         model.nll(np.array([[1, 2]]), np.array([[2, PAD_ID]]))
     with pytest.raises(ValueError, match="tie_weights needs embed_size equal to hidden_size"):
         StreamLM(vocab, 4, embed_size=3, tie_weights=True)
@@ -256,9 +256,9 @@ def test_learning_rate_schedule():
     seen = []
     original = trainer.learn
 
-    def learn(x, y):
+    def learn(batch):
         seen.append((trainer.epoch, trainer.optimizer.lr))
-        return original(x, y)
+        return original(batch)
 
     trainer.learn = learn
     trainer.run()
@@ -271,9 +271,9 @@ def test_the_state_is_carried_within_an_epoch_and_reset_at_each_epoch():
     calls = []
     original = trainer.model.loss_and_backward
 
-    def record(x, y, state=None, training=True):
+    def record(x, y, state=None, **kwargs):
         calls.append((trainer.epoch, trainer.batch_in_epoch, state))
-        nll, final = original(x, y, state, training)
+        nll, final = original(x, y, state, **kwargs)
         calls[-1] += (final,)
         return nll, final
 
@@ -441,7 +441,8 @@ def test_the_default_train_is_still_the_line_model(tmp_path, words, capsys):
     assert main(["train", str(words), "--level", "char", "--steps", "1", "--hidden", "8", "--samples", "0",
                  "--out", str(tmp_path / "m.npz")]) == 0
     _, meta = load_checkpoint(tmp_path / "m.npz")
-    assert meta["format"] == "xseq.CharLM" and "level" not in meta["trainer"]["config"]
+    assert meta["model"]["input"] == "one_hot" and meta["trainer"]["kind"] == "line"
+    assert "level" not in meta["trainer"]["config"]
     assert meta["vocab"]["format_version"] == 1 and "tokenizer" not in meta["vocab"]
     assert isinstance(CharLM.load(tmp_path / "m.npz"), CharLM)
 

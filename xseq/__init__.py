@@ -39,6 +39,7 @@ from .course.parameters import (
 from .course.rnn import rnn_backward, rnn_cell_backward, rnn_cell_forward, rnn_forward
 from .lm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .lm.corpus import CorpusError, builtin_corpus, read_corpus
+from .lm.language_model import LanguageModel
 from .lm.model import CharLM
 from .lm.stream_model import StreamLM
 from .lm.stream_train import StreamConfig, StreamTrainer

@@ -1,5 +1,5 @@
 """Id sequences as arrays on any backend: padded (:func:`pad_ids`) and one-hot (:func:`one_hot`, the course's
-input layout ``(V, m, T_x)``), with their masks.
+input layout ``(V, m, T_x)``), with their masks, and the batches of the line plan (:func:`line_batch`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from array_api_compat import is_array_api_obj
 
 from ..backends.arrays import backend as _backend_named
 from ..backends.arrays import dtype_of, refuse_masked, to_numpy
-from .vocab import PAD_ID
+from .vocab import EOS_ID, PAD_ID
 from .vocab import _check_int
 
 def _host_ids(ids):
@@ -131,3 +131,54 @@ def one_hot(ids, vocab_size, *, backend="numpy", dtype="float32"):
     vocab = xp.reshape(xp.arange(vocab_size, dtype=ids_dev.dtype), (vocab_size, 1, 1))
     X = xp.astype(vocab == xp.reshape(ids_dev, (1, *arr.shape)), float_dtype)
     return X, mask_dev
+
+
+# Why: see docs/decisions/015-charlm-batch-at-once.md
+def line_batch(sequences, vocab_size):
+    """Inputs, targets and mask of a batch of id sequences, one line a sequence (host arrays).
+
+    A sequence ``c1 .. cn`` is learned as inputs ``[0, c1, ..., cn]`` (id 0,
+    ``<pad>``, the course's zero first input) and targets ``[c1, ..., cn,
+    <eos>]``; shorter sequences are padded at the end with id 0, left out by
+    the mask.
+
+    Parameters
+    ----------
+    sequences : list of sequences of int
+        Ids ``0 <= id < vocab_size`` without ``<eos>``; a sequence may be empty.
+    vocab_size : int
+
+    Returns
+    -------
+    inputs, targets : (m, T) int64 NumPy arrays
+        ``T`` is the longest ``n`` plus one.
+    mask : (m, T) bool NumPy array
+        True at the ``n + 1`` predicted positions of each sequence.
+    """
+    if isinstance(sequences, (str, bytes)) or not hasattr(sequences, "__len__") or len(sequences) == 0:
+        raise ValueError("sequences must be a non-empty list of id sequences")
+    arrays = []
+    for i, seq in enumerate(sequences):
+        refuse_masked(f"sequences[{i}]", seq)
+        ids = np.asarray(seq)
+        if ids.ndim != 1:
+            raise ValueError(f"sequences[{i}] has shape {ids.shape}; expected a 1-D sequence of ids")
+        if ids.size and not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError(f"sequences[{i}] has dtype {ids.dtype}; expected integer ids")
+        arrays.append(ids if ids.size else np.zeros(0, dtype=np.int64))
+    lengths = np.array([len(ids) for ids in arrays])
+    m, T = len(arrays), int(lengths.max()) + 1
+    # Every id of the batch at once, in row order: checked with one min and max, written with one
+    # boolean assignment (which fills a row-major array's True positions in the same order).
+    flat = np.concatenate(arrays)
+    if flat.size and (flat.min() < 0 or flat.max() >= vocab_size):
+        i = next(i for i, ids in enumerate(arrays) if ids.size and (ids.min() < 0 or ids.max() >= vocab_size))
+        raise ValueError(f"sequences[{i}] holds an id outside 0 <= id < V = {vocab_size}")
+    inside = np.arange(T)[None, :] < lengths[:, None]  # (m, T): the first n positions of each row
+    inputs = np.zeros((m, T), dtype=np.int64)
+    targets = np.zeros((m, T), dtype=np.int64)
+    inputs[:, 1:][inside[:, :-1]] = flat
+    targets[inside] = flat
+    targets[np.arange(m), lengths] = EOS_ID
+    mask = np.arange(T)[None, :] <= lengths[:, None]
+    return inputs, targets, mask

@@ -83,11 +83,12 @@ from . import resources
 from .checkpoint import CheckpointError, load_checkpoint
 from .corpus import CorpusError
 from .files import DestinationError
-from .language_model import SamplingError
-from .model import CELLS
+from .model_schema import model_input
+from .sampling import SamplingError
+from .trainer import saved_kind
+from .language_model import CELLS
 from .outputs import DEFAULT_OUT, check_files, check_writable, plot, pyplot
-from .plan_lines import LinePlan
-from .plan_stream import StreamPlan
+from .plans import PLANS
 from .stream_train import DEFAULT_BPTT, STREAM_DEFAULT_LR
 from .recipe import CLIP_MODES, DEFAULT_EPOCHS, DEFAULT_MAX_SEQ_LEN, OPTIMIZERS, DivergedError
 from .usage import (
@@ -97,8 +98,11 @@ from .usage import (
     TEMPERATURE,
     UsageError,
     check_fits,
+    finite_float,
     model_shape,
+    non_negative_int,
     perplexity,
+    positive_int,
     printable,
     say,
     show,
@@ -108,8 +112,6 @@ CLI_BACKENDS = ("auto", "numpy", "cupy", "torch")
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a program killed by a closed pipe
-# The plans, tried in order: the first that a new run's options select trains it (the line plan takes the rest).
-PLANS = (StreamPlan(), LinePlan())
 
 
 class _Parser(argparse.ArgumentParser):
@@ -119,43 +121,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def _int_at_least(minimum, expected):
-    """An argparse type: an integer >= ``minimum``; ``expected`` words the error."""
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1, "a positive integer")
-_non_negative_int = _int_at_least(0, "an integer >= 0")
-
-
-def _finite_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number; got {text!r}")
-    return value
-
-
-def _positive_float(text):
-    value = _finite_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0; got {text!r}")
-    return value
-
-
 def _seconds(text):
-    value = _finite_float(text)
+    value = finite_float(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0 (0 turns the timeout off); got {text!r}")
     return value
@@ -167,13 +134,6 @@ def _comm_timeout_option(parser):
                         help="under mpiexec: end the job, on every rank that can, when one collective waits longer "
                              f"than this for the other ranks (a node cut off, a stopped rank); 0: wait forever "
                              f"(default {DEFAULT_TIMEOUT_S:g}, PyTorch's)")
-
-
-def _decay_factor(text):
-    value = _finite_float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a factor in (0, 1]; got {text!r}")
-    return value
 
 
 def build_parser():
@@ -192,23 +152,23 @@ def build_parser():
     # Recipe options default to None so that --resume can tell which were given.
     option = train.add_argument
     option("--cell", choices=tuple(CELLS), help="recurrent cell (default lstm)")
-    option("--hidden", type=_positive_int, dest="hidden_size", metavar="N_A", help="hidden size n_a (default 128)")
-    option("--layers", type=_positive_int, dest="num_layers", metavar="N", help="stacked layers (default 1)")
-    option("--dropout", type=_finite_float, help="dropout between stacked layers (default 0)")
+    option("--hidden", type=positive_int, dest="hidden_size", metavar="N_A", help="hidden size n_a (default 128)")
+    option("--layers", type=positive_int, dest="num_layers", metavar="N", help="stacked layers (default 1)")
+    option("--dropout", type=finite_float, help="dropout between stacked layers (default 0)")
     length = train.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=_positive_int, metavar="N",
+    length.add_argument("--epochs", type=positive_int, metavar="N",
                         help=f"epochs of the run, counted from its start when resuming (default {DEFAULT_EPOCHS})")
-    length.add_argument("--steps", type=_positive_int, metavar="N",
+    length.add_argument("--steps", type=positive_int, metavar="N",
                         help="optimizer steps of the run, instead of --epochs")
-    option("--batch", type=_positive_int, dest="batch_size", metavar="M", help="sequences per step (default 32)")
-    option("--lr", type=_finite_float, help="learning rate (default: adam 0.003, sgd 0.5; stream models: "
+    option("--batch", type=positive_int, dest="batch_size", metavar="M", help="sequences per step (default 32)")
+    option("--lr", type=finite_float, help="learning rate (default: adam 0.003, sgd 0.5; stream models: "
                                             f"sgd {STREAM_DEFAULT_LR['sgd']:g})")
     option("--optimizer", choices=OPTIMIZERS, help="optimizer (default adam)")
-    option("--momentum", type=_finite_float, help="SGD momentum (default 0.9; stream models: 0)")
-    option("--clip", type=_finite_float, help="gradient clipping threshold, 0 for none (default 5)")
+    option("--momentum", type=finite_float, help="SGD momentum (default 0.9; stream models: 0)")
+    option("--clip", type=finite_float, help="gradient clipping threshold, 0 for none (default 5)")
     option("--clip-mode", choices=CLIP_MODES, dest="clip_mode",
            help="clip the global L2 norm or every value (default norm)")
-    option("--val-fraction", type=_finite_float, dest="val_fraction", metavar="F",
+    option("--val-fraction", type=finite_float, dest="val_fraction", metavar="F",
            help="share of sequences held out for validation (default 0.1)")
     option("--backend", choices=CLI_BACKENDS, default="auto",
            help="array library; auto = cupy where a GPU can run it, else numpy (default auto)")
@@ -218,53 +178,27 @@ def build_parser():
                 f"{DEFAULT_OUT}, which must not exist yet)")
     option("--resume", metavar="CHECKPOINT", help="continue the run saved in CHECKPOINT")
     option("--plot", metavar="PNG", help="write training and validation loss curves (needs matplotlib)")
-    option("--seed", type=_non_negative_int, help="seeds weights, split, shuffling, dropout (default 0)")
+    option("--seed", type=non_negative_int, help="seeds weights, split, shuffling, dropout (default 0)")
     _comm_timeout_option(train)
-    option("--samples", type=_non_negative_int, default=SAMPLES_AFTER_TRAINING, metavar="N",
+    option("--samples", type=non_negative_int, default=SAMPLES_AFTER_TRAINING, metavar="N",
            help=f"samples printed at the end (default {SAMPLES_AFTER_TRAINING})")
-    option("--max-seq-len", type=_positive_int, dest="max_seq_len", metavar="N",
-           help=f"split longer lines into pieces of N characters, each learned as a sequence of its own "
-                f"(default {DEFAULT_MAX_SEQ_LEN}; line models)")
-    stream = train.add_argument_group(
-        "stream models", "--level word, or --bptt, trains on the corpus as one stream of tokens (every line "
-                         "followed by <eos>) in windows of --bptt steps, the state carried from one to the next")
-    stream.add_argument("--level", choices=("char", "word"),
-                        help="tokens: characters, or whitespace-separated words (default char; word implies a "
-                             "stream model)")
-    stream.add_argument("--bptt", type=_positive_int, metavar="L",
-                        help=f"steps per window of a stream model (default {DEFAULT_BPTT} with --level word)")
-    stream.add_argument("--embed", type=_positive_int, dest="embed_size", metavar="D",
-                        help="size of a token's embedding (default: the hidden size)")
-    stream.add_argument("--tie-weights", action="store_true", default=None, dest="tie_weights",
-                        help="share the embedding and the output matrix (needs --embed equal to --hidden)")
-    stream.add_argument("--init-scale", type=_positive_float, dest="init_scale", metavar="S",
-                        help="draw every weight uniform in [-S, S] (default: PyTorch's initialisation)")
-    stream.add_argument("--lr-decay", type=_decay_factor, dest="lr_decay", metavar="F",
-                        help="multiply the learning rate by F for every epoch past --decay-after (default 1)")
-    stream.add_argument("--decay-after", type=_non_negative_int, dest="decay_after", metavar="E",
-                        help="epochs at the full learning rate before --lr-decay applies (default 0)")
-    stream.add_argument("--vocab-size", type=_int_at_least(3, "an integer >= 3 (it counts <pad>, <unk> and <eos>)"),
-                        dest="vocab_size", metavar="N",
-                        help="keep the N most frequent tokens, <pad>, <unk> and <eos> included (default: all)")
-    stream.add_argument("--min-count", type=_positive_int, dest="min_count", metavar="K",
-                        help="tokens seen fewer than K times in training become <unk> (default 1)")
-    stream.add_argument("--val-corpus", dest="val_corpus", metavar="FILE",
-                        help="validation file (default: the last --val-fraction of the corpus's lines)")
+    for plan in PLANS:  # each plan's own options
+        plan.add_train_arguments(train)
     train.set_defaults(func=cmd_train)
 
     sample = commands.add_parser("sample", help="print samples of a trained model, one per line")
     sample.add_argument("model", metavar="MODEL", help="checkpoint written by xseq train")
-    sample.add_argument("-n", type=_positive_int, default=SAMPLES, metavar="N",
+    sample.add_argument("-n", type=positive_int, default=SAMPLES, metavar="N",
                         help=f"number of samples (default {SAMPLES})")
-    sample.add_argument("--temperature", type=_finite_float, default=TEMPERATURE, metavar="T",
+    sample.add_argument("--temperature", type=finite_float, default=TEMPERATURE, metavar="T",
                         help=f"below 1: safer, above 1: more varied (default {TEMPERATURE})")
-    sample.add_argument("--top-k", type=_positive_int, dest="top_k", metavar="K",
+    sample.add_argument("--top-k", type=positive_int, dest="top_k", metavar="K",
                         help="draw only among the K likeliest tokens")
     sample.add_argument("--prefix", default="", metavar="TEXT",
                         help="text every sample starts with (words for a word model; unknown ones are read as <unk>)")
-    sample.add_argument("--max-len", type=_positive_int, dest="max_len", default=MAX_LEN, metavar="N",
+    sample.add_argument("--max-len", type=positive_int, dest="max_len", default=MAX_LEN, metavar="N",
                         help=f"longest sample in tokens (characters or words), prefix included (default {MAX_LEN})")
-    sample.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
+    sample.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     sample.add_argument("--backend", choices=CLI_BACKENDS, default="auto", help="array library (default auto)")
     sample.set_defaults(func=cmd_sample)
 
@@ -272,9 +206,8 @@ def build_parser():
     evaluate_.add_argument("model", metavar="MODEL", help="checkpoint written by xseq train")
     evaluate_.add_argument("corpus", metavar="CORPUS", help="UTF-8 text file, one sequence per line")
     evaluate_.add_argument("--backend", choices=CLI_BACKENDS, default="auto", help="array library (default auto)")
-    evaluate_.add_argument("--max-seq-len", type=_positive_int, dest="max_seq_len", metavar="N",
-                           help="line models: split longer lines into pieces of N characters, as training does "
-                                f"(default {DEFAULT_MAX_SEQ_LEN}; give the model's training value)")
+    for plan in PLANS:
+        plan.add_evaluate_arguments(evaluate_)
     _comm_timeout_option(evaluate_)
     evaluate_.set_defaults(func=cmd_evaluate)
 
@@ -516,8 +449,12 @@ def _train_plan(args, resumed):
 
 
 def _plan_of(meta):
-    """The plan of a checkpoint, by its model's format (the line plan's model says what is wrong with others)."""
-    return next((plan for plan in PLANS if plan.MODEL.MODEL_FORMAT == meta.get("format")), PLANS[-1])
+    """The plan of a checkpoint: its training state's ``kind``, else the plan whose model has the input the file
+    declares (the line plan when none matches: its model says what is wrong with the file)."""
+    state = meta.get("trainer")
+    if isinstance(state, dict):
+        return next((plan for plan in PLANS if plan.NAME == saved_kind(state)), PLANS[-1])
+    return next((plan for plan in PLANS if plan.MODEL.INPUT == model_input(meta)), PLANS[-1])
 
 
 # ---------------------------------------------------------------------- sample, evaluate, info

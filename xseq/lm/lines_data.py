@@ -1,5 +1,33 @@
-"""How a line model's run cuts its corpus and scores it: the validation split, pieces of at most ``max_seq_len``,
-the fingerprint a checkpoint records, the share of rows each rank takes, and evaluation in batches.
+"""The *line* plan's data (:class:`LineData`): one line a sequence, cut into pieces of at most ``max_seq_len``,
+a random validation split, shuffled padded batches, the fingerprint a checkpoint records, the share of rows each
+rank takes, and evaluation in batches.
+
+The recipe (:class:`~xseq.lm.recipe.TrainConfig`)
+-------------------------------------------------
+* One line of the corpus is one sequence; the vocabulary is every character of the corpus.
+  A line longer than ``max_seq_len`` tokens (default 256) is split into
+  consecutive pieces of ``max_seq_len`` tokens (the last one shorter), each
+  learned as a sequence of its own: it starts from the zero state and ends with
+  ``<eos>``. So memory is bounded by ``batch_size`` and ``max_seq_len``, not
+  by the longest line; the price is that no context crosses a cut.
+* A validation split of ``val_fraction`` of the sequences (at least one) is
+  held out, chosen by ``numpy.random.default_rng([seed, 1])``; the pieces of a
+  split line count as sequences here too.
+* Each epoch visits the training sequences once, in an order drawn by a
+  second stream, ``numpy.random.default_rng([seed, 2])``, in batches of
+  ``batch_size`` padded to the batch's longest sequence (the last batch of an
+  epoch may be smaller).
+* A step is the mean cross-entropy per character of the batch, its gradients,
+  clipping (by global norm, or by value like the course's ``clip``) and one
+  optimiser step (Adam or SGD with momentum) -- the trainer's
+  (:class:`~xseq.lm.trainer.Trainer`).
+* After each epoch, and at the end of a run that stops mid-epoch, the mean
+  cross-entropy per character of the validation split is recorded.
+
+Across processes each rank takes a contiguous share of every batch's
+sequences (:func:`share`); its gradients are weighted by its share of the
+batch's tokens. A checkpoint adds the shuffling stream's state to the
+trainer's (mid-epoch, the state the epoch's order was drawn from).
 """
 
 from __future__ import annotations
@@ -9,7 +37,11 @@ import hashlib
 import numpy as np
 
 from ..distributed import SingleProcess
-from .recipe import DEFAULT_MAX_SEQ_LEN, EVALUATION_BATCH
+from .batches import line_batch
+from .model import CharLM
+from .recipe import DEFAULT_MAX_SEQ_LEN, EVALUATION_BATCH, TrainConfig
+from .saved_state import check_rng_state, check_same_corpus, state_error
+from .vocab import Vocabulary
 from .vocab import _check_int as check_int
 
 
@@ -94,7 +126,7 @@ def evaluate(model, sequences, batch_size=EVALUATION_BATCH, max_seq_len=DEFAULT_
 
     Parameters
     ----------
-    model : CharLM
+    model : LanguageModel
     sequences : list of lists of int
         Encoded sequences (without ``<eos>``).
     batch_size : int
@@ -119,9 +151,184 @@ def evaluate(model, sequences, batch_size=EVALUATION_BATCH, max_seq_len=DEFAULT_
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))[comm.rank::comm.size]
     total = count = 0
     for start in range(0, len(order), batch_size):
-        batch_total, batch_count = model.loss(*model.batch([sequences[i] for i in order[start:start + batch_size]]))
+        inputs, targets, mask = line_batch([sequences[i] for i in order[start:start + batch_size]], model.vocab_size)
+        batch_total, _ = model.nll(inputs, targets, mask=mask)
         total += batch_total
-        count += batch_count
+        count += int(mask.sum())
     if comm.size > 1:
         total, count = comm.allreduce_sum(np.array([total, count], dtype=np.float64))
     return float(total / count)
+
+
+
+# Why: the recipe fields every line checkpoint of xseq 0.1.0 records: a missing one would silently take its default
+# (another seed, split or learning rate). A field added since then takes its default.
+_RECIPE_FIELDS = ("cell", "hidden_size", "num_layers", "dropout", "batch_size", "optimizer", "lr", "momentum",
+                  "clip", "clip_mode", "epochs", "steps", "val_fraction", "seed", "dtype")
+
+
+class LineData:
+    """The *line* plan's data: one line a sequence, padded batches in a shuffled order, a random validation split.
+
+    This is what :class:`~xseq.lm.trainer.Trainer` asks of a plan (a third
+    plan implements the same members):
+
+    * ``KIND`` (the checkpoint's ``trainer["kind"]``), ``MODEL`` (the model
+      class, whose ``from_checkpoint`` a resume calls), ``token_unit``,
+      ``step_unit``, ``tokens_key`` (names for the progress bar, messages and
+      the checkpoint's token counter);
+    * ``config``, ``source``, ``corpus`` (the record a checkpoint keeps) and
+      :meth:`fingerprints` (what every rank must hold alike);
+    * :meth:`new_model` and :meth:`attach` (the data as the model's ids);
+    * per step: :attr:`steps_per_epoch`, :meth:`batch`, :meth:`tokens`,
+      :meth:`share`, :meth:`loss_and_backward`, :meth:`sparse_rows`,
+      :meth:`step_taken`, :meth:`epoch_done`;
+    * :meth:`validation_loss` and :meth:`format_record`;
+    * checkpoints: :meth:`checkpoint_extras`, :meth:`restore_position`,
+      :meth:`tokens_after`, and the class method :meth:`resumed`.
+
+    Parameters
+    ----------
+    lines : list of str
+        The corpus, one sequence per entry (e.g. :func:`xseq.read_corpus`).
+    config : TrainConfig
+    source : str, optional
+        Where the corpus came from (a path, or "built-in"), recorded in the checkpoint.
+
+    Attributes
+    ----------
+    train_ids, val_ids : list of lists of int
+        The encoded training and validation sequences (after :meth:`attach`),
+        long lines already split into pieces of at most ``config.max_seq_len`` tokens.
+    shuffle_rng : numpy.random.Generator
+        Draws every epoch's order.
+    """
+
+    KIND = "line"
+    MODEL = CharLM
+    token_unit = "chars"
+    step_unit = "steps"
+    tokens_key = "chars_seen"
+
+    def __init__(self, lines, config=None, *, source=None):
+        config = TrainConfig() if config is None else config
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be an xseq.TrainConfig; got {type(config).__name__}")
+        self.lines, self.config, self.source = list(lines), config, source
+        self.corpus = {"source": source, "sha256": corpus_fingerprint(self.lines), "sequences": len(self.lines)}
+        self.shuffle_rng = np.random.default_rng([config.seed, 2])
+        self._order = self._epoch_start_rng_state = None
+
+    def new_model(self, backend):
+        """A new model of the recipe: the course's one-hot model over every character of the corpus."""
+        c = self.config
+        return CharLM(Vocabulary.from_text(self.lines), c.hidden_size, cell=c.cell, num_layers=c.num_layers,
+                      dropout=c.dropout, backend=backend, dtype=c.dtype, seed=c.seed)
+
+    def attach(self, model):
+        """Encode the corpus with ``model``'s vocabulary, cut long lines, hold out the validation split."""
+        sequences = split_sequences([model.vocab.encode(s) for s in self.lines], self.config.max_seq_len)
+        self.train_ids, self.val_ids = split_corpus(sequences, self.config.val_fraction, self.config.seed)
+
+    def fingerprints(self):
+        """What every rank must hold alike, by name."""
+        return {"training corpora": self.corpus["sha256"]}
+
+    # ------------------------------------------------------------------ steps
+
+    @property
+    def steps_per_epoch(self):
+        """Batches in one pass over the training split (the last one may be smaller)."""
+        return -(-len(self.train_ids) // self.config.batch_size)
+
+    def batch(self, k):
+        """The sequences of the epoch's ``k``-th batch; the epoch's order is drawn at its first batch."""
+        if self._order is None:
+            self._epoch_start_rng_state = self.shuffle_rng.bit_generator.state
+            self._order = self.shuffle_rng.permutation(len(self.train_ids))
+        B = self.config.batch_size
+        return [self.train_ids[i] for i in self._order[k * B:(k + 1) * B]]
+
+    def tokens(self, batch):
+        """Tokens predicted by a batch: every character and an ``<eos>`` a sequence."""
+        return sum(len(s) + 1 for s in batch)
+
+    def share(self, batch, comm):
+        """``(start, stop, weight)``: this rank's sequences of the batch and its share of the batch's tokens."""
+        start, stop = share(len(batch), comm)
+        weight = self.tokens(batch[start:stop]) / self.tokens(batch) if comm.size > 1 else 1.0
+        return start, stop, weight
+
+    def loss_and_backward(self, model, batch, start, stop, weight):
+        """``(loss, its share of the step's loss)`` of sequences ``start:stop``: the mean cross-entropy per token
+        (the gradients, in the model, are of it), and that times ``weight``."""
+        inputs, targets, mask = line_batch(batch[start:stop], model.vocab_size)
+        loss, _ = model.loss_and_backward(inputs, targets, mask=mask, average="tokens", training=True)
+        return loss, loss * weight
+
+    def sparse_rows(self, batch, model):
+        """No gradient is sparse here: the model's input is one-hot."""
+        return None
+
+    def step_taken(self):
+        """Nothing is carried from one batch to the next."""
+
+    def epoch_done(self):
+        """The next epoch draws a new order."""
+        self._order = None
+
+    def validation_loss(self, model, comm):
+        """Mean cross-entropy per token on the validation split, cut as training cuts it."""
+        return evaluate(model, self.val_ids, max_seq_len=self.config.max_seq_len, comm=comm)
+
+    def format_record(self, record, lr):
+        """One line of the log for a validation record."""
+        train = "" if record["train_loss"] is None else f"  train {record['train_loss']:.4f}"
+        return (f"epoch {record['epoch']:g}  step {record['step']}{train}  val {record['val_loss']:.4f}"
+                f"  ({record['seconds']:.1f} s)")
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint_extras(self, model, comm, batch_in_epoch):
+        """The shuffling stream: mid-epoch, its state when the epoch's order was drawn, so a resume draws it
+        again."""
+        in_epoch = self._order is not None
+        state = self._epoch_start_rng_state if in_epoch else self.shuffle_rng.bit_generator.state
+        return {}, {"shuffle_rng": state}
+
+    def restore_position(self, where, arrays, state, batch_in_epoch, model, comm):
+        """Where the saved run stood in its epoch: the shuffling stream, and mid-epoch the epoch's order."""
+        self.shuffle_rng.bit_generator.state = check_rng_state(where, "shuffle_rng", state["shuffle_rng"],
+                                                                self.shuffle_rng)
+        if batch_in_epoch:
+            self._epoch_start_rng_state = self.shuffle_rng.bit_generator.state
+            self._order = self.shuffle_rng.permutation(len(self.train_ids))
+
+    def tokens_after(self, epoch, batch_in_epoch):
+        """Predicted tokens of ``epoch`` whole epochs and the current epoch's first ``batch_in_epoch`` batches."""
+        per_epoch = sum(len(s) + 1 for s in self.train_ids)
+        done = self._order[:batch_in_epoch * self.config.batch_size] if batch_in_epoch else ()
+        return epoch * per_epoch + sum(len(self.train_ids[i]) + 1 for i in done)
+
+    @classmethod
+    def resumed(cls, where, state, model, *, epochs=None, steps=None, lines, source=None):
+        """The data of a saved line run: its recipe (every field present, agreeing with ``model``) with a new
+        length if given, on ``lines``, which must be the saved run's corpus."""
+        config = state["config"]
+        missing = [field for field in _RECIPE_FIELDS if not isinstance(config, dict) or field not in config]
+        if missing:
+            raise state_error(where, "config", config, f"the recipe with every field of format version 1; "
+                               f"it lacks {missing}")
+        config = dict(config)
+        if epochs is not None or steps is not None:
+            config.update(epochs=epochs, steps=steps)
+        config = TrainConfig(**config)
+        for field, value in (("cell", model.cell), ("hidden_size", model.hidden_size),
+                             ("num_layers", model.num_layers), ("dropout", model.dropout),
+                             ("dtype", model.dtype_name)):
+            if getattr(config, field) != value:
+                raise state_error(where, f"config[{field!r}]", getattr(config, field), f"the model's {value!r}")
+        lines = list(lines)
+        recorded = check_same_corpus(where, state["corpus"], corpus_fingerprint(lines), len(lines), source,
+                                     "sequences")
+        return cls(lines, config, source=source if source is not None else recorded["source"])

@@ -29,6 +29,7 @@ from .usage import (
     check_fits,
     check_resumed_recipe,
     model_shape,
+    positive_int,
     run_length,
     say,
     show,
@@ -70,6 +71,20 @@ class LinePlan:
     def unit(self, model):
         """What the model predicts, for messages."""
         return "character" if model.vocab.level == "char" else "token"
+
+    # ------------------------------------------------------------------ options
+
+    def add_train_arguments(self, parser):
+        """This plan's own options of ``xseq train``."""
+        parser.add_argument("--max-seq-len", type=positive_int, dest="max_seq_len", metavar="N",
+                            help="split longer lines into pieces of N characters, each learned as a sequence of its "
+                                 f"own (default {DEFAULT_MAX_SEQ_LEN}; line models)")
+
+    def add_evaluate_arguments(self, parser):
+        """This plan's own options of ``xseq evaluate``."""
+        parser.add_argument("--max-seq-len", type=positive_int, dest="max_seq_len", metavar="N",
+                            help="line models: split longer lines into pieces of N characters, as training does "
+                                 f"(default {DEFAULT_MAX_SEQ_LEN}; give the model's training value)")
 
     # ------------------------------------------------------------------ train
 

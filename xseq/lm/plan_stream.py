@@ -36,7 +36,12 @@ from .usage import (
     UsageError,
     check_fits,
     check_resumed_recipe,
+    decay_factor,
+    int_at_least,
     model_shape,
+    non_negative_int,
+    positive_float,
+    positive_int,
     printable,
     run_length,
     say,
@@ -79,6 +84,39 @@ class StreamPlan:
     def unit(self, model):
         """What the model predicts, for messages."""
         return "token"
+
+    # ------------------------------------------------------------------ options
+
+    def add_train_arguments(self, parser):
+        """This plan's own options of ``xseq train``, in a group of their own."""
+        stream = parser.add_argument_group(
+            "stream models", "--level word, or --bptt, trains on the corpus as one stream of tokens (every line "
+                             "followed by <eos>) in windows of --bptt steps, the state carried from one to the next")
+        stream.add_argument("--level", choices=("char", "word"),
+                            help="tokens: characters, or whitespace-separated words (default char; word implies a "
+                                 "stream model)")
+        stream.add_argument("--bptt", type=positive_int, metavar="L",
+                            help=f"steps per window of a stream model (default {DEFAULT_BPTT} with --level word)")
+        stream.add_argument("--embed", type=positive_int, dest="embed_size", metavar="D",
+                            help="size of a token's embedding (default: the hidden size)")
+        stream.add_argument("--tie-weights", action="store_true", default=None, dest="tie_weights",
+                            help="share the embedding and the output matrix (needs --embed equal to --hidden)")
+        stream.add_argument("--init-scale", type=positive_float, dest="init_scale", metavar="S",
+                            help="draw every weight uniform in [-S, S] (default: PyTorch's initialisation)")
+        stream.add_argument("--lr-decay", type=decay_factor, dest="lr_decay", metavar="F",
+                            help="multiply the learning rate by F for every epoch past --decay-after (default 1)")
+        stream.add_argument("--decay-after", type=non_negative_int, dest="decay_after", metavar="E",
+                            help="epochs at the full learning rate before --lr-decay applies (default 0)")
+        stream.add_argument("--vocab-size", type=int_at_least(3, "an integer >= 3 (it counts <pad>, <unk> and <eos>)"),
+                            dest="vocab_size", metavar="N",
+                            help="keep the N most frequent tokens, <pad>, <unk> and <eos> included (default: all)")
+        stream.add_argument("--min-count", type=positive_int, dest="min_count", metavar="K",
+                            help="tokens seen fewer than K times in training become <unk> (default 1)")
+        stream.add_argument("--val-corpus", dest="val_corpus", metavar="FILE",
+                            help="validation file (default: the last --val-fraction of the corpus's lines)")
+
+    def add_evaluate_arguments(self, parser):
+        """A stream model scores a file as one stream: no option of its own."""
 
     # ------------------------------------------------------------------ train
 

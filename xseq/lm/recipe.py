@@ -1,6 +1,6 @@
 """The recipe of a training run (:class:`TrainConfig`), its defaults, and the error of a run that diverged.
 
-:class:`~xseq.lm.stream_train.StreamConfig` adds a stream run's fields to it.
+:class:`StreamConfig` adds a stream run's fields to it.
 """
 
 from __future__ import annotations
@@ -8,7 +8,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from .model import CELLS
+import numpy as np
+
+from .language_model import CELLS
 from .vocab import _check_int as check_int
 
 OPTIMIZERS = ("adam", "sgd")
@@ -17,6 +19,9 @@ DEFAULT_EPOCHS = 15
 DEFAULT_MAX_SEQ_LEN = 256
 EVALUATION_BATCH = 256  # sequences per forward pass of evaluate
 DEFAULT_LR = {"adam": 0.003, "sgd": 0.5}
+LEVELS = ("word", "char")
+DEFAULT_BPTT = 20
+STREAM_DEFAULT_LR = {"adam": 0.003, "sgd": 1.0}
 
 
 class DivergedError(ArithmeticError):
@@ -25,7 +30,7 @@ class DivergedError(ArithmeticError):
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """What every plan's recipe has (:class:`TrainConfig`, :class:`~xseq.lm.stream_train.StreamConfig`); every
+    """What every plan's recipe has (:class:`TrainConfig`, :class:`StreamConfig`); every
     field has the default of ``xseq train``.
 
     Parameters
@@ -107,6 +112,10 @@ class RunConfig:
         if self.epochs is None and self.steps is None:
             object.__setattr__(self, "epochs", DEFAULT_EPOCHS)
 
+    def learning_rate(self, epoch):
+        """The learning rate of the epoch after ``epoch`` whole epochs: ``lr``, for the whole run."""
+        return self.lr
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(RunConfig):
@@ -124,6 +133,125 @@ class TrainConfig(RunConfig):
     def __post_init__(self):
         super().__post_init__()
         check_int("max_seq_len", self.max_seq_len, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamConfig(RunConfig):
+    """The recipe of a stream run: :class:`~xseq.lm.recipe.RunConfig`'s fields and these.
+
+    ``momentum`` defaults to 0 (plain SGD, as the Penn Treebank recipes), the
+    SGD learning rate to 1.0. There is no ``max_seq_len``: windows have
+    ``bptt`` steps (checkpoints of xseq 0.1.0 recorded one, which is ignored).
+
+    Parameters
+    ----------
+    level : {"word", "char"}
+        Whitespace-separated words, or characters.
+    bptt : int
+        Steps per window.
+    embed_size : int or None
+        ``D``; None for ``hidden_size`` (filled in on construction).
+    tie_weights : bool
+        Share the embedding and the output matrix (needs ``embed_size == hidden_size``).
+    init_scale : float > 0 or None
+        Every parameter uniform in ``[-init_scale, init_scale]``; None for PyTorch's defaults.
+    lr_decay : float in (0, 1]
+        Factor applied to the learning rate after every epoch past ``decay_after``.
+    decay_after : int >= 0
+        Epochs run at the full learning rate.
+    vocab_size : int >= 3 or None
+        Keep the ``vocab_size`` most frequent entries, ``<pad>``, ``<unk>`` and
+        ``<eos>`` included; None keeps every token.
+    min_count : int >= 1
+        Drop tokens seen fewer times in the training lines.
+    """
+
+    momentum: float = 0.0
+    level: str = "word"
+    bptt: int = DEFAULT_BPTT
+    embed_size: int | None = None
+    tie_weights: bool = False
+    init_scale: float | None = None
+    lr_decay: float = 1.0
+    decay_after: int = 0
+    vocab_size: int | None = None
+    min_count: int = 1
+
+    def __post_init__(self):
+        if self.lr is None and self.optimizer in STREAM_DEFAULT_LR:
+            object.__setattr__(self, "lr", STREAM_DEFAULT_LR[self.optimizer])
+        super().__post_init__()
+        if self.level not in LEVELS:
+            raise ValueError(f"level must be one of {LEVELS}; got {self.level!r}")
+        check_int("bptt", self.bptt, 1)
+        check_int("decay_after", self.decay_after, 0)
+        check_int("min_count", self.min_count, 1)
+        if self.vocab_size is not None:
+            check_int("vocab_size", self.vocab_size, 3)
+        if self.embed_size is None:
+            object.__setattr__(self, "embed_size", self.hidden_size)
+        check_int("embed_size", self.embed_size, 1)
+        if not isinstance(self.tie_weights, bool):
+            raise TypeError(f"tie_weights must be True or False; got {self.tie_weights!r}")
+        if self.tie_weights and self.embed_size != self.hidden_size:
+            raise ValueError(f"tie_weights needs embed_size equal to hidden_size; got embed_size={self.embed_size}, "
+                             f"hidden_size={self.hidden_size}")
+        _check_real("lr_decay", self.lr_decay)
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1]; got {self.lr_decay}")
+        if self.init_scale is not None:
+            _check_real("init_scale", self.init_scale)
+            if self.init_scale <= 0:
+                raise ValueError(f"init_scale must be > 0; got {self.init_scale}")
+            self._check_init_scale_fits()
+
+    def _check_init_scale_fits(self):
+        """ValueError, naming ``--init-scale``, for a scale whose first forward pass would overflow the dtype."""
+        bound = max_init_scale(self.dtype, self.embed_size, self.hidden_size, self.dropout)
+        if self.init_scale > bound:
+            largest = float(np.finfo(self.dtype).max)
+            raise ValueError(
+                f"init_scale (--init-scale) must be <= {_round_down(bound):g} for {self.dtype} with embed_size "
+                f"{self.embed_size}, hidden_size {self.hidden_size} and dropout {self.dropout}: a first layer's "
+                f"pre-activation, up to ((embed_size + hidden_size) / (1 - dropout) + 1) * init_scale**2, would "
+                f"overflow {self.dtype} (largest {largest:.4g}); got {self.init_scale!r}")
+
+    def learning_rate(self, epoch):
+        """The learning rate of the epoch after ``epoch`` whole epochs: ``lr * lr_decay ** max(0, epoch + 1 - decay_after)``."""
+        return self.lr * self.lr_decay ** max(0, epoch + 1 - self.decay_after)
+
+
+def max_init_scale(dtype, embed_size, hidden_size, dropout=0.0):
+    """The largest ``init_scale`` whose first forward pass cannot overflow ``dtype``.
+
+    With every weight in ``[-S, S]``, an input of a gate is at most ``S``
+    (an embedding row) or 1 (a state, a ``tanh`` or a gate times one), times
+    ``1 / (1 - dropout)`` where inverted dropout scales it; so a first
+    layer's pre-activation is at most ``K * S**2`` for ``S >= 1``, with
+    ``K = (embed_size + hidden_size) / (1 - dropout) + 1`` (the bias's term),
+    and the layers above and the output stay below that. The bound is
+    ``sqrt(max / K)``, ``max`` the dtype's largest value: about ``1e18`` in
+    float32 and ``1e152`` in float64 at 128 units; a useful scale is below 1.
+
+    Parameters
+    ----------
+    dtype : {"float32", "float64"}
+    embed_size, hidden_size : int
+        ``D`` and ``n_a``.
+    dropout : float in [0, 1)
+
+    Returns
+    -------
+    float
+    """
+    terms = (embed_size + hidden_size) / (1 - dropout) + 1
+    return math.sqrt(float(np.finfo(dtype).max) / terms)
+
+
+def _round_down(value, digits=3):
+    """``value`` (> 0) cut, not rounded, to ``digits`` significant digits: a bound that is printed stays one."""
+    unit = 10.0 ** (math.floor(math.log10(value)) - digits + 1)
+    return math.floor(value / unit) * unit
 
 
 def _check_real(name, value):

@@ -17,7 +17,7 @@ import os
 from ..backends.arrays import backend_name
 from ..engine.sequence import GATES
 from ..nn.projection_loss import default_chunk_rows
-from .stream_model import parameter_shapes as stream_parameter_shapes
+from .language_model import parameter_shapes
 from .recipe import EVALUATION_BATCH
 
 DTYPE_BYTES = {"float32": 4, "float64": 8}
@@ -93,8 +93,10 @@ def training_bytes(*, cell, hidden_size, num_layers, vocab_size, dtype, batch_si
 
 
 def stream_parameter_count(cell, hidden_size, num_layers, embed_size, vocab_size, tie_weights):
-    """Scalar weights of a :class:`~xseq.lm.stream_model.StreamLM`."""
-    shapes = stream_parameter_shapes(cell, vocab_size, embed_size, hidden_size, num_layers, tie_weights)
+    """Scalar weights of a :class:`~xseq.lm.language_model.LanguageModel` with an embedding input."""
+    shapes = parameter_shapes({"input": "embedding", "cell": cell, "hidden_size": hidden_size,
+                               "num_layers": num_layers, "embed_size": embed_size, "tie_weights": tie_weights},
+                              vocab_size)
     return sum(math.prod(shape) for shape in shapes.values())
 
 

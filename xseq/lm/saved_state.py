@@ -6,8 +6,8 @@ streams, optimiser settings, history) and its ``train/losses`` and
 against its type and range, against the others and against the corpus the
 trainer was set up on (:func:`restore_run`). A trainer supplies what depends on
 how it reads text: ``steps_per_epoch``, ``_restore_position`` (where it stood
-in its epoch), ``_tokens_after`` and ``_lr_after``, ``_step_unit`` and
-``_tokens_key``. A field that fails is a CheckpointError naming the file, the
+in its epoch), ``_tokens_after`` and ``_lr_after``, and its plan's
+``data.step_unit`` and ``data.tokens_key``. A field that fails is a CheckpointError naming the file, the
 field, its value and what was expected.
 """
 
@@ -42,20 +42,20 @@ def restore_run(trainer, where, arrays, state):
     batch_in_epoch = state_int(where, "batch_in_epoch", state["batch_in_epoch"], 0, per_epoch)
     if step != epoch * per_epoch + batch_in_epoch:
         raise CheckpointError(f"{where} has an invalid training state: step {step} is not epoch {epoch} "
-                              f"x {per_epoch} {trainer._step_unit} per epoch + batch_in_epoch {batch_in_epoch}")
+                              f"x {per_epoch} {trainer.data.step_unit} per epoch + batch_in_epoch {batch_in_epoch}")
     trainer.step, trainer.epoch, trainer.batch_in_epoch = step, epoch, batch_in_epoch
     trainer._restore_position(where, arrays, state)
     restore_optimizer(trainer, where, arrays, state["optimizer"])
     rng = trainer.model.layer.dropout_rng
     rng.bit_generator.state = check_rng_state(where, "dropout_rng", state["dropout_rng"], rng)
-    trainer.losses = check_losses(where, arrays[LOSSES_KEY], step, trainer._step_unit)
-    trainer.history = check_history(where, state["history"], step, per_epoch, trainer._step_unit)
+    trainer.losses = check_losses(where, arrays[LOSSES_KEY], step, trainer.data.step_unit)
+    trainer.history = check_history(where, state["history"], step, per_epoch, trainer.data.step_unit)
     trainer.seconds = state_real(where, "seconds", state["seconds"], 0)
-    tokens = state_int(where, trainer._tokens_key, state[trainer._tokens_key], 0)
+    tokens = state_int(where, trainer.data.tokens_key, state[trainer.data.tokens_key], 0)
     expected = trainer._tokens_after(epoch, batch_in_epoch)
     if tokens != expected:
-        raise state_error(where, trainer._tokens_key, tokens, f"{expected}, the tokens predicted in epoch {epoch} "
-                           f"x {per_epoch} {trainer._step_unit} per epoch + batch_in_epoch {batch_in_epoch}")
+        raise state_error(where, trainer.data.tokens_key, tokens, f"{expected}, the tokens predicted in epoch {epoch} "
+                           f"x {per_epoch} {trainer.data.step_unit} per epoch + batch_in_epoch {batch_in_epoch}")
     trainer.chars_seen = tokens
 
 

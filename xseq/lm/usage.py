@@ -7,6 +7,8 @@ checkpoint is printed through :func:`printable`, so a crafted token cannot act o
 
 from __future__ import annotations
 
+import argparse
+
 import math
 import re
 
@@ -131,3 +133,47 @@ def check_fits(xp, estimate, values, options, what, details):
     where = "on the GPU" if backend_name(xp) == "cupy" else "on this machine"
     raise UsageError(f"{option} {value}: {what} would need about {resources.format_bytes(need)} of memory "
                      f"({details}); {resources.format_bytes(available)} is available {where}; lower {option}")
+
+# ---------------------------------------------------------------------- argparse types (every plan's options)
+
+
+def int_at_least(minimum, expected):
+    """An argparse type: an integer >= ``minimum``; ``expected`` words the error."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = int_at_least(1, "a positive integer")
+non_negative_int = int_at_least(0, "an integer >= 0")
+
+
+def finite_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number; got {text!r}")
+    return value
+
+
+def positive_float(text):
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0; got {text!r}")
+    return value
+
+
+def decay_factor(text):
+    value = finite_float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a factor in (0, 1]; got {text!r}")
+    return value

@@ -4,7 +4,7 @@
   ``xseq train`` runs;
 * ``torch``: the same :class:`~xseq.lm.train.Trainer` loop (same split, same batch
   order, same per-epoch validation, same bookkeeping) with its
-  :meth:`~xseq.lm.train.Trainer.learn` and ``validation_loss`` replaced by a
+  :meth:`~xseq.lm.trainer.Trainer.learn` and ``validation_loss`` replaced by a
   ``torch.nn.LSTM`` (or ``GRU``/``RNN``) + ``torch.nn.Linear`` model that
   starts from xseq's initial weights, trained with ``torch.optim.Adam`` (same
   hyperparameters), ``torch.nn.utils.clip_grad_norm_`` and ``F.cross_entropy``

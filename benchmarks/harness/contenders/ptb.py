@@ -13,7 +13,7 @@ uniform in +-0.1, no dropout.
 * ``torch``: the same :class:`~xseq.lm.stream_train.StreamTrainer` loop (the
   same columns and windows from :func:`~xseq.lm.stream_train.batchify` and
   :func:`~xseq.lm.stream_train.window`, the same learning-rate schedule, the
-  same bookkeeping) with its :meth:`~xseq.lm.stream_train.StreamTrainer.learn`
+  same bookkeeping) with its :meth:`~xseq.lm.trainer.Trainer.learn`
   and validation replaced by :class:`TorchStreamModel`: ``nn.Embedding(V, D)``
   -> ``nn.LSTM(D, n_a, num_layers)`` -> ``nn.Linear(n_a, V - 1)`` (xseq's
   projection scores ids 1 .. V-1, never ``<pad>``), starting from the xseq
@@ -214,8 +214,9 @@ def make_torch_trainer(lines, config):
             # When a list, learn appends each window's gradients before clipping (the check reads them).
             self.gradient_log = None
 
-        def learn(self, inputs, targets):
-            nll, state = self.torch_model.loss_and_backward(inputs, targets, self.state)
+        def learn(self, batch):
+            inputs, targets = batch
+            nll, state = self.torch_model.loss_and_backward(inputs, targets, self.data.state)
             loss = nll / targets.size
             if not math.isfinite(loss):
                 raise DivergedError(f"training diverged at step {self.step + 1}: the training loss is {loss}")
@@ -230,7 +231,7 @@ def make_torch_trainer(lines, config):
             for group in self.torch_optimizer.param_groups:
                 group["lr"] = self.optimizer.lr  # the schedule's rate, which train_step set for this epoch
             self.torch_optimizer.step()
-            self.state = state
+            self.data.state = state
             return loss
 
         def validation_loss(self):
