@@ -16,7 +16,8 @@ tests read the text and resolve every name in it:
   then as builtins or an importable module (``numpy.savez``).
 
 Where the names are read: in the package, every string literal (docstrings, the C++ kernel sources'
-comments, error messages) and every comment; outside it, README.md, benchmarks/README.md and every docs/**/*.md that exists
+comments, error messages), every comment, and the whole text of the host build's C++ files
+(``xseq/ops/native/``); outside it, README.md, benchmarks/README.md and every docs/**/*.md that exists
 when the tests run.
 
 Exclusions (kept tiny; each has its reason):
@@ -255,6 +256,13 @@ def package_problems(path):
     return found
 
 
+def native_problems(path):
+    """Every unresolved name in a C++ file of the host build (its comments name Python's side), as ``file:line: msg``."""
+    text = path.read_text(encoding="utf-8")
+    where = path.relative_to(ROOT)
+    return [f"{where}:{_line(text, o, 1)}: {msg}" for o, msg in problems_in(text)]
+
+
 def markdown_problems(path):
     text = path.read_text(encoding="utf-8")
     where = path.relative_to(ROOT)
@@ -262,6 +270,7 @@ def markdown_problems(path):
 
 
 SOURCES = sorted(PACKAGE.rglob("*.py"))
+NATIVE = sorted(p for p in PACKAGE.rglob("*") if p.suffix in (".h", ".hpp", ".cpp", ".cc", ".inc"))
 MARKDOWN = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
@@ -279,6 +288,11 @@ def _check(found):
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_package_text_names_resolve(path):
     _check(lambda: package_problems(path))
+
+
+@pytest.mark.parametrize("path", NATIVE, ids=lambda p: str(p.relative_to(ROOT)))
+def test_native_source_names_resolve(path):
+    _check(lambda: native_problems(path))
 
 
 @pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: str(p.relative_to(ROOT)))

@@ -1,4 +1,5 @@
-"""The compiled-kernel cache (``xseq/ops/host.py``) loads only what this user alone could have put there.
+"""The compiled-kernel cache (``xseq/ops/kernel_cache.py``, put to use by ``xseq/ops/native_library.py``) loads only
+what this user alone could have put there.
 
 Any local user can compute the cached library's name. Each attack below plants a small library whose
 constructor writes a marker file: the marker must stay absent, the kernels must still come (built for
@@ -16,6 +17,7 @@ import sys
 import pytest
 
 from xseq.ops import host as host_kernels
+from xseq.ops import kernel_cache, native_build
 
 COMPILER = host_kernels.find_compiler()
 BUILT = host_kernels.library()
@@ -27,7 +29,8 @@ needs_root = pytest.mark.skipif(
 )
 OTHER_UID = 12345  # no need for such a user to exist: chown takes any number
 
-# Carries "_ZGV" so that it passes the libmvec check: only the cache's own checks can stop it.
+# Carries "_ZGV" like a real build (vectorized math). Loading a library runs its constructor before any feature
+# is checked, so only the cache's own checks, made before the load, can stop it.
 PLANTED_SOURCE = r"""
 #include <cstdio>
 extern "C" const char looks_vectorized[] = "_ZGV";
@@ -182,13 +185,13 @@ def test_a_swap_after_the_checks_changes_nothing(cache, planted, monkeypatch, tm
     # a good cache, filled without loading it: glibc would hand back a library already loaded from that path
     build = tmp_path / "build"
     build.mkdir()
-    good, error = host_kernels._build(COMPILER, host_kernels.host_source(), build)
+    good, error = native_build.build(COMPILER, host_kernels.host_source(), build)
     assert good is not None, error
     cache.mkdir(mode=0o700)
     (cache / cached_name()).write_bytes(good.read_bytes())
     (cache / cached_name()).chmod(0o600)
     if loader == "private-copy":  # what runs where there is no /proc/self/fd
-        monkeypatch.setattr(host_kernels, "PROC_FD", str(tmp_path / "no-proc-fd"))
+        monkeypatch.setattr(kernel_cache, "PROC_FD", str(tmp_path / "no-proc-fd"))
     decoy = tmp_path / "decoy"
     decoy.mkdir(mode=0o700)
     (decoy / cached_name()).write_bytes(lib.read_bytes())

@@ -68,7 +68,7 @@ def test_dispatch(monkeypatch):
     steps, and XSEQ_FUSED=0 the reference."""
     monkeypatch.setenv("XSEQ_FUSED", "1")
     for dtype in (np.float32, np.float64):
-        expected = NumpyOps if BUILT.lib is None else host_kernels.HostFusedOps
+        expected = host_kernels.HostFusedOps if BUILT.on("step kernels") else NumpyOps
         assert type(ops_for(NP, np.dtype(dtype))) is expected
     assert type(ops_for(NP, np.dtype(np.float16))) is NumpyOps
     assert type(ops_for(NP)) is NumpyOps  # no dtype given: nothing to build for

@@ -46,6 +46,7 @@ from .lm.stream_train import StreamConfig, StreamTrainer
 from .lm.train import TrainConfig, Trainer
 from .lm.batches import one_hot, pad_ids
 from .lm.vocab import Vocabulary, word_tokenize
+from .nn.attention import Attention
 from .nn.embedding import Embedding
 from .nn.layers import GRU, LSTM, RNN
 from .nn.losses import softmax_cross_entropy

@@ -1,0 +1,268 @@
+"""Each piece of the host library has its own gate (``xseq/ops/native_features.py``), and the native code is real
+files shipped with the package (``xseq/ops/native/``, ``xseq/ops/native_source.py``).
+
+A piece that is missing or cannot serve (its entry points absent, exp/tanh not vectorized, no 512-bit vectors)
+turns off that piece and what runs on it, never the rest, and ``xseq.ops.host.status()`` names it with its reason.
+The sources: compiler messages name the files' own lines, the cache key covers every file, every header compiles
+on its own, and a non-editable build of the package carries the files and builds from them where it is installed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import xseq
+from xseq.engine import sequence as engine
+from xseq.ops import host, native_build, native_layout, native_library, native_source
+from xseq.ops.native_features import (
+    FUSED_ADAM,
+    LANES,
+    PACKED_PRODUCTS,
+    SOFTMAX_XENT,
+    SPECS,
+    STEP_KERNELS,
+    check_features,
+    gate,
+)
+from xseq.ops.native_layout import LaneJob
+from xseq.ops.numpy_inplace import NumpyOps
+from xseq.ops.select import ops_for
+
+ROOT = Path(__file__).resolve().parent.parent
+NP = xseq.backend("numpy")
+BUILT = host.library()
+COMPILER = native_build.find_compiler()
+needs_build = pytest.mark.skipif(BUILT.lib is None, reason=f"no host build on this machine: {BUILT.reason}")
+needs_compiler = pytest.mark.skipif(COMPILER is None, reason="no C++ compiler ($CXX, g++, c++ or clang++) on PATH")
+
+
+class Changed:
+    """The loaded library with entry points hidden or replaced, as another build would have them."""
+
+    def __init__(self, lib, hidden=(), **replaced):
+        self._lib, self._hidden, self._replaced = lib, set(hidden), replaced
+
+    def __getattr__(self, name):
+        if name in self._hidden:
+            raise AttributeError(name)
+        return self._replaced[name] if name in self._replaced else getattr(self._lib, name)
+
+
+class Returns:
+    """A stand-in C function returning ``value`` (ctypes' ``argtypes``/``restype`` may be set on it)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __call__(self, *args):
+        return self.value
+
+
+def lanes_could_run():
+    """Whether lanes would run here if the library allowed them (NumPy's OpenBLAS with 2 threads or more)."""
+    blas, _ = host.numpy_openblas()
+    return blas is not None and blas.threads() > 1 and os.environ.get("XSEQ_LANES", "1") != "0"
+
+
+@pytest.fixture
+def reloaded():
+    """``library()`` loaded again (from the cache) for a test that changes how it is judged; again after."""
+    host.library.cache_clear()
+    yield
+    host.library.cache_clear()
+
+
+# ---------------------------------------------------------------- one missing piece turns off only itself
+
+@needs_build
+def test_every_piece_is_on_in_this_build():
+    features = host.features()
+    assert list(features) == list(SPECS)
+    off = {name: f.reason for name, f in features.items() if not f.on and name != PACKED_PRODUCTS}
+    assert off == {}
+    assert features[PACKED_PRODUCTS].on == host.packed_products(BUILT.lib)
+
+
+@needs_build
+@pytest.mark.parametrize("hidden, off", [
+    ("xseq_adam_float", {FUSED_ADAM: "the library lacks xseq_adam_float"}),
+    ("xseq_softmax_xent_rows_double", {SOFTMAX_XENT: "the library lacks xseq_softmax_xent_rows_double"}),
+    ("xseq_lane_double", {LANES: "the library lacks xseq_lane_double"}),
+    ("xseq_pack_float", {PACKED_PRODUCTS: "the library lacks xseq_pack_float"}),
+    # the lanes run the step kernels
+    ("xseq_lstm_backward_double", {STEP_KERNELS: "the library lacks xseq_lstm_backward_double",
+                                   LANES: "needs the step kernels (off)"}),
+], ids=["adam", "softmax-xent", "lanes", "packed", "a-step-kernel"])
+def test_a_missing_entry_point_turns_off_its_piece_and_what_runs_on_it(hidden, off):
+    features = check_features(Changed(BUILT.lib, [hidden]), vectorized=True)
+    if not BUILT.on(PACKED_PRODUCTS):  # off in this build already (no 512-bit vectors), whatever is hidden
+        off.setdefault(PACKED_PRODUCTS, BUILT.features[PACKED_PRODUCTS].reason)
+    assert {name: f.reason for name, f in features.items() if not f.on} == off
+
+
+@needs_build
+def test_without_vector_math_only_the_pieces_that_call_exp_and_tanh_are_off():
+    features = check_features(BUILT.lib, vectorized=False)
+    assert features[STEP_KERNELS].reason == "exp/tanh did not vectorize (no libmvec); NumPy's steps are faster"
+    assert features[SOFTMAX_XENT].reason == "exp did not vectorize (no libmvec); NumPy's passes are used"
+    assert features[LANES].reason == "needs the step kernels (off)"
+    assert features[FUSED_ADAM].on and features[PACKED_PRODUCTS].on == host.packed_products(BUILT.lib)
+
+
+@needs_build
+def test_a_build_without_512_bit_vectors_keeps_the_lanes_on_openblas_products():
+    narrow = Changed(BUILT.lib, xseq_packed_native=Returns(0))
+    features = check_features(narrow, vectorized=True)
+    assert not features[PACKED_PRODUCTS].on and "no 512-bit vectors" in features[PACKED_PRODUCTS].reason
+    assert all(f.on for name, f in features.items() if name != PACKED_PRODUCTS)
+    assert not host.packed_products(narrow) and gate(narrow, LANES).on
+    assert host.packed_products(Changed(BUILT.lib, xseq_packed_native=Returns(1)))
+
+
+@needs_build
+def test_a_library_whose_exp_did_not_vectorize_still_serves_adam(monkeypatch, reloaded):
+    """What a clang build without libmvec was refused entirely for: now NumPy's steps, and the fused Adam step."""
+    monkeypatch.setattr(native_library, "vector_math", lambda data: False)
+    lib = host.library()
+    assert lib.lib is not None and not lib.on(STEP_KERNELS) and lib.on(FUSED_ADAM)
+    assert "exp/tanh did not vectorize" in lib.reason  # what `xseq train` prints beside NumpyOps
+    assert host.host_ops(NP, np.float32) is None and type(ops_for(NP, np.dtype(np.float32))) is NumpyOps
+    said = host.status()
+    assert said.startswith(f"NumPy in-place steps; host kernels unavailable: {lib.path}: exp/tanh did not vectorize")
+    assert "on from the same library: " in said and "fused Adam" in said.split("on from the same library: ")[1]
+    assert "lanes off: needs the step kernels (off)" in said and "softmax cross-entropy off: exp did not" in said
+    if lanes_could_run():
+        assert host.lanes_status() == "engine's loop (the host library's lanes are off: needs the step kernels (off))"
+
+    rng = np.random.default_rng(0)
+    p, g, m, v = (rng.standard_normal(7) for _ in range(4))
+    v = np.abs(v)
+    new_p, new_m, new_v = host.adam_step(p, g, m, v, 0.01, 0.9, 0.999, 1e-8, 3)
+    want_m = 0.9 * m + 0.1 * g
+    want_v = 0.999 * v + 0.001 * g * g
+    np.testing.assert_allclose(new_m, want_m, rtol=1e-14)
+    np.testing.assert_allclose(new_p, p - 0.01 * (want_m / (1 - 0.9**3)) / (np.sqrt(want_v / (1 - 0.999**3)) + 1e-8),
+                               rtol=1e-13)
+    z = rng.standard_normal((3, 5))
+    assert host.softmax_xent_rows(z, np.zeros(5), np.array([0, 1, 2]), 1.0, None) is None  # NumPy's passes
+
+
+@needs_build
+def test_status_names_every_piece_that_is_off(monkeypatch, reloaded):
+    """A library whose lane_job is not Python's: the steps run, the lanes do not, and status() says why."""
+    planted = type("Planted", (ctypes.Structure,), {"_fields_": LaneJob._fields_[:-1]})
+    monkeypatch.setitem(native_layout.SHARED_STRUCTS, "lane_job", planted)
+    host._lanes_gate.cache_clear()
+    try:
+        said = host.status()
+        assert said.startswith(f"host kernels (fused C++ steps) from {host.library().path} (")
+        assert "lanes off: lane_job's field 26 is hw_step at offset 208 (8 bytes) in C++ but nothing in Python" in said
+        ops = host.host_ops(NP, np.float64)
+        monkeypatch.setattr(host, "lane_count", lambda rows, n_a, gates, itemsize: 2)
+        assert ops.direct_steps(np.float64, check=engine.check_direct, rows=16, n_a=5, gates=4) is None
+        if lanes_could_run():
+            assert host.lanes_status().startswith("engine's loop (the host library's lanes are off: lane_job's")
+    finally:
+        host._lanes_gate.cache_clear()
+
+
+def test_status_without_fast_paths_or_library_is_unchanged(monkeypatch, reloaded):
+    monkeypatch.setenv("XSEQ_FUSED", "0")
+    assert host.status() == "array-API reference steps (XSEQ_FUSED=0)"
+    monkeypatch.setenv("XSEQ_FUSED", "1")
+    monkeypatch.setenv("XSEQ_HOST_KERNELS", "0")
+    assert host.status() == "NumPy in-place steps; host kernels unavailable: turned off by XSEQ_HOST_KERNELS"
+    assert host.features() == {}
+    assert host.lanes_status().startswith("engine's loop")  # no library: no lanes, whatever OpenBLAS has
+
+
+# ---------------------------------------------------------------- the native sources are real files
+
+def test_the_translation_unit_includes_the_files_and_generates_only_the_kernels():
+    source = native_source.host_source()
+    assert source.startswith('#include "prelude.h"\n') and source.rstrip().endswith('#include "exports.cpp"')
+    for name in ("extern \"C\" void xseq_lane_", "namespace xseq_packed", "struct lane_job", "xseq_adam_"):
+        assert name not in source  # those live in the files, not in Python strings
+    assert "extern \"C\" void xseq_lstm_forward_float(" in source  # the generated step kernels
+    assert "struct kernels<double>" in source
+
+
+def test_the_cache_key_covers_every_native_file(tmp_path, monkeypatch):
+    copy = tmp_path / "native"
+    shutil.copytree(native_source.NATIVE_DIR, copy)
+    monkeypatch.setattr(native_source, "NATIVE_DIR", copy)
+    compiler = COMPILER or "c++"
+    before = native_build.cached_path(compiler, "the same unit")
+    for path in sorted(copy.iterdir()):
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n// one more line\n")
+        assert native_build.cached_path(compiler, "the same unit") != before, path.name
+        path.write_bytes(original)
+    assert native_build.cached_path(compiler, "the same unit") == before
+    (copy / "new.h").write_text("// a file the unit does not include yet\n")
+    assert native_build.cached_path(compiler, "the same unit") != before
+
+
+@needs_compiler
+def test_a_compiler_message_names_the_files_own_line(tmp_path, monkeypatch):
+    copy = tmp_path / "native"
+    shutil.copytree(native_source.NATIVE_DIR, copy)
+    monkeypatch.setattr(native_build, "INCLUDE_FLAGS", ("-I", str(copy)))
+    lines = (copy / "packed.h").read_text().splitlines()
+    at = next(k for k, line in enumerate(lines) if "constexpr int MR = 8;" in line)
+    lines[at] = lines[at].replace("constexpr int MR = 8;", "constexpr int MR = not_declared_here;")
+    (copy / "packed.h").write_text("\n".join(lines) + "\n")
+    build = tmp_path / "build"
+    build.mkdir()
+    built, error = native_build.build(COMPILER, native_source.host_source(), build)
+    assert built is None
+    assert f"{copy / 'packed.h'}:{at + 1}:" in error and "not_declared_here" in error, error
+
+
+@needs_compiler
+@pytest.mark.parametrize("header", sorted(p.name for p in native_source.NATIVE_DIR.glob("*.h")))
+def test_every_header_compiles_on_its_own(header, tmp_path):
+    """What a linter or an editor sees: each header includes what it uses."""
+    unit = tmp_path / "unit.cpp"
+    unit.write_text(f'#include "{header}"\n')
+    done = subprocess.run([COMPILER, "-std=c++17", "-fsyntax-only", "-Wall", "-Wextra", "-Werror",
+                           *native_build.INCLUDE_FLAGS, str(unit)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+@needs_compiler
+def test_a_non_editable_build_carries_the_sources_and_builds_from_them_where_installed(tmp_path):
+    """What a wheel holds (setuptools' ``build_py``, with the package data): every native file, and the host
+    build works from that copy alone."""
+    pytest.importorskip("setuptools", reason="building the package needs setuptools (the build backend)")
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copytree(ROOT / "xseq", project / "xseq", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, project / name)
+    installed = tmp_path / "installed"
+    done = subprocess.run([sys.executable, "-c", "from setuptools import setup; setup()", "-q", "build_py",
+                           "--build-lib", str(installed)], cwd=project, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    carried = {p.name for p in (installed / "xseq" / "ops" / "native").iterdir()}
+    assert carried == {p.name for p in native_source.native_files()}
+
+    code = (
+        "import pathlib, sys, tempfile\n"
+        "from xseq.ops import native_build as b, native_source as s\n"
+        "assert s.NATIVE_DIR.is_relative_to(pathlib.Path(sys.argv[1])), s.NATIVE_DIR\n"
+        "built, error = b.build(b.find_compiler(), s.host_source(), pathlib.Path(tempfile.mkdtemp()))\n"
+        "assert built is not None, error\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(installed)}
+    done = subprocess.run([sys.executable, "-c", code, str(installed.resolve())], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr

@@ -1,0 +1,265 @@
+"""Lanes: the engine's time loop on blocks of rows, one core each, on NumPy's own OpenBLAS threads.
+
+The per-step product of a recurrence is small: (64, 256) @ (256, 1024) is 34 MFLOP, a fraction of a
+millisecond, and NumPy's OpenBLAS splits it over its threads at every step, then runs the step's
+pointwise kernel on one core while the other waits. The examples of a batch never meet in a
+recurrence, so the time loop can be cut by rows instead: each core runs the whole loop on its own
+examples (one-thread products, its own pointwise work, no Python array views: DirectSteps' two calls
+a step, by address, ``xseq/ops/native/loops.h``) and no core waits for another until the loop ends.
+The lanes run on OpenBLAS's own threads (:meth:`HostDevice.run`), so they share the cores with nothing.
+:meth:`xseq.ops.host.HostFusedOps.direct_steps` decides where they run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+
+import numpy as np
+
+from .kernel_source import CTYPES
+from .native_bindings import address
+from .native_features import PACKED_PRODUCTS, gate
+from .native_layout import LaneJob, layout_problem
+from .openblas import numpy_openblas
+from .switches import lanes_enabled
+
+# Why: see docs/decisions/013-lane-weight-limit-8mib.md
+#: Lanes are used where they were measured faster than the engine's loop with NumPy's threads (the
+#: 2-core benchmark machine, forward + backward, docs/decisions/011-lanes.md): 0.54x-0.73x of the
+#: engine's time at small language-model sizes (m = 32, n_a = 64-128), 0.85x-0.96x from PTB small's
+#: (m = 20, n_a = 200) to (64, 512) and (20, 650); not with n_a = 1024 (1.04x-1.09x), where every
+#: lane reads the whole recurrent weight (13-17 MB) at every step and two threads of one product read
+#: half of it each (with OpenBLAS's products in the lanes; with the packed products 0.99x-1.05x at
+#: 1024 units, 0.64x at (20, 650)). So: the recurrent weight ``W_hh`` at most this many bytes, and every
+#: lane at least MIN_LANE_ROWS rows.
+MAX_LANE_WEIGHT_BYTES = 8 << 20
+MIN_LANE_ROWS = 8
+MAX_LANES = 8
+
+
+def lane_count(rows, n_a, gates, itemsize):
+    """How many lanes a sequence of ``rows`` examples, ``n_a`` units and ``gates`` gate blocks gets (1: none).
+
+    None when ``W_hh`` (``gates * n_a * n_a`` elements of ``itemsize``
+    bytes) is larger than :data:`MAX_LANE_WEIGHT_BYTES`. Otherwise one per
+    thread of NumPy's OpenBLAS (``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS``,
+    else one per core: a user's limit is the lanes' limit too), at most
+    :data:`MAX_LANES`, and no more than keep :data:`MIN_LANE_ROWS` rows in
+    every lane.
+    """
+    if not lanes_enabled() or gates * n_a * n_a * itemsize > MAX_LANE_WEIGHT_BYTES:
+        return 1
+    blas, _ = numpy_openblas()
+    if blas is None:
+        return 1
+    return max(1, min(blas.threads(), MAX_LANES, rows // MIN_LANE_ROWS))
+
+
+# Why: see docs/decisions/016-packed-weight-product-avx512.md
+def packed_products(lib):
+    """Whether the lanes' per-step products take the weight packed once a loop (``xseq/ops/native/packed.h``).
+
+    Where the host build has 512-bit vectors (AVX-512), the only target it
+    was measured on: 0.61x-0.84x of a one-thread OpenBLAS call's time at the
+    lanes' shapes (float32 and float64,
+    docs/decisions/016-packed-weight-product-avx512.md). Elsewhere the lanes call NumPy's OpenBLAS.
+    The feature's gate (:data:`xseq.ops.native_features.PACKED_PRODUCTS`) says why not.
+    """
+    return gate(lib, PACKED_PRODUCTS).on
+
+
+# Why: see docs/decisions/012-lanes-on-openblas-threads.md
+class HostDevice:
+    """The engine's time loops in C++ (``xseq/ops/native/loops.h``) on lanes of rows, on NumPy's OpenBLAS threads.
+
+    :meth:`forward_job`/:meth:`backward_job` describe one lane's loop;
+    :meth:`run` runs a list of them at once: the first on the calling
+    thread, the others on OpenBLAS's threads (``gotoblas_pthread``), with
+    every product inside a lane on that lane's thread alone. So a lane is
+    one core, and no thread is added to the process: the threads that run
+    the lanes are the ones that would otherwise spin waiting for NumPy's
+    next product (a separate pool of lane threads competed with them for
+    the cores and ran at about half speed).
+
+    ``openblas_set_num_threads_local`` sets the process's count in NumPy's
+    (pthreads) build, not the thread's: it is 1 while lanes run and
+    restored after, under a lock (runs of lanes from several Python threads
+    take turns; meanwhile NumPy's other products run on one thread).
+
+    A library whose ``lane_job`` is not laid out as :attr:`job_type` is
+    refused (``ValueError``): the jobs are handed to C++ as raw memory.
+    """
+
+    _lock = threading.Lock()
+    #: The ctypes restatement of ``xseq_loops::lane_job``, checked against the library's layout.
+    job_type = LaneJob
+
+    def __init__(self, dtype, lib, blas, packed=None):
+        problem = layout_problem(lib, "lane_job", self.job_type)
+        if problem:
+            raise ValueError(f"the host library's lanes cannot be used: {problem}")
+        self.dtype = np.dtype(dtype)
+        self._blas = blas
+        ctype = CTYPES[self.dtype]
+        self._gemm_address = ctypes.cast(blas.gemm[self.dtype], ctypes.c_void_p).value
+        self._lane_address = ctypes.cast(getattr(lib, f"xseq_lane_{ctype}"), ctypes.c_void_p).value
+        #: whether the lanes' per-step products use the weight packed once a loop rather than NumPy's OpenBLAS
+        self.packed = packed_products(lib) if packed is None else bool(packed)
+        if self.packed:
+            self._pack = getattr(lib, f"xseq_pack_{ctype}")
+            self._pack.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+            self._pack.restype = None
+            self._packed_size = getattr(lib, f"xseq_packed_size_{ctype}")
+            self._packed_size.argtypes, self._packed_size.restype = [ctypes.c_int64, ctypes.c_int64], ctypes.c_int64
+        self._packed_buffer = np.empty(0, dtype=self.dtype)
+
+    def forward_job(self, kind, XW, W_hhT, b_hn, saved, S, C, hw):
+        """A lane of :class:`~xseq.ops.fused.DirectSteps`' forward loop: writes ``S[1:]``, ``C[1:]``, ``saved``."""
+        T, m, _ = XW.shape
+        job = self.job_type(backward=0, kind=_KIND_CODES[kind], T=T, m=m, n_a=S.shape[2], gemm=self._gemm_address)
+        if T == 0:
+            return job
+        job.xw, job.xw_step = self._steps(XW)
+        job.s, job.s_step = self._steps(S)
+        if C is not None:
+            job.c, job.c_step = self._steps(C)
+        if saved is not None:
+            job.g, job.g_step = self._steps(saved)
+        job.w, job.hw = self._block(W_hhT), self._block(hw)
+        job.b_hn = None if b_hn is None else self._block(b_hn)
+        return job
+
+    def backward_job(self, kind, saved, S, C, W_hh, dY, dh, dc, dZ, dHW):
+        """A lane of :class:`~xseq.ops.fused.DirectSteps`' backward loop: ``dh``/``dc`` (C-contiguous) hold the
+        final states' gradients and are overwritten with the first states'; writes ``dZ`` (and ``dHW``)."""
+        T, m, _ = dZ.shape
+        n_a = S.shape[2]
+        job = self.job_type(backward=1, kind=_KIND_CODES[kind], T=T, m=m, n_a=n_a, gemm=self._gemm_address)
+        if T == 0:
+            return job
+        if dY is None:  # no output gradient: every step reads one block of zeros
+            job.keep_dy = np.zeros((m, n_a), dtype=self.dtype)
+            job.dy, job.dy_step = self._block(job.keep_dy), 0
+        else:
+            job.dy, job.dy_step = self._steps(dY)
+        if saved is not None:
+            job.g, job.g_step = self._steps(saved)
+        if C is not None:
+            job.c, job.c_step = self._steps(C)
+        job.s, job.s_step = self._steps(S)
+        job.dz, job.z_step = self._steps(dZ)
+        job.dhw, job.hw_step = self._steps(dHW)
+        job.keep_work = np.empty(4 * m * n_a, dtype=self.dtype)  # the loop's two dh and two dc buffers
+        job.w, job.work = self._block(W_hh), self._block(job.keep_work)
+        job.dh, job.dc = self._block(dh), None if dc is None else self._block(dc)
+        return job
+
+    def run(self, jobs, weight):
+        """Run the lanes ``jobs`` at once (as many at a time as OpenBLAS has threads) and return when all are done.
+
+        ``weight`` is the right operand of every lane's per-step product (``W_hh.T`` forward, ``W_hh`` backward):
+        packed once here for all lanes and steps where :attr:`packed`.
+        """
+        jobs = [job for job in jobs if job.T > 0]
+        if not jobs:
+            return
+        with self._lock:
+            if self.packed:
+                packed = self._packed_weight(weight)
+                for job in jobs:
+                    job.packed = packed
+            threads = self._blas.set_threads_local(1)
+            try:
+                at_once = max(1, min(threads, len(jobs)))  # never more lanes than OpenBLAS has threads to run them
+                for first in range(0, len(jobs), at_once):
+                    group = jobs[first:first + at_once]
+                    structs = (self.job_type * len(group))(*group)  # one C array, as gotoblas_pthread strides it
+                    self._blas.run_on_threads(len(group), self._lane_address, ctypes.addressof(structs),
+                                              ctypes.sizeof(self.job_type))
+            finally:
+                self._blas.set_threads_local(threads)
+
+    def _packed_weight(self, weight):
+        """``weight`` (K, N) packed into panels (``xseq_packed::pack``) in a buffer kept for the next run."""
+        K, N = weight.shape
+        size = self._packed_size(K, N)  # the layout's own count (packed.h's xseq_packed::packed_size)
+        if self._packed_buffer.size < size:
+            self._packed_buffer = np.empty(size, dtype=self.dtype)
+        self._pack(self._block(weight), K, N, address(self._packed_buffer))
+        return address(self._packed_buffer)
+
+    def _block(self, a):
+        if a.dtype != self.dtype or not a.flags.c_contiguous:
+            raise ValueError(f"the time loops need C-contiguous {self.dtype} blocks; got {a.dtype} "
+                             f"of shape {a.shape} with strides {a.strides}")
+        return address(a)
+
+    def _steps(self, a):
+        """``(address of a[0], elements from a[t] to a[t+1])``; each step's block C-contiguous."""
+        return self._block(a[0, ...]), a.strides[0] // a.itemsize
+
+
+_KIND_CODES = {"rnn": 0, "lstm": 1, "gru": 2}
+
+
+def row_blocks(m, lanes):
+    """``lanes`` contiguous ``(start, stop)`` blocks of ``range(m)``, as equal as can be (the first ones larger)."""
+    size, extra = divmod(m, lanes)
+    blocks, start = [], 0
+    for k in range(lanes):
+        stop = start + size + (1 if k < extra else 0)
+        blocks.append((start, stop))
+        start = stop
+    return blocks
+
+
+# Why: see docs/decisions/011-lanes.md
+class LaneSteps:
+    """The engine's unmasked time loops on blocks of rows, one lane (thread) per block.
+
+    The examples of a batch never meet in a recurrence: row ``r`` of step
+    ``t + 1`` depends only on row ``r`` of step ``t``. So each lane runs the
+    whole time loop on its own rows -- its own per-step product ``(rows, n_a)
+    @ (n_a, G n_a)`` on one core and its own pointwise work, in one C++ call
+    (``xseq/ops/native/loops.h``: :class:`~xseq.ops.fused.DirectSteps`' two calls a step)
+    -- and the lanes never wait for each other; the loops end together.
+    Every buffer a lane touches is its rows of the engine's buffers (each
+    step's rows stay one contiguous block), so the results are the engine's
+    loop's (up to the rounding of a product split differently over threads).
+
+    ``device`` is :class:`HostDevice`: it describes each lane's loop and
+    runs them together.
+    """
+
+    def __init__(self, device, lanes):
+        self.device, self.lanes = device, lanes
+
+    def forward(self, kind, XW, W_hhT, b_hn, saved, S, C, hw):
+        """As :meth:`~xseq.ops.fused.DirectSteps.forward`: writes ``S[1:]``, ``C[1:]``, ``saved``."""
+        def lane(start, stop):
+            rows = slice(start, stop)
+            return self.device.forward_job(kind, XW[:, rows], W_hhT, b_hn, None if saved is None else saved[:, rows],
+                                           S[:, rows], None if C is None else C[:, rows], hw[rows])
+
+        self.device.run([lane(*block) for block in row_blocks(XW.shape[1], self.lanes)], W_hhT)
+
+    def backward(self, kind, saved, S, C, W_hh, dY, dh, dc, dZ, dHW, empty):
+        """As :meth:`~xseq.ops.fused.DirectSteps.backward`: writes ``dZ`` (and ``dHW``); returns ``(dh0, dc0)``."""
+        m, n_a = dh.shape
+        dh0 = empty(m, n_a)
+        dh0[...] = dh
+        dc0 = None
+        if dc is not None:
+            dc0 = empty(m, n_a)
+            dc0[...] = dc
+
+        def lane(start, stop):
+            rows = slice(start, stop)
+            return self.device.backward_job(kind, None if saved is None else saved[:, rows], S[:, rows],
+                                            None if C is None else C[:, rows], W_hh,
+                                            None if dY is None else dY[:, rows], dh0[rows],
+                                            None if dc0 is None else dc0[rows], dZ[:, rows], dHW[:, rows])
+
+        self.device.run([lane(*block) for block in row_blocks(m, self.lanes)], W_hh)
+        return dh0, dc0

@@ -1,0 +1,104 @@
+// The per-step product with the weight packed once a sequence: a lane's product is (rows, K) @ (K, N)
+// with the same right operand at every step, and a BLAS call packs that operand into its own panel
+// layout again at every call. Here it is packed once into panels of NR columns (two 64-byte vectors:
+// 32 floats or 16 doubles), panel p holding B[k][p NR + j] at (p K + k) NR + j, zero past the last
+// column; each block of MR rows of C is then MR x 2 vector accumulators over k, the row's element
+// times the panel's two vectors (GCC's vector extensions: AVX-512 registers where the compiler targets
+// them). Sums over k in order, one multiply-add at a time. Used by loops.h where
+// xseq.ops.lanes.packed_products says so (xseq_packed_native in exports.cpp).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+namespace xseq_packed {
+template <typename T>
+struct vec {
+    typedef T type __attribute__((vector_size(64)));
+};
+template <typename T>
+constexpr int64_t panel_cols() { return 128 / sizeof(T); }
+// elements of a (K x N) weight packed by pack: whole panels
+template <typename T>
+constexpr int64_t packed_size(int64_t K, int64_t N) {
+    return (N + panel_cols<T>() - 1) / panel_cols<T>() * panel_cols<T>() * K;
+}
+
+template <typename T>
+void pack(const T* b, int64_t K, int64_t N, T* out) {  // b: K x N, row-major
+    const int64_t NR = panel_cols<T>();
+    for (int64_t p = 0; p * NR < N; ++p) {
+        const int64_t cols = N - p * NR < NR ? N - p * NR : NR;
+        for (int64_t k = 0; k < K; ++k) {
+            T* dst = out + (p * K + k) * NR;
+            std::memcpy(dst, b + k * N + p * NR, cols * sizeof(T));
+            for (int64_t j = cols; j < NR; ++j) dst[j] = T(0);
+        }
+    }
+}
+
+// rows r..r+MR of C (ncols of its columns from the panel's first) = A's rows @ the panel + beta C (beta 0 or 1)
+template <typename T, int MR>
+inline void tile(const T* a, int64_t lda, const T* panel, int64_t K, T* c, int64_t ldc, int64_t ncols, T beta) {
+    typedef typename vec<T>::type V;
+    constexpr int W = 64 / sizeof(T);
+    V acc0[MR], acc1[MR];
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) acc0[r] = acc1[r] = V{};
+    for (int64_t k = 0; k < K; ++k) {
+        V b0, b1;
+        std::memcpy(&b0, panel + k * 2 * W, sizeof(V));
+        std::memcpy(&b1, panel + k * 2 * W + W, sizeof(V));
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; ++r) {
+            const T x = a[r * lda + k];
+            acc0[r] += x * b0;
+            acc1[r] += x * b1;
+        }
+    }
+    for (int r = 0; r < MR; ++r) {
+        T out[2 * W];
+        std::memcpy(out, &acc0[r], sizeof(V));
+        std::memcpy(out + W, &acc1[r], sizeof(V));
+        T* row = c + r * ldc;
+        if (beta == T(0))
+            std::memcpy(row, out, ncols * sizeof(T));
+        else
+            for (int64_t j = 0; j < ncols; ++j) row[j] += out[j];
+    }
+}
+
+// C (M x N, row stride ldc) = A (M x K, row stride lda) @ B (packed by pack) + beta C, beta 0 or 1
+template <typename T>
+void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* packed, T beta, T* c, int64_t ldc) {
+    const int64_t NR = panel_cols<T>();
+    constexpr int MR = 8;
+    for (int64_t p = 0; p * NR < N; ++p) {  // a panel (K x NR) stays in cache while every row block uses it
+        const int64_t ncols = N - p * NR < NR ? N - p * NR : NR;
+        const T* panel = packed + p * K * NR;
+        int64_t r = 0;
+        for (; r + MR <= M; r += MR) tile<T, MR>(a + r * lda, lda, panel, K, c + r * ldc + p * NR, ldc, ncols, beta);
+        const T* ar = a + r * lda;
+        T* cr = c + r * ldc + p * NR;
+        switch (M - r) {
+            case 7: tile<T, 7>(ar, lda, panel, K, cr, ldc, ncols, beta); break;
+            case 6: tile<T, 6>(ar, lda, panel, K, cr, ldc, ncols, beta); break;
+            case 5: tile<T, 5>(ar, lda, panel, K, cr, ldc, ncols, beta); break;
+            case 4: tile<T, 4>(ar, lda, panel, K, cr, ldc, ncols, beta); break;
+            case 3: tile<T, 3>(ar, lda, panel, K, cr, ldc, ncols, beta); break;
+            case 2: tile<T, 2>(ar, lda, panel, K, cr, ldc, ncols, beta); break;
+            case 1: tile<T, 1>(ar, lda, panel, K, cr, ldc, ncols, beta); break;
+            default: break;
+        }
+    }
+}
+
+// Whether the packed product was compiled for 512-bit vector registers, the only target it was measured on.
+constexpr bool native() {
+#if defined(__AVX512F__)
+    return true;
+#else
+    return false;
+#endif
+}
+}  // namespace xseq_packed

@@ -1,0 +1,154 @@
+"""The pieces of the host library, each with its own gate: one missing piece does not switch off the rest.
+
+* ``step kernels`` -- NumPy's step methods (:class:`xseq.ops.host.HostFusedOps`);
+  need vectorized exp/tanh;
+* ``lanes`` -- the time loops on rows, one core each (:mod:`xseq.ops.lanes`);
+  need the step kernels and ``lane_job`` laid out as Python's
+  (:mod:`xseq.ops.native_layout`);
+* ``packed products`` -- the lanes' products by a weight packed once a loop;
+  need 512-bit vectors (AVX-512), the only target they were measured on;
+* ``softmax cross-entropy`` -- the projection loss in one pass a row
+  (:func:`xseq.ops.host_onepass.softmax_xent_rows`); needs vectorized exp;
+* ``fused Adam`` -- Adam's step in one pass (:func:`xseq.ops.host_onepass.adam_step`).
+
+Every feature also needs its entry points in the library. "Vector exp/tanh"
+concerns only the pieces that call them: scalar ``tanhf`` is 40x slower than
+NumPy's, so step kernels without vector math would be a loss, while Adam's
+step (no exp) and the packed product (no math functions) are not affected.
+:func:`check_features` decides each gate once, when the library is loaded
+(:func:`xseq.ops.native_library.library`); :func:`xseq.ops.host.status`
+reports every feature that is off, with its reason.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+from .kernel_source import CTYPES, KERNELS
+from .native_layout import SHARED_STRUCTS, layout_problem
+
+STEP_KERNELS = "step kernels"
+LANES = "lanes"
+PACKED_PRODUCTS = "packed products"
+SOFTMAX_XENT = "softmax cross-entropy"
+FUSED_ADAM = "fused Adam"
+
+
+@dataclass(frozen=True)
+class Feature:
+    """Whether one piece of the host library may be used (``on``) and, where not, why (``reason``)."""
+
+    name: str
+    on: bool
+    reason: str = ""
+
+
+def _typed(*names):
+    return tuple(f"{name}_{ctype}" for name in names for ctype in CTYPES.values())
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """What a feature needs: its entry points, vector math, other features, shared structs, and a probe."""
+
+    symbols: tuple
+    vector_math: bool = False
+    needs: tuple = ()
+    structs: tuple = ()
+    probe: object = None  # probe(lib) -> "" or why the build cannot serve the feature
+
+
+def _packed_probe(lib):
+    native = lib.xseq_packed_native
+    native.argtypes, native.restype = [], ctypes.c_int
+    if native():
+        return ""
+    return "the build has no 512-bit vectors (AVX-512), the only target the packed product was measured on"
+
+
+#: Each feature's needs, in the order they are decided (a feature needs only features above it).
+SPECS = {
+    STEP_KERNELS: _Spec(_typed(*KERNELS, "xseq_gather3", "xseq_softmax_rows"), vector_math=True),
+    LANES: _Spec(_typed("xseq_lane"), needs=(STEP_KERNELS,), structs=("lane_job",)),
+    PACKED_PRODUCTS: _Spec(_typed("xseq_pack", "xseq_packed_size") + ("xseq_packed_native",), probe=_packed_probe),
+    SOFTMAX_XENT: _Spec(_typed("xseq_softmax_xent_rows"), vector_math=True),
+    FUSED_ADAM: _Spec(_typed("xseq_adam")),
+}
+
+#: Why a feature that calls exp/tanh is off where the build did not vectorize them.
+NO_VECTOR_MATH = {
+    STEP_KERNELS: "exp/tanh did not vectorize (no libmvec); NumPy's steps are faster",
+    SOFTMAX_XENT: "exp did not vectorize (no libmvec); NumPy's passes are used",
+}
+
+
+def vector_math(data):
+    """Whether the library's bytes ``data`` call vectorized math functions (glibc's libmvec: ``_ZGV`` names).
+
+    The one place that decides it for every piece of :data:`NO_VECTOR_MATH`: a
+    build with vector math of its own would say so here.
+    """
+    return b"_ZGV" in data
+
+
+def _missing(lib, symbols):
+    missing = [name for name in symbols if not hasattr(lib, name)]
+    if not missing:
+        return ""
+    more = f" and {len(missing) - 1} more entry points" if len(missing) > 1 else ""
+    return f"the library lacks {missing[0]}{more}"
+
+
+def check_features(lib, vectorized):
+    """``{name: Feature}`` for the loaded library ``lib``; ``vectorized``: whether its exp/tanh vectorized."""
+    features = {}
+    for name in SPECS:
+        features[name] = _decide(lib, name, vectorized, features)
+    return features
+
+
+def gate(lib, name, vectorized=True):
+    """The :class:`Feature` ``name`` of ``lib`` alone, deciding only the features it needs on the way.
+
+    For a library whose bytes are not at hand: ``vectorized`` says whether
+    its exp/tanh vectorized (True for one whose step kernels are in use;
+    irrelevant to :data:`PACKED_PRODUCTS`, which calls no math function).
+    """
+    features = {}
+    for need in _needs(name):
+        features[need] = _decide(lib, need, vectorized, features)
+    return _decide(lib, name, vectorized, features)
+
+
+def _needs(name):
+    """Every feature ``name`` needs, directly or not, in the order of :data:`SPECS`."""
+    found = set()
+    todo = list(SPECS[name].needs)
+    while todo:
+        need = todo.pop()
+        if need not in found:
+            found.add(need)
+            todo += SPECS[need].needs
+    return [need for need in SPECS if need in found]
+
+
+def _decide(lib, name, vectorized, decided):
+    """The gate of ``name``, the features it needs being ``decided`` already."""
+    spec = SPECS[name]
+    reason = _missing(lib, spec.symbols)
+    if not reason and spec.vector_math and not vectorized:
+        reason = NO_VECTOR_MATH[name]
+    for need in spec.needs:
+        if not reason and not decided[need].on:
+            reason = f"needs the {need} (off)"
+    for struct in spec.structs:
+        reason = reason or layout_problem(lib, struct, SHARED_STRUCTS[struct])
+    if not reason and spec.probe is not None:
+        reason = spec.probe(lib)
+    return Feature(name, not reason, reason)
+
+
+def off_features(features):
+    """``"name: reason; ..."`` for every feature that is off, or ``""``."""
+    return "; ".join(f"{f.name} off: {f.reason}" for f in features.values() if not f.on)

@@ -1,0 +1,98 @@
+"""The C++ of the host build: the files in ``xseq/ops/native/`` and the loops generated around the CUDA kernels.
+
+The native code lives in real files shipped with the package (package data),
+so that compiler messages, sanitizers and linters name their lines:
+
+* ``prelude.h`` -- what NVRTC declares implicitly for the CUDA kernels (the
+  qualifiers, the math functions' float/double overloads);
+* ``helpers.h`` -- the course layout's copy and the softmax of rows;
+* ``onepass.h`` -- the projection loss's softmax cross-entropy and Adam's step,
+  each in one pass over memory;
+* ``packed.h`` -- the lanes' product by a weight packed once a loop;
+* ``steps.h`` and ``loops.h`` -- the engine's time loops in C++ (the lanes');
+* ``exports.cpp`` -- every C entry point but the step kernels', and the layout
+  of each struct shared with Python (:mod:`xseq.ops.native_layout`).
+
+The step kernels stay generated: :func:`host_function` wraps each CUDA
+operation of :data:`xseq.ops.kernel_source.KERNELS` in a host loop over the
+``(m, n_a)`` elements, the way ``cupy.ElementwiseKernel`` binds its
+parameters, so that one source serves the GPU and the CPU. :func:`host_source`
+is the translation unit the build compiles: the prelude, the generated loops,
+the table that names them for ``loops.h`` by element type, then
+``exports.cpp``, with ``-I`` :data:`NATIVE_DIR` (:data:`INCLUDE_FLAGS`).
+The cache key covers every file of the folder (:func:`native_digest`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from .kernel_source import CTYPES, KERNELS, elementwise_signature
+
+#: The folder of the native sources (package data).
+NATIVE_DIR = Path(__file__).resolve().parent / "native"
+#: What the compile step is given so that the translation unit finds the files.
+INCLUDE_FLAGS = ("-I", str(NATIVE_DIR))
+#: The suffixes of the native sources (all of them count in the cache key).
+SUFFIXES = (".h", ".hpp", ".cpp", ".cc", ".inc")
+
+
+def host_function(name, src, ctype):
+    """One kernel for one dtype: a loop over rows and columns around the CUDA operation."""
+    params, bindings = elementwise_signature(name, src)
+    has_rows = any(pname == "n_a" for pname, *_ in src.parameters())
+    cols = "n_a" if has_rows else "_n"
+    return f"""
+namespace k_{name}_{ctype} {{
+typedef {ctype} T;
+{src.preamble}
+extern "C" void {name}_{ctype}({", ".join(params)}) {{
+    const ptrdiff_t _cols = {cols};
+    const ptrdiff_t _rows = _cols > 0 ? _n / _cols : 0;
+    for (ptrdiff_t _row = 0; _row < _rows; ++_row) {{
+        // elements of one row are independent (outputs may alias inputs only element for element)
+        #pragma GCC ivdep
+        for (ptrdiff_t _col = 0; _col < _cols; ++_col) {{
+            const ptrdiff_t i = _row * _cols + _col;
+            {bindings}
+            {src.operation}
+        }}
+    }}
+}}
+}}
+"""
+
+
+def step_kernel_table(ctype):
+    """``xseq_steps::kernels<ctype>`` (``steps.h``): each generated kernel by its name without ``xseq_``."""
+    entries = "".join(
+        f"    static constexpr auto& {name.removeprefix('xseq_')} = ::k_{name}_{ctype}::{name}_{ctype};\n"
+        for name in KERNELS
+    )
+    return f"namespace xseq_steps {{\ntemplate <>\nstruct kernels<{ctype}> {{\n{entries}}};\n}}\n"
+
+
+def host_source():
+    """The translation unit of the host build: the files of :data:`NATIVE_DIR` and the generated step kernels."""
+    return (
+        '#include "prelude.h"\n#include "steps.h"\n'
+        + "".join(host_function(name, src, ctype) for name, src in KERNELS.items() for ctype in CTYPES.values())
+        + "".join(step_kernel_table(ctype) for ctype in CTYPES.values())
+        + '#include "exports.cpp"\n'
+    )
+
+
+def native_files():
+    """Every native source file of :data:`NATIVE_DIR`, sorted by name."""
+    return sorted(p for p in NATIVE_DIR.iterdir() if p.suffix in SUFFIXES and p.is_file())
+
+
+def native_digest():
+    """A SHA-256 of every native source file's name and content: what the cache key adds to the generated text."""
+    digest = hashlib.sha256()
+    for path in native_files():
+        data = path.read_bytes()
+        digest.update(f"{path.name}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
