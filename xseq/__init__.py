@@ -52,3 +52,5 @@ from .nn.layers import GRU, LSTM, RNN
 from .nn.losses import softmax_cross_entropy
 from .nn.optim import SGD, Adam, clip_by_global_norm, clip_by_value
 from .nn.projection_loss import projection_cross_entropy, projection_nll
+from .seq2seq.model import Seq2Seq
+from .ops.inference import InferenceModeError, inference_mode, is_inference_mode_enabled

@@ -23,6 +23,7 @@ Caches
 ``gru_cell_forward`` returns a :class:`GRUCellCache`
 ``(a_next, a_prev, rt, zt, nt, hn, xt, parameters)`` where ``hn = Wn_a a_prev + bhn``.
 ``gru_forward`` returns a :class:`GRUCache` holding the parameters and the engine's trace.
+Under :class:`xseq.inference_mode` both return ``None`` for it (see :mod:`xseq.course.rnn`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..backends.checks import (
-    check_cache,
     check_ndim,
     check_shape,
     get_parameters,
@@ -38,7 +38,7 @@ from ..backends.checks import (
 )
 from ..engine import sequence as engine
 from .activations import sigmoid, softmax
-from .rnn import check_input, check_sequence_gradient, output_softmax, time_major
+from .rnn import check_caches, check_input, check_sequence_gradient, kept, output_softmax, time_major
 
 GRU_KEYS = ("Wr", "br", "Wz", "bz", "Wn", "bn", "bhn", "Wy", "by")
 
@@ -104,7 +104,7 @@ def gru_cell_forward(xt, a_prev, parameters):
     -------
     a_next : (n_a, m)
     yt_pred : (n_y, m)
-    cache : GRUCellCache
+    cache : GRUCellCache, or None under :class:`xseq.inference_mode`
     """
     xp, (Wr, br, Wz, bz, Wn, bn, bhn, Wy, by) = check_gru_parameters(
         parameters, "xt", xt, "a_prev", a_prev, "gru_cell_forward"
@@ -119,7 +119,7 @@ def gru_cell_forward(xt, a_prev, parameters):
     a_next = (1 - zt) * nt + zt * a_prev
 
     yt_pred = softmax(Wy @ a_next + by)
-    return a_next, yt_pred, GRUCellCache(a_next, a_prev, rt, zt, nt, hn, xt, parameters)
+    return a_next, yt_pred, kept(GRUCellCache(a_next, a_prev, rt, zt, nt, hn, xt, parameters))
 
 
 def gru_cell_backward(da_next, cache):
@@ -135,7 +135,7 @@ def gru_cell_backward(da_next, cache):
     dict with dxt (n_x, m), da_prev (n_a, m), dWr, dWz, dWn (n_a, n_a + n_x),
     dbr, dbz, dbn, dbhn (n_a, 1)
     """
-    check_cache(cache, GRUCellCache, "gru_cell_backward", "gru_cell_forward")
+    check_caches(cache, GRUCellCache, "gru_cell_backward", "gru_cell_forward")
     a_next, a_prev, rt, zt, nt, hn, xt, parameters = cache
     xp = namespace_and_checks(da_next=da_next, a_next=a_next)
     check_shape("da_next", da_next, a_next.shape, "(n_a, m)", "from the cache")
@@ -184,13 +184,13 @@ def gru_forward(x, a0, parameters):
     -------
     a : (n_a, m, T_x)
     y_pred : (n_y, m, T_x)
-    caches : GRUCache
+    caches : GRUCache, or None under :class:`xseq.inference_mode`
     """
     xp, arrays = check_gru_parameters(parameters, "x", x, "a0", a0, "gru_forward")
     Wy, by = arrays[-2:]
     W_ih, W_hh, b_ih, b_hh = stack_gru_parameters(xp, parameters)
     Y, _, _, trace = engine.sequence_forward("gru", time_major(xp, x), W_ih, W_hh, b_ih, b_hh, a0.T)
-    return time_major(xp, Y), output_softmax(xp, Y, Wy, by), GRUCache(parameters, trace)
+    return time_major(xp, Y), output_softmax(xp, Y, Wy, by), None if trace is None else GRUCache(parameters, trace)
 
 
 def gru_backward(da, caches):
@@ -205,7 +205,7 @@ def gru_backward(da, caches):
     -------
     dict with dx (n_x, m, T_x), da0 (n_a, m), dWr, dWz, dWn (n_a, n_a + n_x), dbr, dbz, dbn, dbhn (n_a, 1)
     """
-    check_cache(caches, GRUCache, "gru_backward", "gru_forward")
+    check_caches(caches, GRUCache, "gru_backward", "gru_forward")
     trace = caches.trace
     xp = namespace_and_checks(da=da, x=trace.X)
     check_sequence_gradient(da, trace, "gru_forward")

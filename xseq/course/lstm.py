@@ -11,6 +11,7 @@ Caches
 ``(a_next, c_next, a_prev, c_prev, ft, it, cct, ot, xt, parameters)`` with
 names. ``lstm_forward`` returns an :class:`LSTMCache`: the parameters and the
 engine's time-major buffers (input, hidden and cell states, activated gates).
+Under :class:`xseq.inference_mode` both return ``None`` for it (see :mod:`xseq.course.rnn`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..backends.checks import (
-    check_cache,
     check_ndim,
     check_shape,
     get_parameters,
@@ -26,7 +26,7 @@ from ..backends.checks import (
 )
 from ..engine import sequence as engine
 from .activations import sigmoid, softmax
-from .rnn import check_input, check_sequence_gradient, output_softmax, time_major
+from .rnn import check_caches, check_input, check_sequence_gradient, kept, output_softmax, time_major
 
 LSTM_KEYS = ("Wf", "bf", "Wi", "bi", "Wc", "bc", "Wo", "bo", "Wy", "by")
 GATE_KEYS = ("i", "f", "c", "o")  # stacking order in the engine: PyTorch's i, f, g, o
@@ -99,7 +99,7 @@ def lstm_cell_forward(xt, a_prev, c_prev, parameters):
     -------
     a_next, c_next : (n_a, m)
     yt_pred : (n_y, m), columns sum to 1
-    cache : LSTMCellCache
+    cache : LSTMCellCache, or None under :class:`xseq.inference_mode`
     """
     xp, (Wf, bf, Wi, bi, Wc, bc, Wo, bo, Wy, by) = check_lstm_parameters(
         parameters, "xt", xt, {"a_prev": a_prev, "c_prev": c_prev}, "lstm_cell_forward"
@@ -114,7 +114,7 @@ def lstm_cell_forward(xt, a_prev, c_prev, parameters):
     a_next = ot * xp.tanh(c_next)
 
     yt_pred = softmax(Wy @ a_next + by)
-    cache = LSTMCellCache(a_next, c_next, a_prev, c_prev, ft, it, cct, ot, xt, parameters)
+    cache = kept(LSTMCellCache(a_next, c_next, a_prev, c_prev, ft, it, cct, ot, xt, parameters))
     return a_next, c_next, yt_pred, cache
 
 
@@ -131,7 +131,7 @@ def lstm_cell_backward(da_next, dc_next, cache):
     dict with dxt (n_x, m); da_prev, dc_prev (n_a, m); dWf, dWi, dWc, dWo (n_a, n_a + n_x);
     dbf, dbi, dbc, dbo (n_a, 1)
     """
-    check_cache(cache, LSTMCellCache, "lstm_cell_backward", "lstm_cell_forward")
+    check_caches(cache, LSTMCellCache, "lstm_cell_backward", "lstm_cell_forward")
     a_next, c_next, a_prev, c_prev, ft, it, cct, ot, xt, parameters = cache
     xp = namespace_and_checks(da_next=da_next, dc_next=dc_next, a_next=a_next)
     check_shape("da_next", da_next, a_next.shape, "(n_a, m)", "from the cache")
@@ -183,15 +183,18 @@ def lstm_forward(x, a0, parameters):
     a : (n_a, m, T_x) hidden states
     y : (n_y, m, T_x) predictions
     c : (n_a, m, T_x) cell states
-    caches : LSTMCache
+    caches : LSTMCache, or None under :class:`xseq.inference_mode`
+
+    Every cell state is an output here, so under inference mode the engine still
+    writes them all; the trace that holds them is dropped once ``c`` is taken.
     """
     xp, arrays = check_lstm_parameters(parameters, "x", x, {"a0": a0}, "lstm_forward")
     Wy, by = arrays[-2:]
     W_ih, W_hh, b = stack_lstm_parameters(xp, parameters)
     c0 = xp.zeros_like(a0.T)
-    Y, _, _, trace = engine.sequence_forward("lstm", time_major(xp, x), W_ih, W_hh, b, None, a0.T, c0)
+    Y, _, _, trace = engine.sequence_forward("lstm", time_major(xp, x), W_ih, W_hh, b, None, a0.T, c0, keep=True)
     c = time_major(xp, trace.C[1:, ...])
-    return time_major(xp, Y), output_softmax(xp, Y, Wy, by), c, LSTMCache(parameters, trace)
+    return time_major(xp, Y), output_softmax(xp, Y, Wy, by), c, kept(LSTMCache(parameters, trace))
 
 
 def lstm_backward(da, caches):
@@ -207,7 +210,7 @@ def lstm_backward(da, caches):
     dict with dx (n_x, m, T_x), da0 (n_a, m), dWf, dWi, dWc, dWo (n_a, n_a + n_x),
     dbf, dbi, dbc, dbo (n_a, 1)
     """
-    check_cache(caches, LSTMCache, "lstm_backward", "lstm_forward")
+    check_caches(caches, LSTMCache, "lstm_backward", "lstm_forward")
     trace = caches.trace
     xp = namespace_and_checks(da=da, x=trace.X)
     check_sequence_gradient(da, trace, "lstm_forward")

@@ -10,6 +10,12 @@ Caches
 ``(a_next, a_prev, xt, parameters)`` with names. ``rnn_forward`` returns an
 :class:`RNNCache`: the parameters and the engine's time-major buffers (input,
 every hidden state). Each backward function accepts only its forward's cache.
+
+Under :class:`xseq.inference_mode` every forward function (cell and sequence,
+here and in :mod:`xseq.course.lstm` and :mod:`xseq.course.gru`) returns the
+same outputs and ``None`` for its cache: nothing is kept for a backward pass.
+A backward function given ``None`` raises a ``TypeError`` that says so (as for
+any cache that is not its forward's).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from ..backends.checks import (
     namespace_and_checks,
 )
 from ..engine import sequence as engine
+from ..ops.inference import is_inference_mode_enabled
 from ..ops.select import ops_for
 from .activations import softmax
 
@@ -52,6 +59,21 @@ class RNNCache(NamedTuple):
 
 
 RNNCache.made_by = "rnn_forward"
+
+
+def kept(cache):
+    """``cache``, or None under :class:`xseq.inference_mode` (a forward function's last result)."""
+    return None if is_inference_mode_enabled() else cache
+
+
+def check_caches(caches, expected_type, function, producer):
+    """``caches`` must be what ``producer`` returns outside inference mode; None (what it returns inside) is
+    refused with a TypeError that says so."""
+    if caches is None:
+        raise TypeError(f"{function} needs the cache returned by {producer}; got a NoneType, which is what "
+                        f"{producer} returns for it under xseq.inference_mode() (nothing is kept for a backward "
+                        f"pass there): run {producer} outside inference mode to back-propagate")
+    check_cache(caches, expected_type, function, producer)
 
 
 def check_input(x_name, x):
@@ -102,12 +124,12 @@ def rnn_cell_forward(xt, a_prev, parameters):
     -------
     a_next : (n_a, m)
     yt_pred : (n_y, m), columns sum to 1
-    cache : RNNCellCache
+    cache : RNNCellCache, or None under :class:`xseq.inference_mode`
     """
     xp, (Wax, Waa, Wya, ba, by) = check_rnn_parameters(parameters, "xt", xt, "a_prev", a_prev, "rnn_cell_forward")
     a_next = xp.tanh(Wax @ xt + Waa @ a_prev + ba)
     yt_pred = softmax(Wya @ a_next + by)
-    return a_next, yt_pred, RNNCellCache(a_next, a_prev, xt, parameters)
+    return a_next, yt_pred, kept(RNNCellCache(a_next, a_prev, xt, parameters))
 
 
 def rnn_cell_backward(da_next, cache):
@@ -122,7 +144,7 @@ def rnn_cell_backward(da_next, cache):
     -------
     dict with dxt (n_x, m), da_prev (n_a, m), dWax (n_a, n_x), dWaa (n_a, n_a), dba (n_a, 1)
     """
-    check_cache(cache, RNNCellCache, "rnn_cell_backward", "rnn_cell_forward")
+    check_caches(cache, RNNCellCache, "rnn_cell_backward", "rnn_cell_forward")
     a_next, a_prev, xt, parameters = cache
     xp = namespace_and_checks(da_next=da_next, a_next=a_next)
     check_shape("da_next", da_next, a_next.shape, "(n_a, m)", "from the cache")
@@ -169,11 +191,11 @@ def rnn_forward(x, a0, parameters):
     -------
     a : (n_a, m, T_x) hidden state of every step
     y_pred : (n_y, m, T_x) prediction of every step
-    caches : RNNCache
+    caches : RNNCache, or None under :class:`xseq.inference_mode`
     """
     xp, (Wax, Waa, Wya, ba, by) = check_rnn_parameters(parameters, "x", x, "a0", a0, "rnn_forward")
     Y, _, _, trace = engine.sequence_forward("rnn", time_major(xp, x), Wax, Waa, ba[:, 0], None, a0.T)
-    return time_major(xp, Y), output_softmax(xp, Y, Wya, by), RNNCache(parameters, trace)
+    return time_major(xp, Y), output_softmax(xp, Y, Wya, by), None if trace is None else RNNCache(parameters, trace)
 
 
 def check_sequence_gradient(da, trace, function):
@@ -195,7 +217,7 @@ def rnn_backward(da, caches):
     -------
     dict with dx (n_x, m, T_x), da0 (n_a, m), dWax (n_a, n_x), dWaa (n_a, n_a), dba (n_a, 1)
     """
-    check_cache(caches, RNNCache, "rnn_backward", "rnn_forward")
+    check_caches(caches, RNNCache, "rnn_backward", "rnn_forward")
     trace = caches.trace
     xp = namespace_and_checks(da=da, x=trace.X)
     check_sequence_gradient(da, trace, "rnn_forward")

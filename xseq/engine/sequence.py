@@ -23,6 +23,16 @@ Variable lengths are a boolean ``mask`` ``(T_x, m, 1)``: where it is False the
 step is skipped for that example (state carried unchanged, output zero,
 gradient zero). ``reverse=True`` runs the recurrence from the last step to the
 first; with a mask, each example's reverse pass starts at its own last step.
+
+Inference (``keep=False``, the default under :class:`xseq.inference_mode`):
+the forward pass returns no trace and keeps nothing; the same outputs, bit for
+bit, from fewer writes. On NumPy the LSTM's cell state and the gates of a step
+(``saved``) are one ``(m, n)`` block each, rewritten at every step (a
+time-strided view with stride 0, so that every step method and time loop
+writes where it always does), and the step methods' input projection is one
+chunk, refilled chunk by chunk, instead of the whole sequence's. What a call
+still allocates for the whole sequence is its input's copy and its outputs
+(and, where one GEMM projects every step -- lanes, GPU -- the projection).
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
 from ..ops.cuda import FusedCupyOps
+from ..ops.inference import is_inference_mode_enabled
 from ..ops.select import ops_for
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -65,7 +76,8 @@ def _flip(xp, a):
     return None if a is None else xp.flip(a, axis=0)
 
 
-def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, reverse=False, ops=None):
+def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, reverse=False, ops=None, *,
+                     keep=None):
     """Run a whole sequence.
 
     Parameters
@@ -77,13 +89,21 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
     h0, c0 : (m, n_a); c0 only for the LSTM
     mask : (T, m, 1) bool or None
     ops : the step implementation; None for ``ops_for`` (the arrays' default)
+    keep : bool or None
+        Keep what :func:`sequence_backward` needs and return it as the trace.
+        None (the default): keep it unless the calling thread is in
+        :class:`xseq.inference_mode`.
 
     Returns
     -------
     Y : (T, m, n_a) hidden state after every step (zero where masked)
     h_T, c_T : (m, n_a) final states (c_T is None but for the LSTM)
-    trace : Trace
+    trace : Trace, or None where nothing was kept
     """
+    if keep is None:
+        keep = not is_inference_mode_enabled()
+    elif not isinstance(keep, bool):
+        raise TypeError(f"keep must be True, False or None; got {keep!r}")
     xp = array_namespace(X)
     ops = ops_for(xp, X.dtype) if ops is None else ops
     T, m, n_x = X.shape
@@ -115,30 +135,33 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
     # GPU and for a direct loop: one GEMM; a few for NumPy's steps, each computed just before its
     # steps read it, from cache).
     chunk = T if direct is not None else min(T, ops.projection_steps)
-    XW_rows = empty(T * m, G * n_a)
+    # Without a trace the chunks take turns in one chunk-sized buffer (step t reads its row t % chunk);
+    # a trace keeps the whole sequence's (the LSTM's gates are stored over it).
+    XW_rows = empty((T if keep else chunk) * m, G * n_a)
 
     def project(t0):
-        rows = slice(t0 * m, min(t0 + chunk, T) * m)
-        dest = XW_rows[rows, ...]
-        out = ops.matmul(X1_rows[rows, ...], W_ih1.T, dest)
+        t1 = min(t0 + chunk, T)
+        first = t0 if keep else 0  # the buffer's step that receives step t0
+        dest = XW_rows[first * m:(first + t1 - t0) * m, ...]
+        out = ops.matmul(X1_rows[t0 * m:t1 * m, ...], W_ih1.T, dest)
         if out is not dest:  # an ops that does not write into ``out``
             dest[...] = out
 
     if chunk == T:
         XW_rows = ops.matmul(X1_rows, W_ih1.T, XW_rows)
-    XW = xp.reshape(XW_rows, (T, m, G * n_a))
+    XW = xp.reshape(XW_rows, (-1, m, G * n_a))
 
     S = empty(T + 1, m, n_a)
     S[0, ...] = h0
     C = saved = b_hn = None
     if kind == "lstm":
-        C = empty(T + 1, m, n_a)
+        C = empty(T + 1, m, n_a) if keep else _one_block(ops, xp, T + 1, (m, n_a), dtype, dev)
         C[0, ...] = c0
         # Step t reads XW[t] once and then stores its activated gates, the same (m, 4*n_a) block,
         # in its place: one sequence-sized buffer fewer.
-        saved = XW
+        saved = XW if keep or XW.shape[0] == T else _one_block(ops, xp, T, (m, 4 * n_a), dtype, dev)
     elif kind == "gru":
-        saved = empty(T, m, 4 * n_a)
+        saved = empty(T, m, 4 * n_a) if keep else _one_block(ops, xp, T, (m, 4 * n_a), dtype, dev)
         b_hn = b_hh[2 * n_a:] if b_hh is not None else xp.zeros((n_a,), dtype=dtype, device=dev)
 
     W_hhT = c_order(xp, W_hh.T)  # a contiguous right operand makes the per-step GEMM faster
@@ -156,23 +179,53 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
         Y = xp.where(mask, Y, xp.zeros((), dtype=dtype, device=dev))
     if reverse:
         Y = _flip(xp, Y)
-    trace = Trace(kind, X, X1, W_ih, W_hh, S, C, saved, mask, reverse)
+    trace = Trace(kind, X, X1, W_ih, W_hh, S, C, saved, mask, reverse) if keep else None
     return Y, h, c, trace
 
 
+def _one_block(ops, xp, steps, shape, dtype, dev):
+    """A ``(steps, *shape)`` buffer whose steps are all one block (stride 0 in time), or a whole one.
+
+    The block is rewritten at every step: only the last step's values remain.
+    NumPy arrays allow such a view (the other backends get ``steps`` blocks;
+    their views cannot alias).
+    """
+    block = ops.empty(shape, dtype, dev)
+    if not isinstance(block, np.ndarray):
+        return ops.empty((steps, *shape), dtype, dev)
+    return np.lib.stride_tricks.as_strided(block, (steps, *shape), (0, *block.strides), writeable=True)
+
+
+def _one_block_in_time(a):
+    """Whether every step of the time-major ``a`` is one block (:func:`_one_block`'s view)."""
+    return isinstance(a, np.ndarray) and a.shape[0] > 1 and a.strides[0] == 0
+
+
 def _forward_steps(ops, xp, kind, XW, W_hhT, b_hn, saved, S, C, mask, hw_buffer, project, chunk):
-    """The forward time loop through the ops' step methods (any ops, masks included)."""
+    """The forward time loop through the ops' step methods (any ops, masks included).
+
+    ``XW`` holds every step's projection, or (without a trace) one chunk's, step ``t`` in row ``t % chunk``.
+    ``C`` may be one block for every step (:func:`_one_block`).
+    """
+    T = S.shape[0] - 1
     h, c = S[0, ...], (C[0, ...] if C is not None else None)
-    for t in range(XW.shape[0]):
+    # Where every step's cell state is one block, a masked step needs the state it must carry kept apart.
+    carried = (ops.empty(c.shape, c.dtype, device_of(c))
+               if mask is not None and C is not None and T > 0 and _one_block_in_time(C) else None)
+    for t in range(T):
         if project is not None and t % chunk == 0:
             project(t)
         hw = ops.matmul(h, W_hhT, hw_buffer)
+        xw = XW[t % XW.shape[0], ...]
+        if carried is not None:
+            carried[...] = c
+            c = carried
         if kind == "rnn":
-            ops.rnn_forward(XW[t, ...], hw, saved, S, t)
+            ops.rnn_forward(xw, hw, saved, S, t)
         elif kind == "lstm":
-            ops.lstm_forward(XW[t, ...], hw, c, saved, C, S, t)
+            ops.lstm_forward(xw, hw, c, saved, C, S, t)
         else:
-            ops.gru_forward(XW[t, ...], hw, b_hn, h, saved, S, t)
+            ops.gru_forward(xw, hw, b_hn, h, saved, S, t)
         if mask is not None:
             S[t + 1, ...] = xp.where(mask[t, ...], S[t + 1, ...], h)
             if C is not None:
@@ -333,7 +386,7 @@ def check_direct(device, xp=None, ops=None):
         grads = dict(dY=draw(T, m, n_a), dh_T=draw(m, n_a), dc_T=draw(m, n_a) if kind == "lstm" else None)
         results = []
         for each in ops:
-            Y, h, c, trace = sequence_forward(*args, ops=each)
+            Y, h, c, trace = sequence_forward(*args, ops=each, keep=True)
             back = sequence_backward(trace, **grads, ops=each)
             results.append(dict(Y=Y, h=h, c=c, **back))
         for key, want in results[0].items():

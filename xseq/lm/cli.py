@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import shlex
 import sys
@@ -77,35 +76,28 @@ from ..distributed import (
     write_lines,
 )
 from ..ops import blas, host
+from ..ops.inference import inference_mode
 from ..ops.select import ops_for
 from ..ops.switches import direct_enabled, fused_enabled, lanes_enabled
-from . import resources
 from .checkpoint import CheckpointError, load_checkpoint
 from .corpus import CorpusError
 from .files import DestinationError
-from .model_schema import model_input
-from .sampling import SamplingError
-from .trainer import saved_kind
 from .language_model import CELLS
 from .outputs import DEFAULT_OUT, check_files, check_writable, plot, pyplot
 from .plans import PLANS
-from .stream_train import DEFAULT_BPTT, STREAM_DEFAULT_LR
-from .recipe import CLIP_MODES, DEFAULT_EPOCHS, DEFAULT_MAX_SEQ_LEN, OPTIMIZERS, DivergedError
+from .recipe import STREAM_DEFAULT_LR
+from .recipe import CLIP_MODES, DEFAULT_EPOCHS, OPTIMIZERS, DivergedError
 from .usage import (
     MAX_LEN,
     SAMPLES,
     SAMPLES_AFTER_TRAINING,
     TEMPERATURE,
     UsageError,
-    check_fits,
     finite_float,
-    model_shape,
     non_negative_int,
-    perplexity,
     positive_int,
     printable,
     say,
-    show,
 )
 
 CLI_BACKENDS = ("auto", "numpy", "cupy", "torch")
@@ -214,6 +206,8 @@ def build_parser():
     info = commands.add_parser("info", help="configuration, vocabulary, size and training history of a model")
     info.add_argument("model", metavar="MODEL", help="checkpoint written by xseq train")
     info.set_defaults(func=cmd_info)
+    for plan in PLANS:  # a plan's own commands (translate)
+        plan.add_commands(commands)
     return parser
 
 
@@ -421,11 +415,8 @@ def cmd_train(args):
 
     if comm.rank != 0:
         return 0
-    val = trainer.history[-1]["val_loss"]
+    plan.after_training(trainer, args)
     unit = plan.unit(trainer.model)
-    print(f"validation loss: {val:.4f} nats per {unit} (perplexity {perplexity(val):.2f})")
-    if args.samples:
-        _print_training_samples(trainer.model, args.samples, trainer.config.seed)
     if plt is not None:
         plot(plt, trainer, args.plot, unit)
         print(f"loss curves written to {args.plot}")
@@ -445,88 +436,53 @@ def _train_plan(args, resumed):
     foreign = {key: (flag, other.DESCRIPTION) for other in PLANS if other is not plan
                for key, flag in other.OPTIONS.items()}
     plan.check_options(args, why, foreign)
+    claimed = next((p for p in PLANS if p.SELECTED_BY and p.selected_by(args)), plan)
+    if claimed is not plan:
+        raise UsageError(f"{claimed.SELECTED_BY} trains a {claimed.NAME} model; {why}")
     return plan
 
 
 def _plan_of(meta):
-    """The plan of a checkpoint: its training state's ``kind``, else the plan whose model has the input the file
-    declares (the line plan when none matches: its model says what is wrong with the file)."""
-    state = meta.get("trainer")
-    if isinstance(state, dict):
-        return next((plan for plan in PLANS if plan.NAME == saved_kind(state)), PLANS[-1])
-    return next((plan for plan in PLANS if plan.MODEL.INPUT == model_input(meta)), PLANS[-1])
+    """The plan a checkpoint belongs to (the line plan when none owns it: its model says what is wrong with the
+    file)."""
+    return next((plan for plan in PLANS if plan.owns(meta)), PLANS[-1])
 
 
 # ---------------------------------------------------------------------- sample, evaluate, info
 
 
-def _print_training_samples(model, n, seed):
-    """The samples printed at the end of ``xseq train``; a model that cannot be sampled says why instead."""
-    try:
-        samples = model.sample(n, temperature=TEMPERATURE, max_len=MAX_LEN, seed=seed)
-    except SamplingError as exc:
-        print(f"samples: none: {exc}")
-        return
-    print("samples:")
-    for text in samples:
-        show(f"  {text}")
+def _model(args, meta, arrays, backend):
+    plan = _plan_of(meta)
+    return plan, plan.MODEL.from_checkpoint(arrays, meta, backend=backend, where=f"checkpoint {str(args.model)!r}")
 
 
 def cmd_sample(args):
     arrays, meta = load_checkpoint(args.model)
-    plan = _plan_of(meta)
-    model = plan.MODEL.from_checkpoint(arrays, meta, backend=backend_named(args.backend),
-                                       where=f"checkpoint {str(args.model)!r}")
-    shape = model_shape(model)
-    check_fits(model.xp, lambda **v: resources.sampling_bytes(**shape, **v), {"n": args.n, "max_len": args.max_len},
-               {"n": ("-n", args.n, SAMPLES), "max_len": ("--max-len", args.max_len, MAX_LEN)}, "sampling",
-               f"{args.n:,} samples of up to {args.max_len:,} {plan.unit(model)}s drawn together")
-    plan.note_prefix(model, args.prefix)
-    try:
-        samples = model.sample(args.n, temperature=args.temperature, top_k=args.top_k, prefix=args.prefix,
-                               max_len=args.max_len, seed=args.seed)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    for text in samples:
-        show(text)
+    plan, model = _model(args, meta, arrays, backend_named(args.backend))
+    with inference_mode():  # nothing kept for a backward pass
+        plan.sample(args, model)
     return 0
 
 
 def cmd_evaluate(args):
-    """Score a corpus as the model's plan reads text (under a launcher: a share of the lines on every rank, or a
-    stream on rank 0 alone)."""
+    """Score a corpus as the model's plan reads text (under a launcher: a share on every rank, or a stream on
+    rank 0 alone)."""
     backend = _backend_for_ranks(args)
     arrays, meta = load_checkpoint(args.model)
-    plan = _plan_of(meta)
-    model = plan.MODEL.from_checkpoint(arrays, meta, backend=backend, where=f"checkpoint {str(args.model)!r}")
-    scored = plan.evaluate(args, model)
-    if scored is not None:
-        what, loss = scored
-        print(what)
-        print(f"cross-entropy: {loss:.4f} nats per {plan.unit(model)}")
-        print(f"perplexity: {perplexity(loss):.3f}")
+    plan, model = _model(args, meta, arrays, backend)
+    with inference_mode():
+        lines = plan.evaluate(args, model)
+    for line in lines or ():
+        print(line)
     return 0
 
 
 def cmd_info(args):
     arrays, meta = load_checkpoint(args.model)
-    where = f"checkpoint {args.model!r}"
-    plan = _plan_of(meta)
-    model = plan.MODEL.from_checkpoint(arrays, meta, backend="numpy", where=where)
-    c, vocab = model.config(), model.vocab
-    inside, after = plan.describe(c)
-    show(f"model: {c['cell']}, hidden size {c['hidden_size']}, {c['num_layers']} "
-         f"layer{'s' * (c['num_layers'] > 1)}{inside}, dropout {c['dropout']:g}, {model.dtype_name}{after}")
-    shown = "".join(vocab.tokens[3:]) if vocab.level == "char" else " ".join(vocab.tokens[3:13]) + " ..."
-    tokenizer = "" if vocab.tokenizer is None else f", {vocab.tokenizer} tokenizer"
-    show(f"vocabulary: {len(vocab)} tokens ({vocab.level} level{tokenizer}): <pad> <unk> <eos> {shown!r}")
-    show(f"parameters: {model.num_parameters():,}")
-    state = meta.get("trainer")
-    if not isinstance(state, dict):
-        show("training: no training state recorded")
-        return 0
+    plan, model = _model(args, meta, arrays, "numpy")
     try:
-        plan.print_history(state, arrays.get("train/losses"))
+        plan.info(model, meta, arrays)
     except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{where} has an invalid training state: {type(exc).__name__}: {exc}") from None
+        raise CheckpointError(f"checkpoint {args.model!r} has an invalid training state: {type(exc).__name__}: "
+                              f"{exc}") from None
     return 0

@@ -47,6 +47,7 @@ from ..nn.embedding import Embedding, add_rows
 from ..nn.losses import softmax_cross_entropy
 from ..nn.optim import _check_positive as check_positive
 from ..nn.projection_loss import projection_cross_entropy, projection_nll
+from ..ops.inference import inference_mode
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .model_schema import (  # noqa: F401
     CELLS,
@@ -199,8 +200,13 @@ class LanguageModel:
 
     @property
     def dropout_rng(self):
-        """The NumPy generator of every dropout mask (the layer's)."""
+        """The NumPy generator of every dropout mask (the layer's); a trainer may replace it (with
+        :class:`xseq.distributed.ExampleDropout`)."""
         return self.layer.dropout_rng
+
+    @dropout_rng.setter
+    def dropout_rng(self, rng):
+        self.layer.dropout_rng = rng
 
     @property
     def dtype_name(self):
@@ -418,6 +424,7 @@ class LanguageModel:
         keep = np.flatnonzero(np.ascontiguousarray(mask.T).reshape(-1))
         return self.xp.asarray(ids[keep]), self.xp.asarray(keep)
 
+    @inference_mode()
     def nll(self, inputs, targets, state=None, *, mask=None):
         """The summed negative log-likelihood of a batch (no dropout, no gradients) and the final state.
 
@@ -484,6 +491,7 @@ class LanguageModel:
         return sample_ids(self, prefix_ids, n, max_len, first_input=first_input, offset=self._first, never=never,
                           top_k=top_k, temperature=temperature, seed=seed)
 
+    @inference_mode()
     def _step(self, ids, state):
         """One step for every sample: host ids (m,) -> host float64 scores (n_y, m) and the new state."""
         xp = self.xp

@@ -167,7 +167,82 @@ _RECIPE_FIELDS = ("cell", "hidden_size", "num_layers", "dropout", "batch_size", 
                   "clip", "clip_mode", "epochs", "steps", "val_fraction", "seed", "dtype")
 
 
-class LineData:
+class ShuffledBatches:
+    """Batches of a list of examples (``self.train_ids``) in an order drawn anew every epoch: what the line plan
+    and the pair plan share.
+
+    A subclass sets ``config`` (with ``seed`` and ``batch_size``) and
+    ``train_ids`` and says how many tokens an example predicts
+    (:meth:`tokens_of`). A checkpoint keeps the shuffling stream's state: at
+    an epoch's start, the stream itself; mid-epoch, its state when the
+    epoch's order was drawn, so a resume draws the same order again.
+    """
+
+    def _start_shuffling(self):
+        self.shuffle_rng = np.random.default_rng([self.config.seed, 2])
+        self._order = self._epoch_start_rng_state = None
+
+    def tokens_of(self, example):
+        """Tokens an example predicts."""
+        raise NotImplementedError
+
+    @property
+    def steps_per_epoch(self):
+        """Batches in one pass over the training examples (the last one may be smaller)."""
+        return -(-len(self.train_ids) // self.config.batch_size)
+
+    def batch(self, k):
+        """The examples of the epoch's ``k``-th batch; the epoch's order is drawn at its first batch."""
+        if self._order is None:
+            self._epoch_start_rng_state = self.shuffle_rng.bit_generator.state
+            self._order = self.shuffle_rng.permutation(len(self.train_ids))
+        B = self.config.batch_size
+        return [self.train_ids[i] for i in self._order[k * B:(k + 1) * B]]
+
+    def tokens(self, batch):
+        """Tokens a batch predicts."""
+        return sum(self.tokens_of(example) for example in batch)
+
+    def share(self, batch, comm):
+        """``(start, stop, weight)``: this rank's examples of the batch and its share of the batch's tokens."""
+        start, stop = share(len(batch), comm)
+        weight = self.tokens(batch[start:stop]) / self.tokens(batch) if comm.size > 1 else 1.0
+        return start, stop, weight
+
+    def sparse_rows(self, batch, model):
+        """No gradient is sent as rows."""
+        return None
+
+    def step_taken(self):
+        """Nothing is carried from one batch to the next."""
+
+    def epoch_done(self):
+        """The next epoch draws a new order."""
+        self._order = None
+
+    def checkpoint_extras(self, model, comm, batch_in_epoch):
+        """The shuffling stream: mid-epoch, its state when the epoch's order was drawn, so a resume draws it
+        again."""
+        in_epoch = self._order is not None
+        state = self._epoch_start_rng_state if in_epoch else self.shuffle_rng.bit_generator.state
+        return {}, {"shuffle_rng": state}
+
+    def restore_position(self, where, arrays, state, batch_in_epoch, model, comm):
+        """Where the saved run stood in its epoch: the shuffling stream, and mid-epoch the epoch's order."""
+        self.shuffle_rng.bit_generator.state = check_rng_state(where, "shuffle_rng", state["shuffle_rng"],
+                                                                self.shuffle_rng)
+        if batch_in_epoch:
+            self._epoch_start_rng_state = self.shuffle_rng.bit_generator.state
+            self._order = self.shuffle_rng.permutation(len(self.train_ids))
+
+    def tokens_after(self, epoch, batch_in_epoch):
+        """Predicted tokens of ``epoch`` whole epochs and the current epoch's first ``batch_in_epoch`` batches."""
+        per_epoch = self.tokens(self.train_ids)
+        done = self._order[:batch_in_epoch * self.config.batch_size] if batch_in_epoch else ()
+        return epoch * per_epoch + sum(self.tokens_of(self.train_ids[i]) for i in done)
+
+
+class LineData(ShuffledBatches):
     """The *line* plan's data: one line a sequence, padded batches in a shuffled order, a random validation split.
 
     This is what :class:`~xseq.lm.trainer.Trainer` asks of a plan (a third
@@ -180,12 +255,12 @@ class LineData:
     * ``config``, ``source``, ``corpus`` (the record a checkpoint keeps) and
       :meth:`fingerprints` (what every rank must hold alike);
     * :meth:`new_model` and :meth:`attach` (the data as the model's ids);
-    * per step: :attr:`steps_per_epoch`, :meth:`batch`, :meth:`tokens`,
-      :meth:`share`, :meth:`loss_and_backward`, :meth:`sparse_rows`,
-      :meth:`step_taken`, :meth:`epoch_done`;
+    * per step: ``steps_per_epoch``, ``batch``, ``tokens``, ``share``,
+      :meth:`loss_and_backward`, ``sparse_rows``, ``step_taken``,
+      ``epoch_done`` (the shuffled batches' here: :class:`ShuffledBatches`);
     * :meth:`validation_loss` and :meth:`format_record`;
-    * checkpoints: :meth:`checkpoint_extras`, :meth:`restore_position`,
-      :meth:`tokens_after`, and the class method :meth:`resumed`.
+    * checkpoints: ``checkpoint_extras``, ``restore_position``,
+      ``tokens_after``, and the class method :meth:`resumed`.
 
     Parameters
     ----------
@@ -216,8 +291,7 @@ class LineData:
             raise TypeError(f"config must be an xseq.TrainConfig; got {type(config).__name__}")
         self.lines, self.config, self.source = list(lines), config, source
         self.corpus = {"source": source, "sha256": corpus_fingerprint(self.lines), "sequences": len(self.lines)}
-        self.shuffle_rng = np.random.default_rng([config.seed, 2])
-        self._order = self._epoch_start_rng_state = None
+        self._start_shuffling()
 
     def new_model(self, backend):
         """A new model of the recipe: the course's one-hot model over every character of the corpus."""
@@ -234,30 +308,9 @@ class LineData:
         """What every rank must hold alike, by name."""
         return {"training corpora": self.corpus["sha256"]}
 
-    # ------------------------------------------------------------------ steps
-
-    @property
-    def steps_per_epoch(self):
-        """Batches in one pass over the training split (the last one may be smaller)."""
-        return -(-len(self.train_ids) // self.config.batch_size)
-
-    def batch(self, k):
-        """The sequences of the epoch's ``k``-th batch; the epoch's order is drawn at its first batch."""
-        if self._order is None:
-            self._epoch_start_rng_state = self.shuffle_rng.bit_generator.state
-            self._order = self.shuffle_rng.permutation(len(self.train_ids))
-        B = self.config.batch_size
-        return [self.train_ids[i] for i in self._order[k * B:(k + 1) * B]]
-
-    def tokens(self, batch):
-        """Tokens predicted by a batch: every character and an ``<eos>`` a sequence."""
-        return sum(len(s) + 1 for s in batch)
-
-    def share(self, batch, comm):
-        """``(start, stop, weight)``: this rank's sequences of the batch and its share of the batch's tokens."""
-        start, stop = share(len(batch), comm)
-        weight = self.tokens(batch[start:stop]) / self.tokens(batch) if comm.size > 1 else 1.0
-        return start, stop, weight
+    def tokens_of(self, sequence):
+        """Every character and an ``<eos>``."""
+        return len(sequence) + 1
 
     def loss_and_backward(self, model, batch, start, stop, weight):
         """``(loss, its share of the step's loss)`` of sequences ``start:stop``: the mean cross-entropy per token
@@ -265,17 +318,6 @@ class LineData:
         inputs, targets, mask = line_batch(batch[start:stop], model.vocab_size)
         loss, _ = model.loss_and_backward(inputs, targets, mask=mask, average="tokens", training=True)
         return loss, loss * weight
-
-    def sparse_rows(self, batch, model):
-        """No gradient is sparse here: the model's input is one-hot."""
-        return None
-
-    def step_taken(self):
-        """Nothing is carried from one batch to the next."""
-
-    def epoch_done(self):
-        """The next epoch draws a new order."""
-        self._order = None
 
     def validation_loss(self, model, comm):
         """Mean cross-entropy per token on the validation split, cut as training cuts it."""
@@ -286,29 +328,6 @@ class LineData:
         train = "" if record["train_loss"] is None else f"  train {record['train_loss']:.4f}"
         return (f"epoch {record['epoch']:g}  step {record['step']}{train}  val {record['val_loss']:.4f}"
                 f"  ({record['seconds']:.1f} s)")
-
-    # ------------------------------------------------------------------ checkpoints
-
-    def checkpoint_extras(self, model, comm, batch_in_epoch):
-        """The shuffling stream: mid-epoch, its state when the epoch's order was drawn, so a resume draws it
-        again."""
-        in_epoch = self._order is not None
-        state = self._epoch_start_rng_state if in_epoch else self.shuffle_rng.bit_generator.state
-        return {}, {"shuffle_rng": state}
-
-    def restore_position(self, where, arrays, state, batch_in_epoch, model, comm):
-        """Where the saved run stood in its epoch: the shuffling stream, and mid-epoch the epoch's order."""
-        self.shuffle_rng.bit_generator.state = check_rng_state(where, "shuffle_rng", state["shuffle_rng"],
-                                                                self.shuffle_rng)
-        if batch_in_epoch:
-            self._epoch_start_rng_state = self.shuffle_rng.bit_generator.state
-            self._order = self.shuffle_rng.permutation(len(self.train_ids))
-
-    def tokens_after(self, epoch, batch_in_epoch):
-        """Predicted tokens of ``epoch`` whole epochs and the current epoch's first ``batch_in_epoch`` batches."""
-        per_epoch = sum(len(s) + 1 for s in self.train_ids)
-        done = self._order[:batch_in_epoch * self.config.batch_size] if batch_in_epoch else ()
-        return epoch * per_epoch + sum(len(self.train_ids[i]) + 1 for i in done)
 
     @classmethod
     def resumed(cls, where, state, model, *, epochs=None, steps=None, lines, source=None):

@@ -16,6 +16,7 @@ import sys
 import numpy as np
 
 from . import resources
+from .plan_common import LanguageModelPlan
 from .corpus import builtin_corpus, open_corpus, read_corpus
 from .model import CharLM
 from .lines_data import evaluate, split_sequences
@@ -46,7 +47,7 @@ RECIPE_OPTIONS = {"cell": "--cell", "hidden_size": "--hidden", "num_layers": "--
 DEFAULTS = TrainConfig()
 
 
-class LinePlan:
+class LinePlan(LanguageModelPlan):
     """One line a sequence: padded batches with lengths, a random validation split (the default plan)."""
 
     NAME = "line"
@@ -54,6 +55,7 @@ class LinePlan:
     DESCRIPTION = "line models"
     OPTIONS = {"max_seq_len": "--max-seq-len"}  # the options of this plan alone
     WHY_NEW = "add --level word or --bptt L for a stream model"
+    SELECTED_BY = None  # every run no other plan selects
 
     def selected_by(self, args):
         """The default: every ``xseq train`` another plan does not claim."""
@@ -122,7 +124,7 @@ class LinePlan:
 
     # ------------------------------------------------------------------ evaluate, sample, info
 
-    def evaluate(self, args, model):
+    def evaluate_model(self, args, model):
         """``xseq evaluate``: every rank scores a share of the lines, cut as training cut them; ``(what was scored,
         nats per character)``."""
         if args.max_seq_len is None:

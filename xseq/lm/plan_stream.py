@@ -14,6 +14,7 @@ import sys
 import numpy as np
 
 from . import resources
+from .plan_common import LanguageModelPlan
 from .corpus import CorpusError, builtin_corpus, read_corpus
 from .plan_lines import RECIPE_OPTIONS
 from .stream_model import StreamLM
@@ -60,7 +61,7 @@ STREAM_RECIPE_OPTIONS = {**{k: v for k, v in RECIPE_OPTIONS.items() if k != "max
 STREAM_DEFAULTS = StreamConfig()
 
 
-class StreamPlan:
+class StreamPlan(LanguageModelPlan):
     """One token stream in contiguous columns, windows of ``--bptt`` steps, the state carried between them."""
 
     NAME = "stream"
@@ -68,6 +69,7 @@ class StreamPlan:
     DESCRIPTION = "stream models (--level word, or --bptt)"
     OPTIONS = {**STREAM_OPTIONS, "val_corpus": "--val-corpus"}  # the options of this plan alone
     WHY_NEW = "this is a stream model"
+    SELECTED_BY = "--level word or --bptt"
 
     def selected_by(self, args):
         """``--level word``, or ``--bptt`` at any level."""
@@ -166,7 +168,7 @@ class StreamPlan:
 
     # ------------------------------------------------------------------ evaluate, sample, info
 
-    def evaluate(self, args, model):
+    def evaluate_model(self, args, model):
         """``xseq evaluate``: the whole file as one stream (one column) from the zero state, read in bounded
         memory. Its state is carried from the first token to the last: cut into pieces it would score another
         number, so under a launcher rank 0 scores it alone (the others return None). ``(what was scored, nats per

@@ -9,7 +9,8 @@ command line (:mod:`xseq.lm.cli`) only calls plans: a new plan is a module of it
 from __future__ import annotations
 
 from .plan_lines import LinePlan
+from .plan_pairs import PairPlan
 from .plan_stream import StreamPlan
 
 # The line plan, last, takes every run no other plan selects.
-PLANS = (StreamPlan(), LinePlan())
+PLANS = (PairPlan(), StreamPlan(), LinePlan())

@@ -46,7 +46,7 @@ def restore_run(trainer, where, arrays, state):
     trainer.step, trainer.epoch, trainer.batch_in_epoch = step, epoch, batch_in_epoch
     trainer._restore_position(where, arrays, state)
     restore_optimizer(trainer, where, arrays, state["optimizer"])
-    rng = trainer.model.layer.dropout_rng
+    rng = trainer.model.dropout_rng
     rng.bit_generator.state = check_rng_state(where, "dropout_rng", state["dropout_rng"], rng)
     trainer.losses = check_losses(where, arrays[LOSSES_KEY], step, trainer.data.step_unit)
     trainer.history = check_history(where, state["history"], step, per_epoch, trainer.data.step_unit)

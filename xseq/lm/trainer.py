@@ -148,9 +148,8 @@ class Trainer:
         """Take the communicator, and dropout masks that follow the examples (so any split gives the same run)."""
         self.comm = SingleProcess() if comm is None else comm
         self._stop_agreed = False
-        layer = self.model.layer
-        if not isinstance(layer.dropout_rng, ExampleDropout):
-            layer.dropout_rng = ExampleDropout(layer.dropout_rng)
+        if not isinstance(self.model.dropout_rng, ExampleDropout):
+            self.model.dropout_rng = ExampleDropout(self.model.dropout_rng)
 
     def _fingerprints(self):
         """What every rank must hold alike, by name: the data and the recipe."""

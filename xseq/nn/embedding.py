@@ -11,6 +11,10 @@ RNN and GRU) take as ``x``, with ``n_x = dim``.
 The gradient is the transpose of the lookup: row ``v`` of ``dW`` is the sum of
 the output gradients at every position holding id ``v``. It is accumulated by
 index (:func:`add_rows`), never through a one-hot product.
+
+Under :class:`xseq.inference_mode` :meth:`Embedding.forward` keeps no ids, and
+a following :meth:`Embedding.backward` raises
+:class:`~xseq.ops.inference.InferenceModeError`.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from ..backends.arrays import (
 from ..backends.arrays import backend as backend_named
 from ..backends.checks import _dtype_name as dtype_name
 from ..backends.checks import check_floating, check_ndim, check_shape, check_sizes
+from ..ops.inference import is_inference_mode_enabled, refuse_backward
 
 
 def add_rows(grad, ids, rows):
@@ -158,6 +163,7 @@ class Embedding:
         self.parameters = {"weight": asarray(weight, backend=self.xp, dtype=self.dtype)}
         self.zero_grad()
         self._ids = self._out_shape = None
+        self._inference = False  # whether the last forward ran in inference mode (and kept no ids)
 
     def __repr__(self):
         return (f"Embedding({self.vocab_size}, {self.dim}, backend={backend_name(self.xp)!r}, "
@@ -175,6 +181,8 @@ class Embedding:
         -------
         e : (dim, m, T_x), or (dim, T_x) for 1-D ``ids``, in this layer's dtype
             ``e[:, i, t] = weight[ids[i, t]]``: the course layout of ``x``.
+
+        Under :class:`xseq.inference_mode` the ids are not kept (:meth:`backward` then raises).
         """
         xp = self.xp
         ids = self._check_ids(ids)
@@ -182,7 +190,8 @@ class Embedding:
         # engine layout into which a recurrent layer permutes its x: no copy on the way there.
         flat = xp.reshape(xp.permute_dims(ids, (1, 0)) if ids.ndim == 2 else ids, (-1,))
         rows = xp.take(self.parameters["weight"], flat, axis=0)
-        self._ids = flat
+        self._inference = is_inference_mode_enabled()
+        self._ids = None if self._inference else flat
         if ids.ndim == 1:
             e = xp.permute_dims(rows, (1, 0))
         else:
@@ -207,7 +216,16 @@ class Embedding:
         Returns
         -------
         None : the ids are integers and have no gradient.
+
+        Raises
+        ------
+        RuntimeError
+            No forward ran before.
+        xseq.ops.inference.InferenceModeError
+            The last forward ran under :class:`xseq.inference_mode` and kept no ids.
         """
+        if self._inference:
+            refuse_backward("Embedding.backward", "Embedding.forward")
         if self._ids is None:
             raise RuntimeError("Embedding.backward was called before forward: run forward first; "
                                "backward uses the ids it keeps")

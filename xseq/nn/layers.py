@@ -31,6 +31,12 @@ Truncated back-propagation through time: pass the final state of one call as
 ``h0`` of the next. The next call's graph starts at that state; its backward
 stores the gradient of that state (:attr:`~RecurrentLayer.d_initial_state`)
 but does not propagate into the previous call's weights.
+
+Inference: a forward pass under :class:`xseq.inference_mode` returns the same
+outputs and final state but keeps nothing for a backward pass (no trace of
+any layer, no dropout masks; see :mod:`xseq.engine.sequence` for the buffers
+it then skips); a following :meth:`~RecurrentLayer.backward` raises
+:class:`~xseq.ops.inference.InferenceModeError`.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from ..backends.checks import (
 )
 from ..course.rnn import check_input, time_major
 from ..engine import sequence as engine
+from ..ops.inference import is_inference_mode_enabled, refuse_backward
 
 
 class RecurrentLayer:
@@ -168,7 +175,9 @@ class RecurrentLayer:
         lengths : sequence of int or 1-D integer array of length m, optional
             Each example's number of valid steps, ``1 <= L <= T_x``, in any order.
         training : bool, default False
-            Apply dropout between layers (when ``dropout > 0``).
+            Apply dropout between layers (when ``dropout > 0``). Under
+            :class:`xseq.inference_mode` nothing is kept for :meth:`backward`
+            (which then raises); the results are the same.
 
         Returns
         -------
@@ -185,6 +194,9 @@ class RecurrentLayer:
         states = self._split_state("h0", h0, m)
         mask = None if lengths is None else self._length_mask(lengths, m, T)
 
+        keep_trace = not is_inference_mode_enabled()
+        # The last forward's trace is dropped before this one runs: its buffers return to the pool for this call.
+        self._cache = None
         inputs = time_major(xp, x)
         traces, dropout_masks = [], []
         h_n, c_n = [], []
@@ -193,7 +205,7 @@ class RecurrentLayer:
                 keep = self.dropout_rng.random(inputs.shape) >= self.dropout
                 scale = self._from_host(keep / (1 - self.dropout))
                 inputs = inputs * scale
-                dropout_masks.append(scale)
+                dropout_masks.append(scale if keep_trace else None)
             else:
                 dropout_masks.append(None)
             outputs = []
@@ -203,7 +215,8 @@ class RecurrentLayer:
                 h = self._initial(states[0], k, m)
                 c = self._initial(states[1], k, m) if self.kind == "lstm" else None
                 Y, h_T, c_T, trace = engine.sequence_forward(
-                    self.kind, inputs, W_ih, W_hh, b_ih, b_hh, h, c, mask=mask, reverse=bool(direction))
+                    self.kind, inputs, W_ih, W_hh, b_ih, b_hh, h, c, mask=mask, reverse=bool(direction),
+                    keep=keep_trace)
                 outputs.append(Y)
                 traces.append(trace)
                 h_n.append(h_T.T)
@@ -211,7 +224,9 @@ class RecurrentLayer:
                     c_n.append(c_T.T)
             inputs = outputs[0] if len(outputs) == 1 else xp.concat(outputs, axis=2)
 
-        self._cache = {"traces": traces, "dropout_masks": dropout_masks, "m": m, "T": T}
+        # Under inference mode the cache only records that the last forward kept nothing (backward refuses).
+        self._cache = ({"traces": traces, "dropout_masks": dropout_masks, "m": m, "T": T} if keep_trace
+                       else {"inference": True})
         final_state = xp.stack(h_n, axis=0)
         if self.kind == "lstm":
             final_state = (final_state, xp.stack(c_n, axis=0))
@@ -236,10 +251,19 @@ class RecurrentLayer:
         dx : (n_x, m, T_x) gradient with respect to ``x``; zero at steps past an example's length.
 
         The gradient with respect to ``h0`` (and ``c0``) is stored in :attr:`d_initial_state`.
+
+        Raises
+        ------
+        RuntimeError
+            No forward ran before.
+        xseq.ops.inference.InferenceModeError
+            The last forward ran under :class:`xseq.inference_mode` and kept nothing.
         """
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward was called before forward: "
                                "run forward first; backward uses what it keeps")
+        if "inference" in self._cache:
+            refuse_backward(f"{type(self).__name__}.backward", f"{type(self).__name__}.forward")
         xp, D, n_a = self.xp, self.num_directions, self.hidden_size
         m, T = self._cache["m"], self._cache["T"]
         d_states = self._split_state("d_final_state", d_final_state, m)
