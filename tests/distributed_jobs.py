@@ -114,6 +114,13 @@ def line_config(**recipe):
     return TrainConfig(**{"hidden_size": 6, "batch_size": 5, "dtype": "float64", "steps": 9, "seed": 3, **recipe})
 
 
+def pair_config(**recipe):
+    from xseq.lm.recipe import Seq2SeqConfig
+
+    return Seq2SeqConfig(**{"hidden_size": 4, "decoder_size": 5, "embed_size": 3, "attention_size": 3,
+                            "batch_size": 5, "dtype": "float64", "steps": 9, "seed": 6, **recipe})
+
+
 def stream_config(**recipe):
     from xseq.lm.stream_train import StreamConfig
 
@@ -135,6 +142,8 @@ RUNS = {
     # tied weights: the embedding's gradient is dense and travels whole (untied, only the window's rows do)
     "stream-rnn-sgd-tied": ("stream", dict(cell="rnn", embed_size=6, tie_weights=True, batch_size=4, optimizer="sgd",
                                            lr=0.5)),
+    # sequence to sequence: 18 training pairs of dates, batches of 5 then 3
+    "pairs-lstm-adam-dropout": ("pairs", dict(cell="lstm", dropout=0.2, optimizer="adam", clip=0.5)),
 }
 
 
@@ -144,6 +153,13 @@ def make_trainer(kind, recipe, comm):
 
     if kind == "lines":
         return Trainer(NAMES, line_config(**recipe), backend="numpy", source="names", comm=comm)
+    if kind == "pairs":
+        from xseq.lm.pairs_data import PairData
+        from xseq.lm.trainer import Trainer as OneTrainer
+        from xseq.seq2seq.dates import date_pairs
+
+        return OneTrainer(PairData(date_pairs(20, seed=5), pair_config(**recipe), source="dates"), backend="numpy",
+                          comm=comm)
     return StreamTrainer(list(WORDS) * 3, stream_config(**recipe), backend="numpy", source="words", comm=comm)
 
 

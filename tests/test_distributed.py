@@ -113,14 +113,14 @@ def test_without_nccl_on_one_rank_every_rank_sums_through_the_host_and_says_why(
 
 def test_training_on_2_and_3_ranks_equals_one_process(tmp_path):
     """Every run of tests/distributed_jobs.py's RUNS (LSTM and GRU, Adam and SGD, clipping by norm and by value,
-    dropout, lines and word streams, float64, odd batches that leave some ranks without an example): the
+    dropout, lines, word streams and sequence-to-sequence pairs, float64, odd batches that leave some ranks without an example): the
     parameters, every step's loss and every validation loss of 2 and 3 ranks equal one process's to 1e-12."""
     for n in (1, 2, 3):
         (tmp_path / str(n)).mkdir()
         done = launch(n, sys.executable, "-m", "tests.distributed_jobs", "train-grid", str(tmp_path / str(n)), str(n))
         assert done.returncode == 0, done.stdout + done.stderr
     names = sorted(p.name for p in (tmp_path / "1").iterdir())
-    assert len(names) == len(distributed_jobs.RUNS) == 5
+    assert len(names) == len(distributed_jobs.RUNS) == 6
     for name in names:
         alone = saved(tmp_path / "1" / name)
         assert alone["losses"].size == 9 and alone["val"].size >= 1
