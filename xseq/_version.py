@@ -1,3 +1,3 @@
 """xseq's version, in a module of its own so that the application can name it without importing the package root."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
