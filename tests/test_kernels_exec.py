@@ -367,6 +367,50 @@ def test_whole_sequences_through_the_fused_ops(monkeypatch, launches, kind, with
         assert_close(got[key], want[key], f"{kind} sequence: {key}")
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_sequence_to_sequence_model_through_the_fused_ops(monkeypatch, launches, cell):
+    """xseq.Seq2Seq's CuPy route minus CuPy: its encoder (the engine) and its decoder's steps (the fused LSTM step
+    it drives one step at a time, training and decoding) through FusedCupyOps on host kernels give the loss, every
+    gradient and the beam search of the reference ops."""
+    import xseq
+    from xseq.seq2seq import decode
+    from xseq.seq2seq import model as seq2seq_model
+    from xseq.seq2seq.dates import date_pairs
+
+    pairs = date_pairs(6, seed=2)
+    vocabs = [xseq.Vocabulary.from_text([pair[side] for pair in pairs]) for side in (0, 1)]
+    encode = lambda side: [vocabs[side].encode(pair[side]) for pair in pairs]  # noqa: E731
+    lengths = [np.array([len(ids) for ids in encode(side)]) for side in (0, 1)]
+    padded = [np.zeros((len(pairs), int(n.max())), dtype=np.int64) for n in lengths]
+    for side in (0, 1):
+        for i, ids in enumerate(encode(side)):
+            padded[side][i, :len(ids)] = ids
+
+    def run(ops_class):
+        for module in (engine, seq2seq_model, decode):
+            monkeypatch.setattr(module, "ops_for", lambda xp, dtype=None: ops_class(xp))
+        model = xseq.Seq2Seq(*vocabs, cell=cell, hidden_size=5, decoder_size=6, embed_size=3, attention_size=4,
+                             dtype="float64", seed=1)
+        loss = model.loss_and_backward(padded[0], lengths[0], padded[1], lengths[1])
+        grads = {k: np.array(v) for k, v in model.grads().items()}
+        outputs, scores, _ = model.beam_search(padded[0], lengths[0], beam=2, max_len=12)
+        return loss, grads, outputs, scores
+
+    want = run(ArrayAPIOps)
+    assert launches == []
+    got = run(lambda xp: FusedCupyOps(xp, direct=False))
+    assert "xseq_lstm_forward" in launches and "xseq_lstm_backward" in launches  # the decoder's steps
+    assert got[0] == pytest.approx(want[0], rel=1e-12)
+    assert got[1].keys() == want[1].keys()
+    for key in want[1]:
+        if key == "attention.b2":  # zero but for rounding: a softmax ignores a shift of every energy
+            assert abs(float(got[1][key][0])) < 1e-15 and abs(float(want[1][key][0])) < 1e-15
+            continue
+        assert_close(got[1][key], want[1][key], f"seq2seq gradient {key}")
+    assert got[2] == want[2]
+    np.testing.assert_allclose(got[3], want[3], rtol=1e-10)
+
+
 # ---------------------------------------------------------------- the direct loop (DirectSteps)
 #
 # On CuPy, unmasked sequences run through ``DirectSteps``: per step one gemm and one launch of
