@@ -1,8 +1,10 @@
 """Each piece of the host library has its own gate (``xseq/ops/native_features.py``), and the native code is real
 files shipped with the package (``xseq/ops/native/``, ``xseq/ops/native_source.py``).
 
-A piece that is missing or cannot serve (its entry points absent, exp/tanh not vectorized, no 512-bit vectors)
-turns off that piece and what runs on it, never the rest, and ``xseq.ops.host.status()`` names it with its reason.
+A piece that is missing or cannot serve (its entry points absent, exp/tanh not vectorized, no vector registers
+for the packed product) turns off that piece and what runs on it, never the rest, and ``xseq.ops.host.status()``
+names it with its reason. The build's exp/tanh are vecmath.h's own (no libmvec) wherever the target has a fused
+multiply-add; ``XSEQ_HOST_MARCH`` picks the target.
 The sources: compiler messages name the files' own lines, the cache key covers every file, every header compiles
 on its own, and a non-editable build of the package carries the files and builds from them where it is installed.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,11 +24,12 @@ import pytest
 
 import xseq
 from xseq.engine import sequence as engine
-from xseq.ops import host, native_build, native_layout, native_library, native_source
+from xseq.ops import host, native_build, native_features, native_layout, native_library, native_source
 from xseq.ops.native_features import (
     FUSED_ADAM,
     LANES,
     PACKED_PRODUCTS,
+    PACKED_VECTOR_BYTES,
     SOFTMAX_XENT,
     SPECS,
     STEP_KERNELS,
@@ -103,7 +107,7 @@ def test_every_piece_is_on_in_this_build():
 ], ids=["adam", "softmax-xent", "lanes", "packed", "a-step-kernel"])
 def test_a_missing_entry_point_turns_off_its_piece_and_what_runs_on_it(hidden, off):
     features = check_features(Changed(BUILT.lib, [hidden]), vectorized=True)
-    if not BUILT.on(PACKED_PRODUCTS):  # off in this build already (no 512-bit vectors), whatever is hidden
+    if not BUILT.on(PACKED_PRODUCTS):  # off in this build already (no vectors for it), whatever is hidden
         off.setdefault(PACKED_PRODUCTS, BUILT.features[PACKED_PRODUCTS].reason)
     assert {name: f.reason for name, f in features.items() if not f.on} == off
 
@@ -111,26 +115,160 @@ def test_a_missing_entry_point_turns_off_its_piece_and_what_runs_on_it(hidden, o
 @needs_build
 def test_without_vector_math_only_the_pieces_that_call_exp_and_tanh_are_off():
     features = check_features(BUILT.lib, vectorized=False)
-    assert features[STEP_KERNELS].reason == "exp/tanh did not vectorize (no libmvec); NumPy's steps are faster"
-    assert features[SOFTMAX_XENT].reason == "exp did not vectorize (no libmvec); NumPy's passes are used"
+    assert features[STEP_KERNELS].reason == ("exp/tanh did not vectorize (no fused multiply-add for vecmath.h, "
+                                             "no libmvec); NumPy's steps are faster")
+    assert features[SOFTMAX_XENT].reason == ("exp did not vectorize (no fused multiply-add for vecmath.h, no libmvec); "
+                                             "NumPy's passes are used")
     assert features[LANES].reason == "needs the step kernels (off)"
     assert features[FUSED_ADAM].on and features[PACKED_PRODUCTS].on == host.packed_products(BUILT.lib)
 
 
 @needs_build
-def test_a_build_without_512_bit_vectors_keeps_the_lanes_on_openblas_products():
-    narrow = Changed(BUILT.lib, xseq_packed_native=Returns(0))
+@pytest.mark.parametrize("width, reason", [
+    (0, "the build has no vector registers with a fused multiply-add (AVX2, AVX-512, NEON) for it"),
+    (8, "the build's vectors are 64-bit; the packed product is used with 512-bit, 256-bit, 128-bit vectors only"),
+    (32, "the build's 256-bit vectors are narrower than this CPU's 512-bit ones (XSEQ_HOST_MARCH): OpenBLAS, "
+         "whose kernels are chosen for the CPU it runs on, is faster"),
+], ids=["no-vectors", "unmeasured-width", "narrower-than-the-cpu"])
+def test_a_build_without_vectors_for_it_keeps_the_lanes_on_openblas_products(width, reason, monkeypatch):
+    monkeypatch.setattr(native_features, "cpu_vector_bytes", lambda: 64)  # an AVX-512 CPU
+    narrow = Changed(BUILT.lib, xseq_packed_vector_bytes=Returns(width))
     features = check_features(narrow, vectorized=True)
-    assert not features[PACKED_PRODUCTS].on and "no 512-bit vectors" in features[PACKED_PRODUCTS].reason
+    assert not features[PACKED_PRODUCTS].on and features[PACKED_PRODUCTS].reason == reason
     assert all(f.on for name, f in features.items() if name != PACKED_PRODUCTS)
     assert not host.packed_products(narrow) and gate(narrow, LANES).on
-    assert host.packed_products(Changed(BUILT.lib, xseq_packed_native=Returns(1)))
+
+
+@needs_build
+@pytest.mark.parametrize("cpu", ["same", "unknown"])
+@pytest.mark.parametrize("width", PACKED_VECTOR_BYTES)
+def test_the_packed_products_serve_every_vector_width_they_were_kept_for(width, cpu, monkeypatch):
+    """On a CPU whose widest vectors are the build's (an AVX2 build on an AVX2 CPU), or one /proc does not
+    describe (macOS)."""
+    monkeypatch.setattr(native_features, "cpu_vector_bytes", lambda: width if cpu == "same" else None)
+    assert host.packed_products(Changed(BUILT.lib, xseq_packed_vector_bytes=Returns(width)))
+
+
+@needs_compiler
+def test_the_cpus_vector_width_is_what_the_compiler_finds_for_this_cpu():
+    macros = subprocess.run([COMPILER, "-march=native", "-dM", "-E", "-x", "c++", os.devnull],
+                            capture_output=True, text=True, check=True).stdout
+    defined = set(re.findall(r"#define (\w+)", macros))
+    if "__AVX512F__" in defined:
+        want = 64
+    elif {"__AVX2__", "__FMA__"} <= defined:
+        want = 32
+    elif "__aarch64__" in defined:
+        want = 16
+    else:
+        want = None
+    if not Path("/proc/cpuinfo").is_file():
+        want = None
+    assert native_features.cpu_vector_bytes() == want
+
+
+@needs_build
+def test_the_packed_products_width_is_the_build_targets():
+    """What packed.h reports is the compiler's target (``-march=native`` here, as the build)."""
+    macros = subprocess.run([COMPILER, "-march=native", "-dM", "-E", "-x", "c++", os.devnull],
+                            capture_output=True, text=True, check=True).stdout
+    defined = set(re.findall(r"#define (\w+)", macros))
+    if "__AVX512F__" in defined:
+        want = 64
+    elif "__AVX__" in defined and "__FMA__" in defined:
+        want = 32
+    elif "__aarch64__" in defined:
+        want = 16
+    else:
+        want = 0
+    width = BUILT.lib.xseq_packed_vector_bytes
+    width.restype = ctypes.c_int
+    assert width() == want
+
+
+# ---------------------------------------------------------------- the build's own vector math
+
+class _Lib:
+    """A stand-in library that has (or lacks) ``xseq_vecmath_vector``."""
+
+    def __init__(self, own=None):
+        if own is not None:
+            self.xseq_vecmath_vector = Returns(own)
+
+
+@pytest.mark.parametrize("own, data, vectorized", [
+    (1, b"no vector names", True),  # vecmath.h's own code: no libmvec needed
+    (0, b"calls _ZGVeN16v_expf", True),  # the C library's functions, vectorized through libmvec
+    (0, b"no vector names", False),  # the C library's functions, scalar calls (clang on x86 without FMA)
+    (None, b"calls _ZGVeN16v_expf", True),  # a library from before vecmath.h
+    (None, b"no vector names", False),
+], ids=["vecmath", "fallback-libmvec", "fallback-scalar", "older-libmvec", "older-scalar"])
+def test_vector_math_is_vecmath_or_libmvec(own, data, vectorized):
+    assert native_features.vector_math(_Lib(own), data) is vectorized
+
+
+@needs_build
+def test_this_build_needs_no_libmvec_where_the_target_has_a_fused_multiply_add():
+    """The step kernels' exp/tanh are vecmath.h's (``XSEQ_VECMATH_VECTOR``): no glibc vector function is called."""
+    macros = subprocess.run([COMPILER, "-march=native", "-dM", "-E", "-x", "c++", os.devnull],
+                            capture_output=True, text=True, check=True).stdout
+    defined = set(re.findall(r"#define (\w+)", macros))
+    fma = {"__FMA__", "__SSE4_1__"} <= defined or "__aarch64__" in defined
+    own = BUILT.lib.xseq_vecmath_vector
+    own.restype = ctypes.c_int
+    assert own() == int(fma)
+    if fma:
+        assert b"_ZGV" not in BUILT.path.read_bytes()
+        assert BUILT.on(STEP_KERNELS) and BUILT.on(SOFTMAX_XENT)
+
+
+# ---------------------------------------------------------------- the target: XSEQ_HOST_MARCH
+
+def test_the_target_is_this_cpu_unless_xseq_host_march_names_another(monkeypatch):
+    monkeypatch.delenv("XSEQ_HOST_MARCH", raising=False)
+    assert native_build.host_march() == "native"
+    assert native_build.flag_sets() == native_build.FLAG_SETS
+    monkeypatch.setenv("XSEQ_HOST_MARCH", " haswell ")
+    assert native_build.host_march() == "haswell"
+    sets = native_build.flag_sets()
+    assert all("-march=haswell" in flags and "-march=native" not in flags for flags in sets)
+    assert len(sets) == len(native_build.FLAG_SETS) - 1  # not the -mcpu=native set: it would target this CPU
+    assert [flags for flags in sets if "-mno-recip" in flags] == [sets[0]]  # g++'s IEEE division first
+
+
+@pytest.mark.parametrize("value", ["-O0", "haswell -O0", "x86-64;v3", "$(id)"])
+def test_a_target_that_is_no_name_is_refused_by_name(monkeypatch, value):
+    monkeypatch.setenv("XSEQ_HOST_MARCH", value)
+    with pytest.raises(ValueError, match=r"XSEQ_HOST_MARCH is .*; expected a target name for -march="):
+        native_build.host_march()
+
+
+def test_the_target_is_part_of_the_cache_key(monkeypatch):
+    compiler = COMPILER or "c++"
+    monkeypatch.delenv("XSEQ_HOST_MARCH", raising=False)
+    native = native_build.cached_path(compiler, "the same unit")
+    assert native_build.cached_path(compiler, "the same unit", "native") == native
+    monkeypatch.setenv("XSEQ_HOST_MARCH", "haswell")
+    haswell = native_build.cached_path(compiler, "the same unit")
+    assert haswell != native and haswell == native_build.cached_path(compiler, "the same unit", "haswell")
+    assert native_build.cached_path(compiler, "the same unit", "x86-64-v4") not in (native, haswell)
+
+
+def test_a_target_the_compiler_does_not_know_is_a_failed_build_with_its_reason(monkeypatch, reloaded, tmp_path):
+    if COMPILER is None:
+        pytest.skip("no C++ compiler ($CXX, g++, c++ or clang++) on PATH")
+    monkeypatch.setenv("XSEQ_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("XSEQ_HOST_MARCH", "no-such-cpu")
+    lib = host.library()
+    assert lib.lib is None
+    assert lib.reason.startswith(f"the host build with {COMPILER} for -march=no-such-cpu failed: ")
+    assert "no-such-cpu" in lib.reason.split("failed: ")[1]
 
 
 @needs_build
 def test_a_library_whose_exp_did_not_vectorize_still_serves_adam(monkeypatch, reloaded):
     """What a clang build without libmvec was refused entirely for: now NumPy's steps, and the fused Adam step."""
-    monkeypatch.setattr(native_library, "vector_math", lambda data: False)
+    monkeypatch.setattr(native_library, "vector_math", lambda lib, data: False)
     lib = host.library()
     assert lib.lib is not None and not lib.on(STEP_KERNELS) and lib.on(FUSED_ADAM)
     assert "exp/tanh did not vectorize" in lib.reason  # what `xseq train` prints beside NumpyOps
@@ -217,8 +355,8 @@ def test_a_compiler_message_names_the_files_own_line(tmp_path, monkeypatch):
     shutil.copytree(native_source.NATIVE_DIR, copy)
     monkeypatch.setattr(native_build, "INCLUDE_FLAGS", ("-I", str(copy)))
     lines = (copy / "packed.h").read_text().splitlines()
-    at = next(k for k, line in enumerate(lines) if "constexpr int MR = 8;" in line)
-    lines[at] = lines[at].replace("constexpr int MR = 8;", "constexpr int MR = not_declared_here;")
+    at = next(k for k, line in enumerate(lines) if "constexpr int MR = tile_rows;" in line)
+    lines[at] = lines[at].replace("constexpr int MR = tile_rows;", "constexpr int MR = not_declared_here;")
     (copy / "packed.h").write_text("\n".join(lines) + "\n")
     build = tmp_path / "build"
     build.mkdir()

@@ -49,7 +49,8 @@ NATIVE = ROOT / "xseq" / "ops" / "native"
 HARNESS = Path(__file__).resolve().parent / "native" / "vecmath_check.cpp"
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 
-# The host build's first flag set on x86 (FLAG_SETS of xseq/ops/native_build.py); elsewhere its portable part.
+# The host build's clang flag set on x86 (FLAG_SETS of xseq/ops/native_build.py: g++ tries -mno-recip first, which
+# only tightens the bound); elsewhere its portable part.
 NATIVE_FLAGS = (
     ("-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-mrecip=none")
     if X86 else ("-O3", "-march=native", "-ffast-math")

@@ -54,3 +54,4 @@ from .nn.optim import SGD, Adam, clip_by_global_norm, clip_by_value
 from .nn.projection_loss import projection_cross_entropy, projection_nll
 from .seq2seq.model import Seq2Seq
 from .ops.inference import InferenceModeError, inference_mode, is_inference_mode_enabled
+from .ops.runtime import CPURuntime, cpu_runtime

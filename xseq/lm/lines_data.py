@@ -178,6 +178,14 @@ class ShuffledBatches:
     epoch's order was drawn, so a resume draws the same order again.
     """
 
+    @staticmethod
+    def _recipe(config, config_class, name):
+        """``config``, or the default recipe for None; TypeError naming the expected class otherwise."""
+        config = config_class() if config is None else config
+        if not isinstance(config, config_class):
+            raise TypeError(f"config must be an {name}; got {type(config).__name__}")
+        return config
+
     def _start_shuffling(self):
         self.shuffle_rng = np.random.default_rng([self.config.seed, 2])
         self._order = self._epoch_start_rng_state = None
@@ -235,6 +243,12 @@ class ShuffledBatches:
             self._epoch_start_rng_state = self.shuffle_rng.bit_generator.state
             self._order = self.shuffle_rng.permutation(len(self.train_ids))
 
+    def format_record(self, record, lr):
+        """One line of the log for a validation record."""
+        train = "" if record["train_loss"] is None else f"  train {record['train_loss']:.4f}"
+        return (f"epoch {record['epoch']:g}  step {record['step']}{train}  val {record['val_loss']:.4f}"
+                f"  ({record['seconds']:.1f} s)")
+
     def tokens_after(self, epoch, batch_in_epoch):
         """Predicted tokens of ``epoch`` whole epochs and the current epoch's first ``batch_in_epoch`` batches."""
         per_epoch = self.tokens(self.train_ids)
@@ -286,10 +300,8 @@ class LineData(ShuffledBatches):
     tokens_key = "chars_seen"
 
     def __init__(self, lines, config=None, *, source=None):
-        config = TrainConfig() if config is None else config
-        if not isinstance(config, TrainConfig):
-            raise TypeError(f"config must be an xseq.TrainConfig; got {type(config).__name__}")
-        self.lines, self.config, self.source = list(lines), config, source
+        self.config = self._recipe(config, TrainConfig, "xseq.TrainConfig")
+        self.lines, self.source = list(lines), source
         self.corpus = {"source": source, "sha256": corpus_fingerprint(self.lines), "sequences": len(self.lines)}
         self._start_shuffling()
 
@@ -323,11 +335,6 @@ class LineData(ShuffledBatches):
         """Mean cross-entropy per token on the validation split, cut as training cuts it."""
         return evaluate(model, self.val_ids, max_seq_len=self.config.max_seq_len, comm=comm)
 
-    def format_record(self, record, lr):
-        """One line of the log for a validation record."""
-        train = "" if record["train_loss"] is None else f"  train {record['train_loss']:.4f}"
-        return (f"epoch {record['epoch']:g}  step {record['step']}{train}  val {record['val_loss']:.4f}"
-                f"  ({record['seconds']:.1f} s)")
 
     @classmethod
     def resumed(cls, where, state, model, *, epochs=None, steps=None, lines, source=None):

@@ -104,10 +104,15 @@ def plot(plt, trainer, path, unit):
                  fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
+    save_figure(plt, fig, path, "--plot")
+
+
+def save_figure(plt, fig, path, option):
+    """Write ``fig`` to ``path`` as a PNG, atomically, and close it; UsageError naming ``option`` when it cannot."""
     fig.tight_layout()
     try:
         atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     except OSError as exc:
-        raise UsageError(f"cannot write --plot {path!r}: {exc}") from None
+        raise UsageError(f"cannot write {option} {path!r}: {exc}") from None
     finally:
         plt.close(fig)

@@ -30,11 +30,10 @@ from ..seq2seq.model import Seq2Seq
 from .corpus import CorpusError, read_corpus
 from .lines_data import ShuffledBatches, share, split_corpus
 from .recipe import EVALUATION_BATCH, Seq2SeqConfig
-from .saved_state import check_same_corpus, state_error
+from .saved_state import check_same_corpus, saved_recipe
 from .vocab import Vocabulary
 
 BUILTIN_DATES = "built-in dates"
-_RECIPE_FIELDS = tuple(Seq2SeqConfig.__dataclass_fields__)
 
 
 def read_pairs(path):
@@ -103,15 +102,10 @@ class PairData(ShuffledBatches):
 
     KIND = "seq2seq"
     MODEL = Seq2Seq
-    token_unit = "tokens"
-    step_unit = "steps"
-    tokens_key = "tokens_seen"
+    token_unit, step_unit, tokens_key = "tokens", "steps", "tokens_seen"  # the progress bar's, messages', checkpoint's
 
     def __init__(self, pairs, config=None, *, source=None):
-        config = Seq2SeqConfig() if config is None else config
-        if not isinstance(config, Seq2SeqConfig):
-            raise TypeError(f"config must be an xseq.lm.recipe.Seq2SeqConfig; got {type(config).__name__}")
-        self.config = config
+        self.config = config = self._recipe(config, Seq2SeqConfig, "xseq.lm.recipe.Seq2SeqConfig")
         if pairs is None:
             self.train_pairs, self.val_pairs = builtin_pairs(config.pairs, config.val_fraction, config.seed)
             pairs, source = self.train_pairs + self.val_pairs, BUILTIN_DATES if source is None else source
@@ -135,7 +129,9 @@ class PairData(ShuffledBatches):
 
     def attach(self, model):
         """Encode the pairs with ``model``'s vocabularies (unknown tokens as ``<unk>``)."""
-        encode = lambda pairs: [(model.source_vocab.encode(s), model.target_vocab.encode(t)) for s, t in pairs]  # noqa: E731
+        def encode(pairs):
+            return [(model.source_vocab.encode(s), model.target_vocab.encode(t)) for s, t in pairs]
+
         self.train_ids, self.val_ids = encode(self.train_pairs), encode(self.val_pairs)
 
     def fingerprints(self):
@@ -156,34 +152,15 @@ class PairData(ShuffledBatches):
         """Mean cross-entropy per target token of the validation pairs (shared among the ranks)."""
         return evaluate_pairs(model, self.val_ids, comm=comm)
 
-    def format_record(self, record, lr):
-        """One line of the log for a validation record."""
-        train = "" if record["train_loss"] is None else f"  train {record['train_loss']:.4f}"
-        return (f"epoch {record['epoch']:g}  step {record['step']}{train}  val {record['val_loss']:.4f}"
-                f"  ({record['seconds']:.1f} s)")
-
     @classmethod
     def resumed(cls, where, state, model, *, epochs=None, steps=None, pairs, source=None):
         """The data of a saved pairs run: its recipe (every field present, agreeing with ``model``) with a new
         length if given, on ``pairs`` (None: the built-in dates), which must be the saved run's corpus."""
-        saved = state["config"]
-        missing = [f for f in _RECIPE_FIELDS if not isinstance(saved, dict) or f not in saved]
-        if missing:
-            raise state_error(where, "config", saved, f"the recipe with every field; it lacks {missing}")
-        unknown = sorted(set(saved) - set(_RECIPE_FIELDS))
-        if unknown:
-            raise state_error(where, "config", saved, f"only the recipe's fields; it has {unknown}")
-        config = dict(saved)
-        if epochs is not None or steps is not None:
-            config.update(epochs=epochs, steps=steps)
-        config = Seq2SeqConfig(**config)
         built = model.config()
-        for field in ("cell", "hidden_size", "num_layers", "decoder_size", "embed_size", "attention_size",
-                      "feed_previous", "dropout"):
-            if getattr(config, field) != built[field]:
-                raise state_error(where, f"config[{field!r}]", getattr(config, field), f"the model's {built[field]!r}")
-        if config.dtype != model.dtype_name:
-            raise state_error(where, "config['dtype']", config.dtype, f"the model's {model.dtype_name!r}")
+        agreed = {field: built[field] for field in ("cell", "hidden_size", "num_layers", "decoder_size", "embed_size",
+                                                    "attention_size", "feed_previous", "dropout")}
+        config = saved_recipe(where, state["config"], Seq2SeqConfig, {**agreed, "dtype": model.dtype_name}, epochs,
+                              steps)
         data = cls(pairs, config, source=source)
         recorded = check_same_corpus(where, state["corpus"], data.corpus["sha256"], data.corpus["sequences"],
                                      source if pairs is not None else BUILTIN_DATES, "pairs")

@@ -16,25 +16,14 @@ from ..backends.arrays import backend as backend_named
 from . import resources
 from .checkpoint import load_checkpoint
 from .corpus import CorpusError
-from .files import atomic_write, file_identity
-from .outputs import check_writable, pyplot
+from .files import file_identity
+from .outputs import check_writable, pyplot, save_figure
 from .pairs_data import BUILTIN_DATES, PairData, evaluate_pairs, exact_match, read_pairs
 from .plan_lines import RECIPE_OPTIONS
 from .recipe import DEFAULT_SEQ2SEQ, Seq2SeqConfig
 from .trainer import Trainer, saved_kind
-from .usage import (
-    UsageError,
-    check_fits,
-    check_resumed_recipe,
-    perplexity,
-    positive_int,
-    printable,
-    run_length,
-    say,
-    show,
-    show_losses,
-    show_validation,
-)
+from .usage import UsageError, check_fits, check_resumed_recipe, perplexity, positive_int, printable, run_length
+from .usage import say, show, show_losses, show_validation
 
 # The options of this plan alone (another plan refuses them), and the recipe's options it shares.
 PAIR_OPTIONS = {"decoder_size": "--decoder-hidden", "attention_size": "--attention", "feed_previous": "--no-feed",
@@ -297,7 +286,7 @@ def _check_training_fits(trainer, samples, xp, *, resumed):
               "total_steps": total_steps}
     options = {"total_steps": (*length, DEFAULT_SEQ2SEQ["epochs"] * trainer.steps_per_epoch)}
     if not resumed:
-        options.update({key: (PAIR_RECIPE_OPTIONS.get(key, RECIPE_OPTIONS.get(key)), values[key], getattr(DEFAULTS, key))
+        options.update({key: (PAIR_RECIPE_OPTIONS[key], values[key], getattr(DEFAULTS, key))
                         for key in ("batch_size", "hidden_size", "decoder_size")})
     check_fits(xp, need, values, options, "the run",
                f"{model.num_parameters():,} parameters, batches of {c.batch_size} pairs of up to {T_x} and {T_y} "
@@ -316,11 +305,5 @@ def plot_attention(plt, model, text, output, weights, path):
     ax.set_xlabel("source")
     ax.set_ylabel("output")
     ax.set_title(f"{printable(text)} -> {printable(output)}", fontsize=9)
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    except OSError as exc:
-        raise UsageError(f"cannot write --plot-attention {path!r}: {exc}") from None
-    finally:
-        plt.close(fig)
+    save_figure(plt, fig, path, "--plot-attention")
 

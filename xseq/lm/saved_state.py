@@ -218,3 +218,25 @@ def check_history(where, history, step, per_epoch, unit="steps"):
                 raise state_error(where, f"{at}[{key!r}]", record[key], "a number")
             state_real(where, f"{at}[{key!r}]", record[key], 0)
     return list(history)
+
+
+def saved_recipe(where, saved, config_class, agreed, epochs=None, steps=None):
+    """The recipe of a saved run as ``config_class``: every field present and no other, a new length if given
+    (``epochs``, ``steps``), and every field of ``agreed`` (name -> the model's value) equal to the model's.
+    CheckpointError naming the field otherwise."""
+    fields = tuple(config_class.__dataclass_fields__)
+    missing = [field for field in fields if not isinstance(saved, dict) or field not in saved]
+    if missing:
+        raise state_error(where, "config", saved, f"the recipe with every field; it lacks {missing}")
+    unknown = sorted(set(saved) - set(fields))
+    if unknown:
+        raise state_error(where, "config", saved, f"only the recipe's fields; it has {unknown}")
+    config = dict(saved)
+    if epochs is not None or steps is not None:
+        config.update(epochs=epochs, steps=steps)
+    config = config_class(**config)
+    for field, value in agreed.items():
+        if getattr(config, field) != value:
+            raise state_error(where, f"config[{field!r}]", getattr(config, field), f"the model's {value!r}")
+    return config
+

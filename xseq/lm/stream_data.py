@@ -4,7 +4,6 @@ scoring a stream with the state carried (see :mod:`xseq.lm.stream_train` for the
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -14,7 +13,7 @@ from ..distributed import SingleProcess
 from .checkpoint import CheckpointError
 from .lines_data import share
 from .recipe import LEVELS, StreamConfig
-from .saved_state import check_corpus_record, check_counted, check_same_corpus, state_error
+from .saved_state import check_corpus_record, check_counted, check_same_corpus, saved_recipe, state_error
 from .stream_model import StreamLM
 from .stream_text import StreamCorpus, held_out_lines
 from .vocab import Vocabulary
@@ -362,31 +361,15 @@ class StreamData:
                    val_source=val_source if val_source is not None else validation["source"])
 
 
-_STREAM_RECIPE_FIELDS = tuple(field.name for field in dataclasses.fields(StreamConfig))
-
-
 def _recipe(where, saved, model, epochs, steps):
     """The saved recipe as a StreamConfig, with every field present and agreeing with the model."""
     if isinstance(saved, dict) and "max_seq_len" in saved:
         # xseq 0.1.0's StreamConfig inherited the line models' max_seq_len, which a stream never used.
         saved = {k: v for k, v in saved.items() if k != "max_seq_len"}
-    missing = [field for field in _STREAM_RECIPE_FIELDS if not isinstance(saved, dict) or field not in saved]
-    if missing:
-        raise state_error(where, "config", saved, f"the recipe with every field of stream format version 1; "
-                           f"it lacks {missing}")
-    unknown = sorted(set(saved) - set(_STREAM_RECIPE_FIELDS))
-    if unknown:
-        raise state_error(where, "config", saved, f"only the recipe's fields; it has {unknown}")
-    config = dict(saved)
-    if epochs is not None or steps is not None:
-        config.update(epochs=epochs, steps=steps)
-    config = StreamConfig(**config)
-    for field, value in (("cell", model.cell), ("hidden_size", model.hidden_size), ("num_layers", model.num_layers),
-                         ("dropout", model.dropout), ("dtype", model.dtype_name), ("embed_size", model.embed_size),
-                         ("tie_weights", model.tie_weights), ("level", model.vocab.level)):
-        if getattr(config, field) != value:
-            raise state_error(where, f"config[{field!r}]", getattr(config, field), f"the model's {value!r}")
-    return config
+    agreed = {"cell": model.cell, "hidden_size": model.hidden_size, "num_layers": model.num_layers,
+              "dropout": model.dropout, "dtype": model.dtype_name, "embed_size": model.embed_size,
+              "tie_weights": model.tie_weights, "level": model.vocab.level}
+    return saved_recipe(where, saved, StreamConfig, agreed, epochs, steps)
 
 
 def reading_recipe(meta, where="checkpoint"):

@@ -22,16 +22,20 @@ lanes and the status lines; the other jobs have modules of their own:
 * :mod:`xseq.ops.native_bindings` -- the entry points typed for ``ctypes``;
 * :mod:`xseq.ops.host_onepass` -- the softmax cross-entropy and Adam in one pass;
 * :mod:`xseq.ops.openblas` and :mod:`xseq.ops.lanes` -- NumPy's OpenBLAS and
-  the time loops on its threads.
+  the time loops on its threads;
+* :mod:`xseq.ops.runtime` -- the one owner of the lanes, OpenBLAS's thread
+  count and the packed weights (:func:`xseq.cpu_runtime`).
 
 Build and use
 -------------
 * Built on the first NumPy sequence call that wants it (never at import),
-  ``-O3 -march=native -ffast-math`` so that the loops vectorize, ``exp`` and
-  ``tanh`` included (glibc's libmvec); cached by a hash of the sources, the
-  flags, the compiler's version and the CPU.
+  ``-O3 -march=native -ffast-math`` (``-march=$XSEQ_HOST_MARCH`` where set) so
+  that the loops vectorize, ``exp`` and ``tanh`` included: they are the
+  build's own (``xseq/ops/native/vecmath.h``), with g++ or clang, on x86 with
+  FMA and on aarch64; glibc's libmvec serves only x86 CPUs without FMA. Cached
+  by a hash of the sources, the flags, the compiler's version and the CPU.
 * The step kernels are used only where the library came out with vectorized
-  math (it references libmvec's ``_ZGV`` functions): scalar ``tanhf`` is 40x
+  math (:func:`xseq.ops.native_features.vector_math`): scalar ``tanhf`` is 40x
   slower than NumPy's. Adam's step and the packed product need no math
   functions and keep their own gates.
 * Anything missing (no compiler, a failed build, math not vectorized, a
@@ -74,7 +78,8 @@ from .native_library import library
 from .native_source import host_function, host_source
 from .numpy_inplace import NumpyOps
 from .openblas import numpy_openblas
-from .switches import fused_enabled, lanes_enabled
+from .runtime import cpu_runtime
+from .switches import fused_enabled, onednn_requested
 
 __all__ = [
     "FLAG_SETS", "MAX_LANES", "MAX_LANE_WEIGHT_BYTES", "MIN_LANE_ROWS", "Feature", "HostDevice", "HostFusedOps",
@@ -221,22 +226,36 @@ def host_device(dtype, lib, check):
 
 
 def lanes_status():
-    """How NumPy's unmasked time loops run, and why: a line for humans."""
-    if not lanes_enabled():
-        return "engine's loop (XSEQ_LANES=0)"
-    blas, reason = numpy_openblas()
-    if blas is None:
-        return f"engine's loop ({reason})"
-    failed = sorted({f"{dtype}: {why}" for (dtype, _), (device, why) in _DEVICES.items() if device is None})
-    lanes = f"up to {min(blas.threads(), MAX_LANES)} lanes on NumPy's OpenBLAS threads"
-    rule = f"(W_hh of at most {MAX_LANE_WEIGHT_BYTES >> 20} MiB, at least {MIN_LANE_ROWS} rows a lane)"
-    if blas.threads() < 2:
-        return "engine's loop (NumPy's OpenBLAS has 1 thread)"
+    """How NumPy's unmasked time loops run, and why: a line for humans.
+
+    "engine's loop (reason)" wherever no loop can run in lanes: every fast
+    path off, no host library or its lanes off, ``XSEQ_LANES=0`` or
+    ``lanes=1`` (:func:`xseq.cpu_runtime`), no NumPy OpenBLAS or one thread
+    of it. Otherwise the most lanes a loop gets, their products and size
+    rule, how loops of several Python threads share them and how many ran
+    which way so far (:meth:`xseq.ops.runtime.CPURuntime.status`), and any
+    dtype whose check refused the lanes.
+    """
+    if not fused_enabled():
+        return "engine's loop (the array-API reference steps: XSEQ_FUSED=0)"
     lib = library()
     if lib.lib is None:
         return f"engine's loop (no host library: {lib.reason})"
     if not lib.on(LANES):
         return f"engine's loop (the host library's lanes are off: {lib.features[LANES].reason})"
+    runtime = cpu_runtime()
+    limit, reason = runtime.lane_limit()
+    if limit < 2:
+        return f"engine's loop ({reason})"
+    failed = sorted({f"{dtype}: {why}" for (dtype, _), (device, why) in _DEVICES.items() if device is None})
+    lanes = f"up to {limit} lanes on NumPy's OpenBLAS threads"
     products = ("xseq's products with W_hh packed once a loop" if lib.on(PACKED_PRODUCTS)
                 else "one-thread OpenBLAS products")
-    return f"{lanes}, {products} {rule}" + (f"; not used for {'; '.join(failed)}" if failed else "")
+    rule = f"(W_hh of at most {MAX_LANE_WEIGHT_BYTES >> 20} MiB, at least {MIN_LANE_ROWS} rows a lane)"
+    notes = [f"{lanes}, {products} {rule}", runtime.status()]
+    if onednn_requested():
+        notes.append("float32 sequences whose products oneDNN takes (XSEQ_ONEDNN=1 and installed: "
+                     "xseq.ops.blas.status()) keep the engine's loop")
+    if failed:
+        notes.append(f"not used for {'; '.join(failed)}")
+    return "; ".join(notes)

@@ -7,13 +7,14 @@ recurrence, so the time loop can be cut by rows instead: each core runs the whol
 examples (one-thread products, its own pointwise work, no Python array views: DirectSteps' two calls
 a step, by address, ``xseq/ops/native/loops.h``) and no core waits for another until the loop ends.
 The lanes run on OpenBLAS's own threads (:meth:`HostDevice.run`), so they share the cores with nothing.
-:meth:`xseq.ops.host.HostFusedOps.direct_steps` decides where they run.
+:meth:`xseq.ops.host.HostFusedOps.direct_steps` decides where they run; the process's
+:class:`~xseq.ops.runtime.CPURuntime` owns the lanes, OpenBLAS's thread count and the packed weights, and
+decides how loops of several Python threads share the cores.
 """
 
 from __future__ import annotations
 
 import ctypes
-import threading
 
 import numpy as np
 
@@ -21,8 +22,7 @@ from .kernel_source import CTYPES
 from .native_bindings import address
 from .native_features import PACKED_PRODUCTS, gate
 from .native_layout import LaneJob, layout_problem
-from .openblas import numpy_openblas
-from .switches import lanes_enabled
+from .runtime import MAX_LANES, cpu_runtime
 
 # Why: see docs/decisions/013-lane-weight-limit-8mib.md
 #: Lanes are used where they were measured faster than the engine's loop with NumPy's threads (the
@@ -35,35 +35,42 @@ from .switches import lanes_enabled
 #: lane at least MIN_LANE_ROWS rows.
 MAX_LANE_WEIGHT_BYTES = 8 << 20
 MIN_LANE_ROWS = 8
-MAX_LANES = 8
+__all__ = ["MAX_LANES", "MAX_LANE_WEIGHT_BYTES", "MIN_LANE_ROWS", "HostDevice", "LaneSteps", "lane_count",
+           "packed_products", "row_blocks"]
 
 
 def lane_count(rows, n_a, gates, itemsize):
     """How many lanes a sequence of ``rows`` examples, ``n_a`` units and ``gates`` gate blocks gets (1: none).
 
     None when ``W_hh`` (``gates * n_a * n_a`` elements of ``itemsize``
-    bytes) is larger than :data:`MAX_LANE_WEIGHT_BYTES`. Otherwise one per
-    thread of NumPy's OpenBLAS (``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS``,
-    else one per core: a user's limit is the lanes' limit too), at most
-    :data:`MAX_LANES`, and no more than keep :data:`MIN_LANE_ROWS` rows in
-    every lane.
+    bytes) is larger than :data:`MAX_LANE_WEIGHT_BYTES`. Otherwise as many
+    as :meth:`xseq.ops.runtime.CPURuntime.lane_limit` allows (one per thread
+    of NumPy's OpenBLAS outside the loops: ``OPENBLAS_NUM_THREADS``/
+    ``OMP_NUM_THREADS``, else one per core, a user's limit being the lanes'
+    limit too; at most :data:`MAX_LANES`; ``XSEQ_LANES=0`` or ``lanes=1``:
+    none), and no more than keep :data:`MIN_LANE_ROWS` rows in every lane.
+    Where lanes may run, the call tells the runtime that this Python thread
+    starts a sequence (:meth:`xseq.ops.runtime.CPURuntime.note_sequence`).
     """
-    if not lanes_enabled() or gates * n_a * n_a * itemsize > MAX_LANE_WEIGHT_BYTES:
+    runtime = cpu_runtime()
+    limit, _ = runtime.lane_limit()
+    if limit < 2:
         return 1
-    blas, _ = numpy_openblas()
-    if blas is None:
+    runtime.note_sequence()  # how several Python threads share the cores (xseq.ops.runtime)
+    if gates * n_a * n_a * itemsize > MAX_LANE_WEIGHT_BYTES:
         return 1
-    return max(1, min(blas.threads(), MAX_LANES, rows // MIN_LANE_ROWS))
+    return max(1, min(limit, rows // MIN_LANE_ROWS))
 
 
 # Why: see docs/decisions/016-packed-weight-product-avx512.md
 def packed_products(lib):
     """Whether the lanes' per-step products take the weight packed once a loop (``xseq/ops/native/packed.h``).
 
-    Where the host build has 512-bit vectors (AVX-512), the only target it
-    was measured on: 0.61x-0.84x of a one-thread OpenBLAS call's time at the
-    lanes' shapes (float32 and float64,
-    docs/decisions/016-packed-weight-product-avx512.md). Elsewhere the lanes call NumPy's OpenBLAS.
+    At the build's vector width (AVX-512, AVX2 or NEON), except where the
+    build's vectors are narrower than the CPU's: 0.61x-0.84x of a one-thread
+    OpenBLAS call's time at the lanes' shapes with AVX-512, 0.60x-0.93x with
+    AVX2 (float32 and float64, docs/decisions/016-packed-weight-product-avx512.md
+    and its addendum). Elsewhere the lanes call NumPy's OpenBLAS.
     The feature's gate (:data:`xseq.ops.native_features.PACKED_PRODUCTS`) says why not.
     """
     return gate(lib, PACKED_PRODUCTS).on
@@ -83,15 +90,16 @@ class HostDevice:
     the cores and ran at about half speed).
 
     ``openblas_set_num_threads_local`` sets the process's count in NumPy's
-    (pthreads) build, not the thread's: it is 1 while lanes run and
-    restored after, under a lock (runs of lanes from several Python threads
-    take turns; meanwhile NumPy's other products run on one thread).
+    (pthreads) build, not the thread's: the process's
+    :class:`~xseq.ops.runtime.CPURuntime` sets it to 1 while any loop runs
+    and back after the last, and gives the lanes to one Python thread at a
+    time; a loop that does not get them runs its jobs one after another on
+    its own thread (:meth:`~xseq.ops.runtime.CPURuntime.lane_run`).
 
     A library whose ``lane_job`` is not laid out as :attr:`job_type` is
     refused (``ValueError``): the jobs are handed to C++ as raw memory.
     """
 
-    _lock = threading.Lock()
     #: The ctypes restatement of ``xseq_loops::lane_job``, checked against the library's layout.
     job_type = LaneJob
 
@@ -103,7 +111,9 @@ class HostDevice:
         self._blas = blas
         ctype = CTYPES[self.dtype]
         self._gemm_address = ctypes.cast(blas.gemm[self.dtype], ctypes.c_void_p).value
-        self._lane_address = ctypes.cast(getattr(lib, f"xseq_lane_{ctype}"), ctypes.c_void_p).value
+        self._lane = getattr(lib, f"xseq_lane_{ctype}")
+        self._lane.argtypes, self._lane.restype = [ctypes.c_void_p], None
+        self._lane_address = ctypes.cast(self._lane, ctypes.c_void_p).value
         #: whether the lanes' per-step products use the weight packed once a loop rather than NumPy's OpenBLAS
         self.packed = packed_products(lib) if packed is None else bool(packed)
         if self.packed:
@@ -112,7 +122,6 @@ class HostDevice:
             self._pack.restype = None
             self._packed_size = getattr(lib, f"xseq_packed_size_{ctype}")
             self._packed_size.argtypes, self._packed_size.restype = [ctypes.c_int64, ctypes.c_int64], ctypes.c_int64
-        self._packed_buffer = np.empty(0, dtype=self.dtype)
 
     def forward_job(self, kind, XW, W_hhT, b_hn, saved, S, C, hw):
         """A lane of :class:`~xseq.ops.fused.DirectSteps`' forward loop: writes ``S[1:]``, ``C[1:]``, ``saved``."""
@@ -159,35 +168,37 @@ class HostDevice:
         """Run the lanes ``jobs`` at once (as many at a time as OpenBLAS has threads) and return when all are done.
 
         ``weight`` is the right operand of every lane's per-step product (``W_hh.T`` forward, ``W_hh`` backward):
-        packed once here for all lanes and steps where :attr:`packed`.
+        packed once here for all lanes and steps where :attr:`packed`. Where the process's runtime gives this
+        loop one lane (another Python thread's loop is running: ``contention="share"``), the jobs run one after
+        another on the calling thread.
         """
         jobs = [job for job in jobs if job.T > 0]
         if not jobs:
             return
-        with self._lock:
+        with cpu_runtime().lane_run(len(jobs)) as (lanes, threads):
             if self.packed:
                 packed = self._packed_weight(weight)
                 for job in jobs:
                     job.packed = packed
-            threads = self._blas.set_threads_local(1)
-            try:
-                at_once = max(1, min(threads, len(jobs)))  # never more lanes than OpenBLAS has threads to run them
-                for first in range(0, len(jobs), at_once):
-                    group = jobs[first:first + at_once]
-                    structs = (self.job_type * len(group))(*group)  # one C array, as gotoblas_pthread strides it
-                    self._blas.run_on_threads(len(group), self._lane_address, ctypes.addressof(structs),
-                                              ctypes.sizeof(self.job_type))
-            finally:
-                self._blas.set_threads_local(threads)
+            if lanes < 2:  # on this thread alone, beside OpenBLAS's threads rather than on them
+                for job in jobs:
+                    self._lane(ctypes.addressof(job))
+                return
+            at_once = max(1, min(threads, len(jobs)))  # never more lanes than OpenBLAS has threads to run them
+            for first in range(0, len(jobs), at_once):
+                group = jobs[first:first + at_once]
+                structs = (self.job_type * len(group))(*group)  # one C array, as gotoblas_pthread strides it
+                self._blas.run_on_threads(len(group), self._lane_address, ctypes.addressof(structs),
+                                          ctypes.sizeof(self.job_type))
 
     def _packed_weight(self, weight):
-        """``weight`` (K, N) packed into panels (``xseq_packed::pack``) in a buffer kept for the next run."""
+        """``weight`` (K, N) packed into panels (``xseq_packed::pack``) in this Python thread's buffer (the
+        runtime's, kept for its next run)."""
         K, N = weight.shape
         size = self._packed_size(K, N)  # the layout's own count (packed.h's xseq_packed::packed_size)
-        if self._packed_buffer.size < size:
-            self._packed_buffer = np.empty(size, dtype=self.dtype)
-        self._pack(self._block(weight), K, N, address(self._packed_buffer))
-        return address(self._packed_buffer)
+        buffer = cpu_runtime().packed_buffer(self.dtype, size)
+        self._pack(self._block(weight), K, N, address(buffer))
+        return address(buffer)
 
     def _block(self, a):
         if a.dtype != self.dtype or not a.flags.c_contiguous:
@@ -229,7 +240,9 @@ class LaneSteps:
     loop's (up to the rounding of a product split differently over threads).
 
     ``device`` is :class:`HostDevice`: it describes each lane's loop and
-    runs them together.
+    runs them together. ``lanes`` is the count asked for; the process's
+    :class:`~xseq.ops.runtime.CPURuntime` gives one where another Python
+    thread's loop is running (the rows then stay one block, on this thread).
     """
 
     def __init__(self, device, lanes):
@@ -242,7 +255,8 @@ class LaneSteps:
             return self.device.forward_job(kind, XW[:, rows], W_hhT, b_hn, None if saved is None else saved[:, rows],
                                            S[:, rows], None if C is None else C[:, rows], hw[rows])
 
-        self.device.run([lane(*block) for block in row_blocks(XW.shape[1], self.lanes)], W_hhT)
+        with cpu_runtime().lane_run(self.lanes) as (lanes, _):
+            self.device.run([lane(*block) for block in row_blocks(XW.shape[1], lanes)], W_hhT)
 
     def backward(self, kind, saved, S, C, W_hh, dY, dh, dc, dZ, dHW, empty):
         """As :meth:`~xseq.ops.fused.DirectSteps.backward`: writes ``dZ`` (and ``dHW``); returns ``(dh0, dc0)``."""
@@ -261,5 +275,6 @@ class LaneSteps:
                                             None if dY is None else dY[:, rows], dh0[rows],
                                             None if dc0 is None else dc0[rows], dZ[:, rows], dHW[:, rows])
 
-        self.device.run([lane(*block) for block in row_blocks(m, self.lanes)], W_hh)
+        with cpu_runtime().lane_run(self.lanes) as (lanes, _):
+            self.device.run([lane(*block) for block in row_blocks(m, lanes)], W_hh)
         return dh0, dc0

@@ -1,15 +1,25 @@
 """The compiler driver of the host build: which compiler, which flags, where the result is cached, and the build.
 
 ``-O3 -march=native -ffast-math`` so that the loops vectorize, ``exp`` and
-``tanh`` included (glibc's libmvec). ``-ffast-math`` is given to the compile
-step only: the link step without it does not add GCC's ``crtfastmath.o``,
-which would turn on flush-to-zero for the whole process on load.
+``tanh`` included: they are ``xseq/ops/native/vecmath.h``'s own, inline and
+branch-free, so g++ and clang vectorize them alike on x86 with FMA (Haswell
+on) and on aarch64 (NEON); only an x86 target without FMA falls back to the C
+library's, which GCC vectorizes through glibc's libmvec (hence ``-lmvec``
+where it links). ``-ffast-math`` is given to the compile step only: the link
+step without it does not add GCC's ``crtfastmath.o``, which would turn on
+flush-to-zero for the whole process on load.
+
+``XSEQ_HOST_MARCH`` (default ``native``: this CPU) builds for another target,
+``-march=$XSEQ_HOST_MARCH`` -- e.g. ``haswell`` or ``x86-64-v3`` (AVX2),
+``x86-64-v4`` (AVX-512), ``armv8-a`` on aarch64 -- for tests, benchmarks and
+users whose library must run on older CPUs than the one that builds it
+(:func:`host_march`, :func:`flag_sets`).
 
 The cache key (:func:`cached_path`) is a hash of the translation unit, every
 native source file (:func:`xseq.ops.native_source.native_digest`), the
-flags, the compiler and its version, and the CPU: a binary is reused only
-for the same code on the same kind of CPU. Where it is kept, and how far it
-is trusted, is :mod:`xseq.ops.kernel_cache`'s.
+target and the flags, the compiler and its version, and the CPU: a binary is
+reused only for the same code on the same kind of CPU. Where it is kept, and
+how far it is trusted, is :mod:`xseq.ops.kernel_cache`'s.
 """
 
 from __future__ import annotations
@@ -17,21 +27,60 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 
 from .kernel_cache import cache_dir
 from .native_source import INCLUDE_FLAGS, native_digest
 
-# Tried in order; the first that compiles is used (the x86 options are unknown to other
-# targets' compilers). -ffast-math is what makes glibc declare its vector exp/tanh;
-# -mrecip=none keeps divisions IEEE (fast-math's approximate reciprocal would make
-# sigmoid(100) 1 - 2^-24 instead of 1).
+# Tried in order; the first that compiles is used (the x86 options are unknown to other targets'
+# compilers). The fast-math reciprocal would make sigmoid(100) 1 - 2^-24 instead of 1: g++ keeps divisions
+# IEEE with -mno-recip only (GCC 12 still divides float vectors by vrcp14ps and a Newton step with
+# -mrecip=none), which clang rejects; clang keeps them IEEE with -mrecip=none. "-march=native" stands
+# for -march=$XSEQ_HOST_MARCH (flag_sets); the last set, -mcpu=native (aarch64 compilers that take no
+# -march=native), is tried for the default target only.
 FLAG_SETS = (
+    ("-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-mno-recip"),
     ("-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-mrecip=none"),
     ("-O3", "-march=native", "-ffast-math", "-mrecip=none"),
     ("-O3", "-march=native", "-ffast-math"),
+    ("-O3", "-mcpu=native", "-ffast-math"),
 )
+
+#: What ``XSEQ_HOST_MARCH`` may hold: a compiler's name of a target, as ``-march=`` takes it.
+_MARCH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def host_march():
+    """The target of the host build: ``$XSEQ_HOST_MARCH`` (read at each call), ``"native"`` where unset or empty.
+
+    Raises ``ValueError`` for a value that is no target name (``-march=`` takes
+    letters, digits and ``. _ + -``, not starting with ``-``); a name the
+    compiler does not know fails the build, whose reason the status names.
+    """
+    march = os.environ.get("XSEQ_HOST_MARCH", "").strip()
+    if not march:
+        return "native"
+    if not _MARCH.fullmatch(march):
+        raise ValueError(f"XSEQ_HOST_MARCH is {march!r}; expected a target name for -march= such as "
+                         "'native', 'haswell', 'x86-64-v4' or 'armv8-a'")
+    return march
+
+
+def flag_sets(march=None):
+    """:data:`FLAG_SETS` for the target ``march`` (default :func:`host_march`): each ``-march=`` names it.
+
+    For a target other than ``native`` the ``-mcpu=native`` set is left out:
+    it would build for this CPU instead.
+    """
+    march = host_march() if march is None else march
+    sets = []
+    for flags in FLAG_SETS:
+        if "-mcpu=native" in flags and march != "native":
+            continue
+        sets.append(tuple(f"-march={march}" if flag == "-march=native" else flag for flag in flags))
+    return tuple(sets)
 
 
 def find_compiler():
@@ -64,16 +113,17 @@ def run_tool(cmd, cwd):
     return proc.returncode == 0, (proc.stderr or proc.stdout).strip()
 
 
-def build(compiler, source, directory):
-    """Compile and link the translation unit ``source`` in ``directory``.
+def build(compiler, source, directory, march=None):
+    """Compile and link the translation unit ``source`` in ``directory`` for the target ``march``.
 
-    Returns ``(library path or None, what went wrong)``. The native files are
-    included from where they are (``-I``), so that messages name their lines.
+    ``march``: default :func:`host_march`. Returns ``(library path or None,
+    what went wrong)``. The native files are included from where they are
+    (``-I``), so that messages name their lines.
     """
     src, obj, lib = directory / "kernels.cpp", directory / "kernels.o", directory / "kernels.so"
     src.write_text(source)
     errors = []
-    for flags in FLAG_SETS:
+    for flags in flag_sets(march):
         ok, err = run_tool([compiler, "-std=c++17", "-fPIC", *INCLUDE_FLAGS, *flags, "-c", str(src), "-o", str(obj)],
                            directory)
         if not ok:
@@ -94,9 +144,14 @@ def _first_error(output):
     return next((line for line in lines if "error" in line), lines[-1] if lines else "")
 
 
-def cached_path(compiler, source):
-    """Where the cache keeps the build of ``source`` (and the native files it includes) by ``compiler`` here."""
+def cached_path(compiler, source, march=None):
+    """Where the cache keeps the build of ``source`` (and the native files it includes) by ``compiler`` here.
+
+    ``march``: the target (default :func:`host_march`), part of the key with the flags it gives.
+    """
+    march = host_march() if march is None else march
     _, version = run_tool([compiler, "--version"], None)
-    parts = [source, native_digest(), repr(FLAG_SETS), compiler, version, cpu_description()]
+    parts = [source, native_digest(), f"-march={march}", repr(flag_sets(march)), compiler, version,
+             cpu_description()]
     key = hashlib.sha256("\n".join(parts).encode())
     return cache_dir() / f"host_kernels_{key.hexdigest()[:20]}.so"

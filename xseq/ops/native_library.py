@@ -6,7 +6,9 @@ from the sources of :mod:`xseq.ops.native_source`; kept in the cache and
 loaded from it only as far as :mod:`xseq.ops.kernel_cache` trusts it; anything
 else is built in a private temporary directory for this process. Once
 loaded, each feature gets its own gate (:mod:`xseq.ops.native_features`).
-``XSEQ_HOST_KERNELS=0`` (read once, at the first call) turns the build off.
+``XSEQ_HOST_KERNELS=0`` (read once, at the first call) turns the build off;
+``XSEQ_HOST_MARCH`` (read then too) builds for another target than this CPU
+(:func:`xseq.ops.native_build.host_march`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from .kernel_cache import install, load_descriptor, open_cache_dir, open_cached
-from .native_build import build, cached_path, find_compiler
+from .native_build import build, cached_path, find_compiler, host_march
 from .native_features import STEP_KERNELS, check_features, vector_math
 from .native_source import host_source
 
@@ -51,20 +53,22 @@ def _load(fd, path, note=""):
         lib, data = load_descriptor(fd, path.name)
     except OSError as exc:  # not a library this process can load
         return _Library(reason=_join(f"{path} could not be loaded: {exc}", note))
-    features = check_features(lib, vector_math(data))
+    features = check_features(lib, vector_math(lib, data))
     steps = features[STEP_KERNELS]
     if not steps.on:
         note = _join(f"{path}: {steps.reason}", note)
     return _Library(lib, path, note, features)
 
 
-def _build_and_load(compiler, source, cached, dir_fd, note):
-    """Build in a private temporary directory; install into the cache open as ``dir_fd`` (None: none) and load."""
+def _build_and_load(compiler, source, march, cached, dir_fd, note):
+    """Build for ``march`` in a private temporary directory; install into the cache open as ``dir_fd`` (None:
+    none) and load."""
     with tempfile.TemporaryDirectory(prefix="xseq_build_") as tmp:
-        built, error = build(compiler, source, Path(tmp))
+        built, error = build(compiler, source, Path(tmp), march)
         if built is None:
-            return _Library(reason=_join(f"the host build with {compiler} failed: {error}", note))
-        if dir_fd is not None and cached_path(compiler, source) != cached:
+            target = "" if march == "native" else f" for -march={march}"
+            return _Library(reason=_join(f"the host build with {compiler}{target} failed: {error}", note))
+        if dir_fd is not None and cached_path(compiler, source, march) != cached:
             # the native files changed while they were compiled: the cache key no longer names this build
             note = _join(note, "the native sources changed during the build")
             dir_fd = None
@@ -87,18 +91,19 @@ def library():
     compiler = find_compiler()
     if compiler is None:
         return _Library(reason="no C++ compiler ($CXX, g++, c++ or clang++) on PATH")
+    march = host_march()
     source = host_source()
-    cached = cached_path(compiler, source)
+    cached = cached_path(compiler, source, march)
     dir_fd, note = open_cache_dir(cached.parent)
     if dir_fd is None:
-        return _build_and_load(compiler, source, cached, None, note)
+        return _build_and_load(compiler, source, march, cached, None, note)
     try:
         fd, problem = open_cached(dir_fd, cached.name)
         if fd is not None:
             return _load(fd, cached, note)
         if problem:
             refused = f"{cached} {problem}, so it is not loaded (remove it to let xseq build it again)"
-            return _build_and_load(compiler, source, cached, None, _join(note, refused))
-        return _build_and_load(compiler, source, cached, dir_fd, note)
+            return _build_and_load(compiler, source, march, cached, None, _join(note, refused))
+        return _build_and_load(compiler, source, march, cached, dir_fd, note)
     finally:
         os.close(dir_fd)

@@ -5,6 +5,9 @@ so that compiler messages, sanitizers and linters name their lines:
 
 * ``prelude.h`` -- what NVRTC declares implicitly for the CUDA kernels (the
   qualifiers, the math functions' float/double overloads);
+* ``vecmath.h`` -- ``exp`` and ``tanh`` of xseq's own, which g++ and clang
+  vectorize alike (no libmvec): each namespace of kernel code takes them by a
+  using-declaration (:func:`host_function`'s, ``xseq_helpers``);
 * ``helpers.h`` -- the course layout's copy and the softmax of rows;
 * ``onepass.h`` -- the projection loss's softmax cross-entropy and Adam's step,
   each in one pass over memory;
@@ -39,20 +42,26 @@ SUFFIXES = (".h", ".hpp", ".cpp", ".cc", ".inc")
 
 
 def host_function(name, src, ctype):
-    """One kernel for one dtype: a loop over rows and columns around the CUDA operation."""
+    """One kernel for one dtype: a loop over rows and columns around the CUDA operation.
+
+    In a namespace of its own whose ``exp`` and ``tanh`` are ``vecmath.h``'s; the loop over a row's
+    columns is marked independent (``XSEQ_IVDEP``, ``prelude.h``) so that g++ and clang vectorize it.
+    """
     params, bindings = elementwise_signature(name, src)
     has_rows = any(pname == "n_a" for pname, *_ in src.parameters())
     cols = "n_a" if has_rows else "_n"
     return f"""
 namespace k_{name}_{ctype} {{
 typedef {ctype} T;
+using xseq_vecmath::exp;
+using xseq_vecmath::tanh;
 {src.preamble}
 extern "C" void {name}_{ctype}({", ".join(params)}) {{
     const ptrdiff_t _cols = {cols};
     const ptrdiff_t _rows = _cols > 0 ? _n / _cols : 0;
     for (ptrdiff_t _row = 0; _row < _rows; ++_row) {{
         // elements of one row are independent (outputs may alias inputs only element for element)
-        #pragma GCC ivdep
+        XSEQ_IVDEP
         for (ptrdiff_t _col = 0; _col < _cols; ++_col) {{
             const ptrdiff_t i = _row * _cols + _col;
             {bindings}

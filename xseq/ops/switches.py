@@ -18,3 +18,8 @@ def direct_enabled():
 def lanes_enabled():
     """Whether NumPy's unmasked time loops may run in lanes (``XSEQ_LANES=0`` keeps the engine's steps)."""
     return os.environ.get("XSEQ_LANES", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def onednn_requested():
+    """Whether ``XSEQ_ONEDNN=1`` asks for oneDNN's products (:func:`xseq.ops.blas.enabled` decides the same)."""
+    return os.environ.get("XSEQ_ONEDNN", "0").strip().lower() in ("1", "true", "yes", "on")

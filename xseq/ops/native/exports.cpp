@@ -1,8 +1,9 @@
 // The library's C entry points for float and double, everything Python calls through ctypes but the
 // step kernels themselves (generated, see steps.h): the helpers, the one-pass updates, the time loops
-// and the lanes, the packed product, and the layout of every struct shared with Python. The host build
-// compiles this file after the generated kernels (xseq.ops.native_source.host_source); each group is
-// bound in Python by the feature that uses it (xseq.ops.native_features).
+// and the lanes, the packed product, what the build's vector math is, and the layout of every struct
+// shared with Python. The host build compiles this file after the generated kernels
+// (xseq.ops.native_source.host_source); each group is bound in Python by the feature that uses it
+// (xseq.ops.native_features).
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -12,6 +13,7 @@
 #include "onepass.h"
 #include "packed.h"
 #include "prelude.h"
+#include "vecmath.h"
 
 // ------------------------------------------------------------------ helpers (xseq.ops.host.HostFusedOps)
 
@@ -100,8 +102,25 @@ extern "C" void xseq_pack_double(const double* w, int64_t K, int64_t N, double* 
 }
 extern "C" int64_t xseq_packed_size_float(int64_t K, int64_t N) { return xseq_packed::packed_size<float>(K, N); }
 extern "C" int64_t xseq_packed_size_double(int64_t K, int64_t N) { return xseq_packed::packed_size<double>(K, N); }
-// 1 where the packed product was compiled for 512-bit vector registers, the only target it was measured on
-extern "C" int xseq_packed_native() { return xseq_packed::native() ? 1 : 0; }
+// C (M x N, row stride ldc) = A (M x K, row stride lda) @ the weight packed by xseq_pack_ + beta C (beta 0 or 1):
+// the lanes' product on its own, for tests and benchmarks (the lanes call it inside the loops)
+extern "C" void xseq_packed_gemm_float(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
+                                       const float* packed, float beta, float* c, int64_t ldc) {
+    xseq_packed::gemm<float>(M, N, K, a, lda, packed, beta, c, ldc);
+}
+extern "C" void xseq_packed_gemm_double(int64_t M, int64_t N, int64_t K, const double* a, int64_t lda,
+                                        const double* packed, double beta, double* c, int64_t ldc) {
+    xseq_packed::gemm<double>(M, N, K, a, lda, packed, beta, c, ldc);
+}
+// The bytes of the vector registers the packed product was compiled for: 64 (AVX-512), 32 (AVX2 with FMA),
+// 16 (aarch64's NEON), 0 where the target has no vector multiply-add (see packed.h)
+extern "C" int xseq_packed_vector_bytes() { return xseq_packed::vector_bytes_of_build(); }
+
+// ------------------------------------------------------------------ the build's math (xseq.ops.native_features)
+
+// 1 where exp and tanh are vecmath.h's own branch-free code, which the loops vectorize (a target with a fused
+// multiply-add); 0 where they are the C library's (vectorized only through glibc's libmvec, if at all)
+extern "C" int xseq_vecmath_vector() { return XSEQ_VECMATH_VECTOR; }
 
 // ------------------------------------------------------------------ structs shared with Python (xseq.ops.native_layout)
 

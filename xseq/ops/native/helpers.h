@@ -6,6 +6,7 @@
 #include "prelude.h"
 
 namespace xseq_helpers {
+using xseq_vecmath::exp;  // vecmath.h's, vectorized (see prelude.h)
 // dst[t, k, j] = src[t, k, j] for (n0, n1, n2) arrays, strides in elements, dst's last
 // stride 1. The course layout read time-major has j as its slowest axis and t as its
 // fastest: tiles of 16 x 16 (t, j) read whole cache lines of src and write whole lines of

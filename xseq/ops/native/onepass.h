@@ -6,6 +6,7 @@
 #include "prelude.h"
 
 namespace xseq_helpers {
+using xseq_vecmath::exp;  // vecmath.h's, vectorized (see prelude.h)
 // The softmax cross-entropy of a chunk of logits, one pass over memory a row (a row of a
 // vocabulary stays in cache): each row of z (rows, cols) gets the bias b added, is shifted by
 // its maximum and exponentiated; the row's -log softmax at its target is added to the returned
@@ -49,7 +50,7 @@ template <typename T>
 void adam(const T* p, const T* g, const T* m, const T* v, T* p_out, T* m_out, T* v_out, ptrdiff_t n, T lr,
           T beta1, T beta2, T eps, T c1, T c2) {
     const T a1 = T(1) - beta1, a2 = T(1) - beta2;
-    #pragma GCC ivdep
+    XSEQ_IVDEP
     for (ptrdiff_t i = 0; i < n; ++i) {
         const T gi = g[i];
         const T mi = beta1 * m[i] + a1 * gi;

@@ -1,23 +1,50 @@
 // The per-step product with the weight packed once a sequence: a lane's product is (rows, K) @ (K, N)
 // with the same right operand at every step, and a BLAS call packs that operand into its own panel
-// layout again at every call. Here it is packed once into panels of NR columns (two 64-byte vectors:
-// 32 floats or 16 doubles), panel p holding B[k][p NR + j] at (p K + k) NR + j, zero past the last
-// column; each block of MR rows of C is then MR x 2 vector accumulators over k, the row's element
-// times the panel's two vectors (GCC's vector extensions: AVX-512 registers where the compiler targets
-// them). Sums over k in order, one multiply-add at a time. Used by loops.h where
-// xseq.ops.lanes.packed_products says so (xseq_packed_native in exports.cpp).
+// layout again at every call. Here it is packed once into panels of NR columns (two vectors of the
+// target: XSEQ_PACKED_VECTOR_BYTES each), panel p holding B[k][p NR + j] at (p K + k) NR + j, zero past
+// the last column; each block of MR rows of C is then MR x 2 vector accumulators over k, the row's
+// element times the panel's two vectors (GCC's vector extensions, which clang shares). Sums over k in
+// order, one multiply-add at a time.
+//
+// The vector width comes from the build's target: 64 bytes with AVX-512 (32 vector registers, MR 8),
+// 32 with AVX2 and FMA (16 registers, MR 6: 12 accumulators, the panel's two vectors and the broadcast
+// element fit), 16 with aarch64's NEON (32 registers, MR 8). Elsewhere (no vector multiply-add: SSE,
+// AVX without FMA, other targets) XSEQ_PACKED_VECTOR_BYTES is 0 and the product is not used; the code
+// still compiles, with 16-byte vectors. Used by loops.h where xseq.ops.lanes.packed_products says so
+// (xseq_packed_vector_bytes in exports.cpp).
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
+#if defined(__AVX512F__)
+#define XSEQ_PACKED_VECTOR_BYTES 64
+#define XSEQ_PACKED_REGISTERS 32
+#elif defined(__AVX__) && defined(__FMA__)
+#define XSEQ_PACKED_VECTOR_BYTES 32
+#define XSEQ_PACKED_REGISTERS 16
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#define XSEQ_PACKED_VECTOR_BYTES 16
+#define XSEQ_PACKED_REGISTERS 32
+#else  // no vector multiply-add: a multiply and an add each step, the product left to BLAS
+#define XSEQ_PACKED_VECTOR_BYTES 0
+#define XSEQ_PACKED_REGISTERS 16
+#endif
+
 namespace xseq_packed {
+// Bytes of one vector of the code below (16 where XSEQ_PACKED_VECTOR_BYTES is 0).
+constexpr int vector_bytes = XSEQ_PACKED_VECTOR_BYTES > 0 ? XSEQ_PACKED_VECTOR_BYTES : 16;
+// Rows of C a tile holds in registers: 2 MR accumulators + 2 panel vectors + 1 broadcast element.
+constexpr int tile_rows = XSEQ_PACKED_REGISTERS >= 32 ? 8 : 6;
+static_assert(2 * tile_rows + 3 <= XSEQ_PACKED_REGISTERS, "a tile's accumulators must fit the registers");
+
 template <typename T>
 struct vec {
-    typedef T type __attribute__((vector_size(64)));
+    typedef T type __attribute__((vector_size(vector_bytes)));
 };
+// NR: a panel's columns, two vectors
 template <typename T>
-constexpr int64_t panel_cols() { return 128 / sizeof(T); }
+constexpr int64_t panel_cols() { return 2 * vector_bytes / sizeof(T); }
 // elements of a (K x N) weight packed by pack: whole panels
 template <typename T>
 constexpr int64_t packed_size(int64_t K, int64_t N) {
@@ -41,7 +68,8 @@ void pack(const T* b, int64_t K, int64_t N, T* out) {  // b: K x N, row-major
 template <typename T, int MR>
 inline void tile(const T* a, int64_t lda, const T* panel, int64_t K, T* c, int64_t ldc, int64_t ncols, T beta) {
     typedef typename vec<T>::type V;
-    constexpr int W = 64 / sizeof(T);
+    constexpr int W = vector_bytes / sizeof(T);
+    static_assert(2 * W == panel_cols<T>(), "a panel is two vectors wide");
     V acc0[MR], acc1[MR];
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) acc0[r] = acc1[r] = V{};
@@ -72,7 +100,7 @@ inline void tile(const T* a, int64_t lda, const T* panel, int64_t K, T* c, int64
 template <typename T>
 void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* packed, T beta, T* c, int64_t ldc) {
     const int64_t NR = panel_cols<T>();
-    constexpr int MR = 8;
+    constexpr int MR = tile_rows;
     for (int64_t p = 0; p * NR < N; ++p) {  // a panel (K x NR) stays in cache while every row block uses it
         const int64_t ncols = N - p * NR < NR ? N - p * NR : NR;
         const T* panel = packed + p * K * NR;
@@ -80,6 +108,7 @@ void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* pac
         for (; r + MR <= M; r += MR) tile<T, MR>(a + r * lda, lda, panel, K, c + r * ldc + p * NR, ldc, ncols, beta);
         const T* ar = a + r * lda;
         T* cr = c + r * ldc + p * NR;
+        static_assert(tile_rows <= 8, "the rows left after the whole tiles are at most 7");
         switch (M - r) {
             case 7: tile<T, 7>(ar, lda, panel, K, cr, ldc, ncols, beta); break;
             case 6: tile<T, 6>(ar, lda, panel, K, cr, ldc, ncols, beta); break;
@@ -93,12 +122,7 @@ void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* pac
     }
 }
 
-// Whether the packed product was compiled for 512-bit vector registers, the only target it was measured on.
-constexpr bool native() {
-#if defined(__AVX512F__)
-    return true;
-#else
-    return false;
-#endif
-}
+// The bytes of the vector registers the packed product was compiled for (64 AVX-512, 32 AVX2 with FMA,
+// 16 aarch64's NEON), 0 where the target has no vector multiply-add.
+constexpr int vector_bytes_of_build() { return XSEQ_PACKED_VECTOR_BYTES; }
 }  // namespace xseq_packed
