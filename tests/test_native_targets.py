@@ -102,16 +102,18 @@ TARGET_CHECK = textwrap.dedent("""
         out["vecmath_vector"] = lib.lib.xseq_vecmath_vector()
         out["packed_vector_bytes"] = lib.lib.xseq_packed_vector_bytes()
         blas, _ = host.numpy_openblas()
+        out["numpy_openblas"] = blas is not None  # the lanes run on NumPy's OpenBLAS (NumPy 1.26's is not found)
         errors = {}
         for dtype in (np.float32, np.float64):
-            out["packed_" + np.dtype(dtype).name] = host.HostDevice(dtype, lib.lib, blas).packed
+            if blas is not None:
+                out["packed_" + np.dtype(dtype).name] = host.HostDevice(dtype, lib.lib, blas).packed
             for kind in ("rnn", "lstm", "gru"):
                 shape = dict(m=19, n_a=40, n_x=33, dtype=dtype)  # 2 lanes of 10 and 9 rows, partial panels
                 want = engine_sequence(kind, ArrayAPIOps(xp), **shape)
                 name = f"{kind} {np.dtype(dtype).name}"
                 steps = engine_sequence(kind, host.HostFusedOps(xp, lib.lib, lanes=False), **shape)
                 errors[name + " steps"] = largest_error(steps, want)
-                for packed in (True, False):  # both products of the lanes, whichever the build chooses
+                for packed in (True, False) if blas is not None else ():  # both of the lanes' products
                     device = host.HostDevice(dtype, lib.lib, blas, packed=packed)
                     lanes = host.HostFusedOps(xp, lib.lib, lanes=host.LaneSteps(device, 2))
                     got = engine_sequence(kind, lanes, **shape)
@@ -215,7 +217,8 @@ def test_the_build_for_another_compiler_or_target_has_every_feature_and_agrees_w
     elif X86:
         assert got["packed_vector_bytes"] == (64 if "avx512f" in cpu_flags() else 32)
     assert got["packed_vector_bytes"] in PACKED_VECTOR_BYTES
-    assert got["packed_float32"] == got["packed_float64"] == packed_on
+    if got["numpy_openblas"]:
+        assert got["packed_float32"] == got["packed_float64"] == packed_on
     for what, error in got["errors"].items():
         assert error < (1e-4 if "float32" in what else 1e-12), f"{target}, {what}: {error:.2e}"
 
