@@ -310,3 +310,24 @@ def _parse_header(path, raw):
     if not names_ok or not isinstance(header.get("meta"), dict):
         raise CheckpointError(f"checkpoint {path!r}: {_META_KEY!r} lacks its 'arrays' list or 'meta' object")
     return header
+
+
+def checked_state_dict(params, state, model):
+    """Host copies of the arrays of ``state`` that replace ``params`` of ``model``, once each fits: the same names,
+    shapes, float32 or float64, finite values (ValueError or TypeError naming the entry otherwise)."""
+    missing = sorted(set(params) - set(state))
+    unexpected = sorted(set(state) - set(params))
+    if missing or unexpected:
+        raise ValueError(f"state dict does not fit this {model!r}: missing {missing}, unexpected {unexpected}")
+    host = {k: np.asarray(to_numpy(v)) for k, v in state.items()}
+    for k, p in params.items():
+        a = host[k]
+        if a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8):
+            raise TypeError(f"state dict entry {k!r} has dtype {a.dtype}; expected float32 or float64")
+        if a.shape != tuple(p.shape):
+            raise ValueError(f"state dict entry {k!r} has shape {a.shape}; expected {tuple(p.shape)}")
+        finite = np.isfinite(a)
+        if not finite.all():
+            raise ValueError(f"state dict entry {k!r} holds {a.size - np.count_nonzero(finite)} NaN or "
+                             f"infinite values (of {a.size}); a model with them computes nothing but NaN")
+    return host

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backends.arrays import to_numpy
 from ..backends.checks import check_sizes
 from ..engine import sequence as engine
 from ..nn.layers import GRU, LSTM, RNN
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, checked_state_dict  # noqa: F401 (the models' state checks)
 
 CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 INPUTS = ("one_hot", "embedding")
@@ -137,24 +136,3 @@ def model_input(meta):
         return LEGACY_FORMATS[meta["format"]]
     config = meta.get("model")
     return config.get("input") if isinstance(config, dict) else None
-
-
-def checked_state_dict(params, state, model):
-    """Host copies of the arrays of ``state`` that replace ``params`` of ``model``, once each fits: the same names,
-    shapes, float32 or float64, finite values (ValueError or TypeError naming the entry otherwise)."""
-    missing = sorted(set(params) - set(state))
-    unexpected = sorted(set(state) - set(params))
-    if missing or unexpected:
-        raise ValueError(f"state dict does not fit this {model!r}: missing {missing}, unexpected {unexpected}")
-    host = {k: np.asarray(to_numpy(v)) for k, v in state.items()}
-    for k, p in params.items():
-        a = host[k]
-        if a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8):
-            raise TypeError(f"state dict entry {k!r} has dtype {a.dtype}; expected float32 or float64")
-        if a.shape != tuple(p.shape):
-            raise ValueError(f"state dict entry {k!r} has shape {a.shape}; expected {tuple(p.shape)}")
-        finite = np.isfinite(a)
-        if not finite.all():
-            raise ValueError(f"state dict entry {k!r} holds {a.size - np.count_nonzero(finite)} NaN or "
-                             f"infinite values (of {a.size}); a model with them computes nothing but NaN")
-    return host

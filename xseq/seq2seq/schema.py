@@ -13,10 +13,10 @@ import numbers
 
 import numpy as np
 
-from ..backends.arrays import to_numpy
 from ..backends.checks import check_sizes
 from ..engine import sequence as engine
 from ..lm.checkpoint import CheckpointError
+from ..lm.checkpoint import checked_state_dict as checked_arrays
 from ..nn.layers import GRU, LSTM, RNN
 
 CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
@@ -148,23 +148,7 @@ def check_stored_parameters(state, config, V_x, V_y, dtype):
 
 
 def checked_state_dict(params, state, model):
-    """Host copies of the arrays of ``state`` that replace ``params`` of ``model``, once each fits: the same names,
-    shapes, float32 or float64, finite values (ValueError or TypeError naming the entry otherwise)."""
+    """:func:`xseq.lm.checkpoint.checked_state_dict`, for a ``state`` that must be a dict (TypeError otherwise)."""
     if not isinstance(state, dict):
         raise TypeError(f"state must be a dict of name -> array; got {type(state).__name__}")
-    missing = sorted(set(params) - set(state))
-    unexpected = sorted(set(state) - set(params))
-    if missing or unexpected:
-        raise ValueError(f"state dict does not fit this {model!r}: missing {missing}, unexpected {unexpected}")
-    host = {k: np.asarray(to_numpy(v)) for k, v in state.items()}
-    for k, p in params.items():
-        a = host[k]
-        if a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8):
-            raise TypeError(f"state dict entry {k!r} has dtype {a.dtype}; expected float32 or float64")
-        if a.shape != tuple(p.shape):
-            raise ValueError(f"state dict entry {k!r} has shape {a.shape}; expected {tuple(p.shape)}")
-        finite = np.isfinite(a)
-        if not finite.all():
-            raise ValueError(f"state dict entry {k!r} holds {a.size - np.count_nonzero(finite)} NaN or "
-                             f"infinite values (of {a.size}); a model with them computes nothing but NaN")
-    return host
+    return checked_arrays(params, state, model)
