@@ -38,10 +38,10 @@ def lanes_ops(lanes, dtype, calls=None, packed=None):
     """Host ops whose every unmasked loop runs in ``lanes`` lanes (recording each run's lane count); ``packed``:
     the products by the weight packed once a loop (True), by OpenBLAS (False), or the build's choice (None)."""
     class Counted(host.HostDevice):
-        def run(self, jobs, weight):
+        def run(self, jobs):
             if calls is not None:
                 calls.append(len(jobs))
-            return super().run(jobs, weight)
+            return super().run(jobs)
 
     device = Counted(dtype, BUILT.lib, BLAS, packed=packed)
     return host.HostFusedOps(xp, BUILT.lib, lanes=host.LaneSteps(device, lanes))
@@ -157,7 +157,7 @@ def test_the_engine_takes_lanes_where_the_count_says_so(monkeypatch):
     calls = []
     real = host.HostDevice.run
     monkeypatch.setattr(host.HostDevice, "run",
-                        lambda self, jobs, weight: calls.append(len(jobs)) or real(self, jobs, weight))
+                        lambda self, jobs: calls.append(len(jobs)) or real(self, jobs))
     monkeypatch.setattr(host, "lane_count", lambda rows, n_a, gates, itemsize: 2)
     got = run_sequence("gru", None)
     assert calls == [2, 2]
@@ -216,8 +216,8 @@ def test_more_lanes_than_openblas_threads_run_in_turns(monkeypatch):
 def test_a_device_that_computes_wrong_products_is_refused_by_the_check(monkeypatch, recwarn):
     """The engine's check runs before a device is used: wrong products mean the engine's loop, and a warning."""
     class WrongGemm(host.HostDevice):
-        def run(self, jobs, weight):
-            super().run(jobs, weight)
+        def run(self, jobs):
+            super().run(jobs)
             for job in jobs:
                 if not job.backward:  # one element of each lane's last state off
                     last = ctypes.c_double.from_address(job.s + job.T * job.s_step * ctypes.sizeof(ctypes.c_double))
@@ -270,7 +270,8 @@ def test_no_lanes_where_the_products_go_to_another_library(monkeypatch):
 
 
 def test_a_users_openblas_num_threads_is_the_lanes_limit():
-    """``OPENBLAS_NUM_THREADS=1`` in a fresh process: no lanes (the engine's loop), and the status says why."""
+    """``OPENBLAS_NUM_THREADS=1`` in a fresh process: no lanes (one lane: the loop whole on the calling thread),
+    and the status says why."""
     code = textwrap.dedent("""
         from xseq.ops import host
         print(host.lane_count(32, 128, 4, 4), host.lanes_status())
@@ -279,4 +280,5 @@ def test_a_users_openblas_num_threads_is_the_lanes_limit():
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OPENBLAS_NUM_THREADS": "1"}, check=False)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "1 engine's loop (NumPy's OpenBLAS has 1 thread)"
+    count, said = done.stdout.strip().split(" ", 1)
+    assert count == "1" and said.startswith("one lane: ") and said.endswith("(NumPy's OpenBLAS has 1 thread)")

@@ -13,7 +13,9 @@ and aarch64, cross-compiled and run under qemu-user.
   library the build makes, which must export every entry point the features need and call no exp/tanh of the
   C library; and the same object linked into ``tests/native/kernel_check.cpp`` (a static executable) run under
   ``qemu-aarch64``: each step kernel, the packed product (whole and partial panels and tiles) and the lanes'
-  time loops with packed weights, against NumPy and the array-API reference on the same inputs.
+  time loops with packed weights, one lane of rows and lanes of units on threads of their own (meeting at their
+  spin barrier each step: ARM's weak memory order is where a missing fence would show), against NumPy and the
+  array-API reference on the same inputs.
 
 A missing compiler or emulator, or a CPU that cannot run AVX2 code, is a visible skip; CI's full run (where
 skips fail) installs ``clang``, ``g++-aarch64-linux-gnu`` and ``qemu-user``.
@@ -209,8 +211,9 @@ def test_the_build_for_another_compiler_or_target_has_every_feature_and_agrees_w
     assert got["vecmath_vector"] == 1 and math_calls(got["path"]) == []
     if X86:  # divisions are IEEE (g++ -mno-recip, clang -mrecip=none): sigmoid(100) is 1, not 1 - 2^-24
         assert approximate_reciprocals(got["path"]) == 0
-        # the kernels with raw pointers vectorized too (clang ignores GCC's ivdep: XSEQ_IVDEP)
-        for function in ("xseq_lstm_forward_float", "xseq_gru_forward_float", "xseq_lstm_backward_float"):
+        # the kernels with raw pointers vectorized too (clang ignores GCC's ivdep: XSEQ_IVDEP); their loops are in
+        # the column-range entries, which the whole-array entries call
+        for function in ("xseq_lstm_forward_float_cols", "xseq_gru_forward_float_cols", "xseq_lstm_backward_float_cols"):
             assert packed_fmas(got["path"], function) > 0, function
     if march == "haswell":
         assert got["packed_vector_bytes"] == 32
@@ -274,12 +277,17 @@ class Aarch64:
         run_tool([AARCH64_CXX, "-shared", str(obj), "-o", str(self.library), "-lm"])
         harness_obj, self.exe = directory / "kernel_check.o", directory / "kernel_check"
         run_tool([*common, "-Wall", "-Wextra", "-Werror", "-c", str(HARNESS), "-o", str(harness_obj)])
-        run_tool([AARCH64_CXX, "-static", str(harness_obj), str(obj), "-o", str(self.exe), "-lm"])
+        # -pthread: the lanes of units run on threads of their own (std::thread)
+        run_tool([AARCH64_CXX, "-static", "-pthread", str(harness_obj), str(obj), "-o", str(self.exe), "-lm"])
 
-    def run(self, *args, inputs=()):
-        """The harness's output for ``args``, given the arrays ``inputs`` on stdin (raw bytes)."""
+    def run(self, *args, inputs=(), timeout=600):
+        """The harness's output for ``args``, given the arrays ``inputs`` on stdin (raw bytes); the test fails if
+        it runs past ``timeout`` seconds (lanes that never all meet at their barrier spin for ever)."""
         data = b"".join(np.ascontiguousarray(a).tobytes() for a in inputs)
-        return run_tool([*QEMU, str(self.exe), *map(str, args)], input=data, timeout=600)
+        try:
+            return run_tool([*QEMU, str(self.exe), *map(str, args)], input=data, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"kernel_check {' '.join(map(str, args))} ran past {timeout} s (a barrier never met?)")
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +322,7 @@ def test_aarch64_library_exports_every_entry_point_and_calls_no_math_function(aa
     needed = {symbol for spec in SPECS.values() for symbol in spec.symbols}
     assert needed <= defined, sorted(needed - defined)
     assert math_calls(aarch64.library, nm) == []
-    for function in ("xseq_lstm_forward_float", "xseq_gru_forward_float", "xseq_lstm_backward_float"):
+    for function in ("xseq_lstm_forward_float_cols", "xseq_gru_forward_float_cols", "xseq_lstm_backward_float_cols"):
         assert packed_fmas(aarch64.library, function, "aarch64-linux-gnu-objdump", "aarch64") > 0, function
 
 
@@ -399,8 +407,14 @@ def test_aarch64_packed_product_matches_numpy(aarch64, shape, dtype, beta):
     assert (np.abs(got - want) <= bound).all(), float(np.max(np.abs(got - want) - bound))
 
 
-def reference_loops(kind, xw, h0, c0, w_hhT, b_hn, dy, dh, dc):
-    """``xseq/ops/native/loops.h``'s forward and backward loops, step for step, on the array-API reference."""
+def reference_loops(kind, xw, h0, c0, w_hh, b_hn, dy, dh, dc):
+    """``xseq/ops/native/loops.h``'s forward and backward loops, step for step, on the array-API reference.
+
+    ``xw`` (T, m, G n_a), ``h0``, ``c0`` (m, n_a), ``w_hh`` (G n_a, n_a), ``b_hn`` (n_a,), ``dy`` (T, m, n_a),
+    ``dh``, ``dc`` (m, n_a): the final states' gradients. Returns the arrays the harness's ``loop`` mode writes,
+    by name: ``s``, ``c`` (T + 1, m, n_a), ``saved`` (T, m, S n_a), ``dz``, ``dhw`` (T, m, G n_a), ``dh0``,
+    ``dc0`` (m, n_a).
+    """
     ops = ArrayAPIOps(xp)
     T, m, _ = xw.shape
     n_a = h0.shape[1]
@@ -409,14 +423,13 @@ def reference_loops(kind, xw, h0, c0, w_hhT, b_hn, dy, dh, dc):
     S[0], C[0] = h0, c0
     saved = np.zeros((T, m, SAVED[kind] * n_a), dtype=xw.dtype)
     for t in range(T):
-        hw = S[t] @ w_hhT
+        hw = S[t] @ w_hh.T
         if kind == "rnn":
             ops.rnn_forward(xw[t], hw, saved, S, t)
         elif kind == "lstm":
             ops.lstm_forward(xw[t], hw, C[t], saved, C, S, t)
         else:
             ops.gru_forward(xw[t], hw, b_hn, S[t], saved, S, t)
-    w_hh = np.ascontiguousarray(w_hhT.T)
     dZ, dHW = np.zeros((2, *xw.shape), dtype=xw.dtype)
     for t in reversed(range(T)):
         if kind == "rnn":
@@ -430,23 +443,67 @@ def reference_loops(kind, xw, h0, c0, w_hhT, b_hn, dy, dh, dc):
     return dict(s=S, c=C, saved=saved, dz=dZ, dhw=dHW if kind == "gru" else dZ, dh0=dh, dc0=dc)
 
 
+def loop_inputs(kind, dtype, T, m, n_a, seed):
+    """The harness's ``loop`` and ``units`` inputs, in its order: values of about 0.7, ``w_hh`` (G n_a, n_a)."""
+    G = GATES[kind]
+    rng = np.random.default_rng(seed)
+    draw = lambda *shape: (rng.standard_normal(shape) * 0.7).astype(dtype)  # noqa: E731
+    return dict(xw=draw(T, m, G * n_a), h0=draw(m, n_a), c0=draw(m, n_a), w_hh=draw(G * n_a, n_a), b_hn=draw(n_a),
+                dy=draw(T, m, n_a), dh=draw(m, n_a), dc=draw(m, n_a))
+
+
+def run_loops(aarch64, mode, kind, inputs, *extra, timeout=600):
+    """The harness's ``loop`` or ``units`` outputs by name (with ``c`` and ``dc0`` only for the LSTM: the other
+    cells have no cell state, and the loops leave it as it was)."""
+    T, m, GN = inputs["xw"].shape
+    n_a, dtype = inputs["h0"].shape[1], inputs["xw"].dtype
+    shapes = dict(s=(T + 1, m, n_a), c=(T + 1, m, n_a), saved=(T, m, SAVED[kind] * n_a), dz=(T, m, GN),
+                  dhw=(T, m, GN), dh0=(m, n_a), dc0=(m, n_a))
+    out = aarch64.run(mode, kind, dtype_code(dtype), T, m, n_a, *extra, inputs=list(inputs.values()),
+                      timeout=timeout)
+    got = dict(zip(shapes, split(out, dtype, list(shapes.values()))))
+    if kind != "lstm":
+        got.pop("c"), got.pop("dc0")
+    return got
+
+
+def reference_for(kind, inputs):
+    """:func:`reference_loops` with the outputs :func:`run_loops` returns."""
+    want = reference_loops(kind, **inputs)
+    if kind != "lstm":
+        want.pop("c"), want.pop("dc0")
+    return want
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("kind", list(GATES))
 def test_aarch64_time_loops_with_packed_weights_match_the_reference(aarch64, kind, dtype):
     """The lanes' loops (one lane) with ``W_hh`` packed: 4 steps of 11 rows (a tile of 8 and 3), 9 units."""
-    T, m, n_a, G = 4, 11, 9, GATES[kind]
-    rng = np.random.default_rng(5)
-    draw = lambda *shape: (rng.standard_normal(shape) * 0.7).astype(dtype)  # noqa: E731
-    inputs = dict(xw=draw(T, m, G * n_a), h0=draw(m, n_a), c0=draw(m, n_a), w_hhT=draw(n_a, G * n_a),
-                  b_hn=draw(n_a), dy=draw(T, m, n_a), dh=draw(m, n_a), dc=draw(m, n_a))
-    shapes = dict(s=(T + 1, m, n_a), c=(T + 1, m, n_a), saved=(T, m, SAVED[kind] * n_a), dz=(T, m, G * n_a),
-                  dhw=(T, m, G * n_a), dh0=(m, n_a), dc0=(m, n_a))
-    out = aarch64.run("loop", kind, dtype_code(dtype), T, m, n_a, inputs=list(inputs.values()))
-    got = dict(zip(shapes, split(out, dtype, list(shapes.values()))))
-    want = reference_loops(kind, **inputs)
-    if kind != "lstm":  # no cell state: the loop leaves c and dc as they were
-        got.pop("c"), want.pop("c"), got.pop("dc0"), want.pop("dc0")
-    assert largest_error(got, want) < LOOP_TOL[np.dtype(dtype)]
+    inputs = loop_inputs(kind, dtype, T=4, m=11, n_a=9, seed=5)
+    got = run_loops(aarch64, "loop", kind, inputs)
+    assert largest_error(got, reference_for(kind, inputs)) < LOOP_TOL[np.dtype(dtype)]
+
+
+# (T, m, n_a): 37 units make uneven blocks (18 + 19, 12 + 12 + 13) that are no whole number of NEON vectors
+# (4 floats, 2 doubles) or packed panels; a single row too
+UNIT_SHAPES = [(5, 3, 37), (5, 1, 37)]
+
+
+@pytest.mark.parametrize("lanes", [2, 3])
+@pytest.mark.parametrize("shape", UNIT_SHAPES, ids=["x".join(map(str, s)) for s in UNIT_SHAPES])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("kind", list(GATES))
+def test_aarch64_lanes_of_units_on_threads_match_the_reference_and_one_lane(aarch64, kind, dtype, shape, lanes):
+    """``lanes`` lanes of units (``xseq_lane_*`` on threads of their own, each packing its own columns of
+    ``W_hh`` and meeting the others at their spin barrier every step) give the reference's outputs and one lane
+    of rows' (``loop`` mode)."""
+    T, m, n_a = shape
+    inputs = loop_inputs(kind, dtype, T, m, n_a, seed=7 + m)
+    # a barrier that never opens spins for ever: fail in seconds, not at the harness's usual 10 minutes
+    got = run_loops(aarch64, "units", kind, inputs, lanes, timeout=120)
+    tol = LOOP_TOL[np.dtype(dtype)]
+    assert largest_error(got, reference_for(kind, inputs)) < tol
+    assert largest_error(got, run_loops(aarch64, "loop", kind, inputs)) < tol
 
 
 # ---------------------------------------------------------------- benchmarks/bench_builds.py's check

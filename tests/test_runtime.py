@@ -59,8 +59,7 @@ def lane_runs(monkeypatch):
     calls = []
     real = host.HostDevice.run
     with monkeypatch.context() as patch:
-        patch.setattr(host.HostDevice, "run", lambda self, jobs, weight: calls.append(len(jobs)) or
-                      real(self, jobs, weight))
+        patch.setattr(host.HostDevice, "run", lambda self, jobs: calls.append(len(jobs)) or real(self, jobs))
         engine_sequence("lstm", None, m=16)
     return calls
 
@@ -124,8 +123,9 @@ def test_lanes_status_with_lanes_set_to_one_and_one_openblas_thread(monkeypatch,
     assert lane_runs(monkeypatch) == []
     rt.configure(lanes=None, blas_threads=1)
     assert BLAS.threads() == 1
-    assert host.lanes_status() == "engine's loop (NumPy's OpenBLAS has 1 thread)"
-    assert lane_runs(monkeypatch) == []
+    assert host.lanes_status().startswith("one lane: every unmasked loop whole in C++ on the calling thread")
+    assert host.lanes_status().endswith("(NumPy's OpenBLAS has 1 thread)")
+    assert lane_runs(monkeypatch) == [1, 1]  # the forward and the backward loop, each one job on this thread
     rt.configure(blas_threads=2)
     assert host.lanes_status().startswith("up to 2 lanes on NumPy's OpenBLAS threads")
     assert lane_runs(monkeypatch) == [2, 2]

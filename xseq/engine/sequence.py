@@ -164,12 +164,14 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
         saved = empty(T, m, 4 * n_a) if keep else _one_block(ops, xp, T, (m, 4 * n_a), dtype, dev)
         b_hn = b_hh[2 * n_a:] if b_hh is not None else xp.zeros((n_a,), dtype=dtype, device=dev)
 
-    W_hhT = c_order(xp, W_hh.T)  # a contiguous right operand makes the per-step GEMM faster
     hw_buffer = empty(m, G * n_a)
-    # The same loop with two host calls per step and no array views (ops.fused.DirectSteps).
+    # The same loop with two host calls per step and no array views (ops.fused.DirectSteps), or the
+    # whole loop in one (the host's lanes, which take W_hh itself: direct.forward_weight).
     if direct is not None:
-        direct.forward(kind, XW, W_hhT, None if b_hn is None else c_order(xp, b_hn), saved, S, C, hw_buffer)
+        weight = c_order(xp, W_hh if direct.forward_weight == "W_hh" else W_hh.T)
+        direct.forward(kind, XW, weight, None if b_hn is None else c_order(xp, b_hn), saved, S, C, hw_buffer)
     else:
+        W_hhT = c_order(xp, W_hh.T)  # a contiguous right operand makes the per-step GEMM faster
         _forward_steps(ops, xp, kind, XW, W_hhT, b_hn, saved, S, C, mask, hw_buffer,
                        project if chunk < T else None, chunk)
     h, c = S[T, ...], (C[T, ...] if C is not None else None)

@@ -122,6 +122,10 @@ class DirectSteps:
     writes as the engine's loops over the :class:`FusedSteps` methods.
     """
 
+    #: What :meth:`forward` takes as its recurrent weight: ``W_hh.T``, C-contiguous (the engine copies it so).
+    #: The host's lanes take ``"W_hh"`` itself and pack its transpose (:class:`xseq.ops.lanes.LaneSteps`).
+    forward_weight = "W_hh.T"
+
     def __init__(self, device):
         self.device = device
 

@@ -65,11 +65,15 @@ from .lanes import (
     MAX_LANE_WEIGHT_BYTES,
     MAX_LANES,
     MIN_LANE_ROWS,
+    MIN_LANE_UNITS,
     HostDevice,
     LaneSteps,
+    UnitSteps,
     lane_count,
     packed_products,
     row_blocks,
+    unit_blocks,
+    unit_lane_count,
 )
 from .native_bindings import HostKernel, entry, kernel
 from .native_build import FLAG_SETS, cached_path, find_compiler
@@ -82,10 +86,10 @@ from .runtime import cpu_runtime
 from .switches import fused_enabled, onednn_requested
 
 __all__ = [
-    "FLAG_SETS", "MAX_LANES", "MAX_LANE_WEIGHT_BYTES", "MIN_LANE_ROWS", "Feature", "HostDevice", "HostFusedOps",
-    "HostKernel", "LaneSteps", "adam_step", "cache_dir", "cached_path", "features", "find_compiler", "host_device",
-    "host_function", "host_ops", "host_source", "lane_count", "lanes_status", "library", "numpy_openblas",
-    "packed_products", "row_blocks", "softmax_xent_rows", "status",
+    "FLAG_SETS", "MAX_LANES", "MAX_LANE_WEIGHT_BYTES", "MIN_LANE_ROWS", "MIN_LANE_UNITS", "Feature", "HostDevice",
+    "HostFusedOps", "HostKernel", "LaneSteps", "UnitSteps", "adam_step", "cache_dir", "cached_path", "features",
+    "find_compiler", "host_device", "host_function", "host_ops", "host_source", "lane_count", "lanes_status", "library", "numpy_openblas",
+    "packed_products", "row_blocks", "softmax_xent_rows", "status", "unit_blocks", "unit_lane_count",
 ]
 
 
@@ -138,12 +142,17 @@ class HostFusedOps(FusedSteps, NumpyOps):
         self._lanes = lanes
 
     def direct_steps(self, dtype, device=None, check=None, rows=None, n_a=None, gates=None):
-        """:class:`LaneSteps` for a sequence of ``rows`` examples of ``n_a`` units, or None for the engine's loop.
+        """The time loop in C++ for a sequence of ``rows`` examples of ``n_a`` units, or None for the engine's loop.
 
-        ``check(device, xp, ops)`` proves a new :class:`HostDevice` against the
-        step methods (the engine's ``check_direct``); without one, for a
-        shape below :func:`lane_count`'s thresholds, or where the library's
-        lanes are off (:func:`features`), the engine keeps its loop.
+        :class:`LaneSteps` where the rows split over lanes (:func:`lane_count`);
+        else :class:`UnitSteps` where the units do (:func:`unit_lane_count`: one
+        sequence at a time, or a recurrent weight too large for every lane to
+        read whole); else, where NumPy's OpenBLAS has one thread
+        (:meth:`xseq.ops.runtime.CPURuntime.one_lane`), one lane on the calling
+        thread. ``check(device, xp, ops)`` proves a new :class:`HostDevice`
+        against the step methods (the engine's ``check_direct``); without one,
+        or where the library's lanes are off (:func:`features`), the engine
+        keeps its loop.
         """
         if self._lanes is not None:
             return self._lanes or None
@@ -152,10 +161,17 @@ class HostFusedOps(FusedSteps, NumpyOps):
         if self.gemm is not None:  # the products go to another library (oneDNN): one thread pool, not two
             return None
         lanes = lane_count(rows, n_a, gates, np.dtype(dtype).itemsize)
-        if lanes < 2 or not _lanes_gate(self._lib).on:
+        units = unit_lane_count(n_a) if lanes < 2 else 1
+        if max(lanes, units) < 2 and not cpu_runtime().one_lane():
+            return None
+        if not _lanes_gate(self._lib).on:
             return None
         device = host_device(dtype, self._lib, check)
-        return LaneSteps(device, lanes) if device is not None else None
+        if device is None:
+            return None
+        if units >= 2:
+            return UnitSteps(device, units)
+        return LaneSteps(device, lanes)  # lanes of rows, or one lane: the whole loop on this thread
 
     def _launch(self, name, *args):
         kernel(self._lib, name)(*args)
@@ -218,8 +234,9 @@ def host_device(dtype, lib, check):
         if blas is None:
             raise RuntimeError(reason)
         device = HostDevice(dtype, lib, blas)
-        ops = (HostFusedOps(xp_numpy, lib, lanes=False), HostFusedOps(xp_numpy, lib, lanes=LaneSteps(device, 2)))
-        check(device, xp_numpy, ops)
+        plain = HostFusedOps(xp_numpy, lib, lanes=False)
+        for lanes in (LaneSteps(device, 2), UnitSteps(device, 2)):  # rows split, units split
+            check(device, xp_numpy, (plain, HostFusedOps(xp_numpy, lib, lanes=lanes)))
         return device
 
     return checked_once(_DEVICES, (dtype.name, lib), build, "time-loop lanes", "the engine's loop")
@@ -230,8 +247,9 @@ def lanes_status():
 
     "engine's loop (reason)" wherever no loop can run in lanes: every fast
     path off, no host library or its lanes off, ``XSEQ_LANES=0`` or
-    ``lanes=1`` (:func:`xseq.cpu_runtime`), no NumPy OpenBLAS or one thread
-    of it. Otherwise the most lanes a loop gets, their products and size
+    ``lanes=1`` (:func:`xseq.cpu_runtime`), no NumPy OpenBLAS. "one lane"
+    where NumPy's OpenBLAS has one thread (the loops run whole in C++ on
+    the calling thread). Otherwise the most lanes a loop gets, their products and size
     rule, how loops of several Python threads share them and how many ran
     which way so far (:meth:`xseq.ops.runtime.CPURuntime.status`), and any
     dtype whose check refused the lanes.
@@ -245,13 +263,19 @@ def lanes_status():
         return f"engine's loop (the host library's lanes are off: {lib.features[LANES].reason})"
     runtime = cpu_runtime()
     limit, reason = runtime.lane_limit()
-    if limit < 2:
-        return f"engine's loop ({reason})"
     failed = sorted({f"{dtype}: {why}" for (dtype, _), (device, why) in _DEVICES.items() if device is None})
-    lanes = f"up to {limit} lanes on NumPy's OpenBLAS threads"
     products = ("xseq's products with W_hh packed once a loop" if lib.on(PACKED_PRODUCTS)
                 else "one-thread OpenBLAS products")
-    rule = f"(W_hh of at most {MAX_LANE_WEIGHT_BYTES >> 20} MiB, at least {MIN_LANE_ROWS} rows a lane)"
+    if limit < 2:
+        if not runtime.one_lane():
+            return f"engine's loop ({reason})"
+        notes = [f"one lane: every unmasked loop whole in C++ on the calling thread, {products} ({reason})"]
+        if failed:
+            notes.append(f"not used for {'; '.join(failed)}")
+        return "; ".join(notes)
+    lanes = f"up to {limit} lanes on NumPy's OpenBLAS threads"
+    rule = (f"(lanes of rows where W_hh is at most {MAX_LANE_WEIGHT_BYTES >> 20} MiB, at least {MIN_LANE_ROWS} "
+            f"rows a lane; else lanes of units, at least {MIN_LANE_UNITS} units a lane)")
     notes = [f"{lanes}, {products} {rule}", runtime.status()]
     if onednn_requested():
         notes.append("float32 sequences whose products oneDNN takes (XSEQ_ONEDNN=1 and installed: "

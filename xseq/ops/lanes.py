@@ -21,7 +21,7 @@ import numpy as np
 from .kernel_source import CTYPES
 from .native_bindings import address
 from .native_features import PACKED_PRODUCTS, gate
-from .native_layout import LaneJob, layout_problem
+from .native_layout import LaneBarrier, LaneJob, layout_problem
 from .runtime import MAX_LANES, cpu_runtime
 
 # Why: see docs/decisions/013-lane-weight-limit-8mib.md
@@ -35,8 +35,8 @@ from .runtime import MAX_LANES, cpu_runtime
 #: lane at least MIN_LANE_ROWS rows.
 MAX_LANE_WEIGHT_BYTES = 8 << 20
 MIN_LANE_ROWS = 8
-__all__ = ["MAX_LANES", "MAX_LANE_WEIGHT_BYTES", "MIN_LANE_ROWS", "HostDevice", "LaneSteps", "lane_count",
-           "packed_products", "row_blocks"]
+__all__ = ["MAX_LANES", "MAX_LANE_WEIGHT_BYTES", "MIN_LANE_ROWS", "MIN_LANE_UNITS", "HostDevice", "LaneSteps",
+           "UnitSteps", "lane_count", "packed_products", "row_blocks", "unit_blocks", "unit_lane_count"]
 
 
 def lane_count(rows, n_a, gates, itemsize):
@@ -60,6 +60,16 @@ def lane_count(rows, n_a, gates, itemsize):
     if gates * n_a * n_a * itemsize > MAX_LANE_WEIGHT_BYTES:
         return 1
     return max(1, min(limit, rows // MIN_LANE_ROWS))
+
+
+def unit_lane_count(n_a):
+    """How many lanes of units (:class:`UnitSteps`) a loop of ``n_a`` units gets where its rows are not split (1: none).
+
+    As many as :meth:`xseq.ops.runtime.CPURuntime.lane_limit` allows, and
+    no more than keep :data:`MIN_LANE_UNITS` units in every lane.
+    """
+    limit, _ = cpu_runtime().lane_limit()
+    return max(1, min(limit, n_a // MIN_LANE_UNITS))
 
 
 # Why: see docs/decisions/016-packed-weight-product-avx512.md
@@ -117,16 +127,18 @@ class HostDevice:
         #: whether the lanes' per-step products use the weight packed once a loop rather than NumPy's OpenBLAS
         self.packed = packed_products(lib) if packed is None else bool(packed)
         if self.packed:
-            self._pack = getattr(lib, f"xseq_pack_{ctype}")
-            self._pack.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
-            self._pack.restype = None
             self._packed_size = getattr(lib, f"xseq_packed_size_{ctype}")
             self._packed_size.argtypes, self._packed_size.restype = [ctypes.c_int64, ctypes.c_int64], ctypes.c_int64
 
-    def forward_job(self, kind, XW, W_hhT, b_hn, saved, S, C, hw):
-        """A lane of :class:`~xseq.ops.fused.DirectSteps`' forward loop: writes ``S[1:]``, ``C[1:]``, ``saved``."""
+    def forward_job(self, kind, XW, W_hh, b_hn, saved, S, C, hw, units=None, barrier=None):
+        """A lane of :class:`~xseq.ops.fused.DirectSteps`' forward loop: writes ``S[1:]``, ``C[1:]``, ``saved``.
+
+        ``units``: ``(u0, u1)``, the hidden units this lane owns in every row
+        (None: all of them, a lane of rows); ``barrier``: the
+        :class:`~xseq.ops.native_layout.LaneBarrier` of the lanes that share the rows.
+        """
         T, m, _ = XW.shape
-        job = self.job_type(backward=0, kind=_KIND_CODES[kind], T=T, m=m, n_a=S.shape[2], gemm=self._gemm_address)
+        job = self._job(0, kind, T, m, S.shape[2], units, barrier)
         if T == 0:
             return job
         job.xw, job.xw_step = self._steps(XW)
@@ -135,20 +147,27 @@ class HostDevice:
             job.c, job.c_step = self._steps(C)
         if saved is not None:
             job.g, job.g_step = self._steps(saved)
-        job.w, job.hw = self._block(W_hhT), self._block(hw)
+        job.w, job.hw = self._block(W_hh), self._block(hw)
         job.b_hn = None if b_hn is None else self._block(b_hn)
         return job
 
-    def backward_job(self, kind, saved, S, C, W_hh, dY, dh, dc, dZ, dHW):
+    def backward_job(self, kind, saved, S, C, W_hh, dY, dh, dc, dZ, dHW, units=None, barrier=None, shared=None):
         """A lane of :class:`~xseq.ops.fused.DirectSteps`' backward loop: ``dh``/``dc`` (C-contiguous) hold the
-        final states' gradients and are overwritten with the first states'; writes ``dZ`` (and ``dHW``)."""
+        final states' gradients and are overwritten with the first states'; writes ``dZ`` (and ``dHW``).
+
+        ``units`` and ``barrier`` as for :meth:`forward_job`; lanes that share
+        rows share ``shared``: ``(work, zeros)``, the loop's four ``(m, n_a)``
+        blocks and one of zeros (None: the lane's own).
+        """
         T, m, _ = dZ.shape
         n_a = S.shape[2]
-        job = self.job_type(backward=1, kind=_KIND_CODES[kind], T=T, m=m, n_a=n_a, gemm=self._gemm_address)
+        job = self._job(1, kind, T, m, n_a, units, barrier)
         if T == 0:
             return job
+        if shared is None:
+            shared = (np.empty(4 * m * n_a, dtype=self.dtype), np.zeros((m, n_a), dtype=self.dtype))
+        job.keep_work, job.keep_dy = shared
         if dY is None:  # no output gradient: every step reads one block of zeros
-            job.keep_dy = np.zeros((m, n_a), dtype=self.dtype)
             job.dy, job.dy_step = self._block(job.keep_dy), 0
         else:
             job.dy, job.dy_step = self._steps(dY)
@@ -159,27 +178,42 @@ class HostDevice:
         job.s, job.s_step = self._steps(S)
         job.dz, job.z_step = self._steps(dZ)
         job.dhw, job.hw_step = self._steps(dHW)
-        job.keep_work = np.empty(4 * m * n_a, dtype=self.dtype)  # the loop's two dh and two dc buffers
-        job.w, job.work = self._block(W_hh), self._block(job.keep_work)
+        job.w, job.work = self._block(W_hh), self._block(job.keep_work)  # work: the loop's two dh and two dc
         job.dh, job.dc = self._block(dh), None if dc is None else self._block(dc)
         return job
 
-    def run(self, jobs, weight):
+    def _job(self, backward, kind, T, m, n_a, units, barrier):
+        u0, u1 = (0, n_a) if units is None else units
+        if not 0 <= u0 < u1 <= n_a or (barrier is None) != (units is None):
+            raise ValueError(f"units must be None (all {n_a}) without a barrier, or (u0, u1) with "
+                             f"0 <= u0 < u1 <= {n_a} and a barrier; got {units!r} and {barrier!r}")
+        job = self.job_type(backward=backward, kind=_KIND_CODES[kind], T=T, m=m, n_a=n_a, gemm=self._gemm_address,
+                            u0=u0, u1=u1)
+        if barrier is not None:
+            job.keep_barrier, job.barrier = barrier, ctypes.addressof(barrier)
+        return job
+
+    def run(self, jobs):
         """Run the lanes ``jobs`` at once (as many at a time as OpenBLAS has threads) and return when all are done.
 
-        ``weight`` is the right operand of every lane's per-step product (``W_hh.T`` forward, ``W_hh`` backward):
-        packed once here for all lanes and steps where :attr:`packed`. Where the process's runtime gives this
+        Where :attr:`packed`, each lane packs the right operand of its per-step product (``W_hh.T`` forward,
+        ``W_hh`` backward; its own columns for a lane of units) once, at its start. Where the process's runtime gives this
         loop one lane (another Python thread's loop is running: ``contention="share"``), the jobs run one after
         another on the calling thread.
         """
         jobs = [job for job in jobs if job.T > 0]
         if not jobs:
             return
+        units = [job for job in jobs if job.barrier]
+        if units and len(units) != len(jobs):
+            raise ValueError("lanes of units and lanes of rows cannot run together")
         with cpu_runtime().lane_run(len(jobs)) as (lanes, threads):
+            if units and min(lanes, threads or 1) < len(jobs):
+                # the lanes of units meet at every step: all of them must run at once, or none would end
+                raise RuntimeError(f"{len(jobs)} lanes of units need as many threads at once; "
+                                   f"{min(lanes, threads or 1)} are free")
             if self.packed:
-                packed = self._packed_weight(weight)
-                for job in jobs:
-                    job.packed = packed
+                self._pack_for(jobs)
             if lanes < 2:  # on this thread alone, beside OpenBLAS's threads rather than on them
                 for job in jobs:
                     self._lane(ctypes.addressof(job))
@@ -191,14 +225,26 @@ class HostDevice:
                 self._blas.run_on_threads(len(group), self._lane_address, ctypes.addressof(structs),
                                           ctypes.sizeof(self.job_type))
 
-    def _packed_weight(self, weight):
-        """``weight`` (K, N) packed into panels (``xseq_packed::pack``) in this Python thread's buffer (the
-        runtime's, kept for its next run)."""
-        K, N = weight.shape
-        size = self._packed_size(K, N)  # the layout's own count (packed.h's xseq_packed::packed_size)
-        buffer = cpu_runtime().packed_buffer(self.dtype, size)
-        self._pack(self._block(weight), K, N, address(buffer))
-        return address(buffer)
+    def _pack_for(self, jobs):
+        """Give every job room for its packed weight, in this Python thread's buffer (the runtime's, kept for its
+        next run); each lane packs its own on its own core, at its start: a lane of rows the whole weight
+        (``W_hh.T`` forward, ``W_hh`` backward), a lane of units its own columns of it."""
+        sizes = []
+        for job in jobs:
+            GN = _GATES[job.kind] * job.n_a
+            units = job.u1 - job.u0
+            # forward: G blocks of (n_a, units) of W_hh.T (one of (n_a, G n_a) for a lane of rows); backward: (G n_a, units)
+            if job.backward:
+                sizes.append(self._packed_size(GN, units))
+            elif units == job.n_a:
+                sizes.append(self._packed_size(job.n_a, GN))
+            else:
+                sizes.append(_GATES[job.kind] * self._packed_size(job.n_a, units))
+        buffer = cpu_runtime().packed_buffer(self.dtype, sum(sizes))
+        start = address(buffer)
+        for job, size in zip(jobs, sizes):
+            job.packed = start
+            start += size * self.dtype.itemsize
 
     def _block(self, a):
         if a.dtype != self.dtype or not a.flags.c_contiguous:
@@ -212,6 +258,7 @@ class HostDevice:
 
 
 _KIND_CODES = {"rnn": 0, "lstm": 1, "gru": 2}
+_GATES = {0: 1, 1: 4, 2: 3}  # gate blocks by kind code
 
 
 def row_blocks(m, lanes):
@@ -245,18 +292,21 @@ class LaneSteps:
     thread's loop is running (the rows then stay one block, on this thread).
     """
 
+    #: The forward loop takes ``W_hh`` itself (each lane packs its transpose), not a transposed copy.
+    forward_weight = "W_hh"
+
     def __init__(self, device, lanes):
         self.device, self.lanes = device, lanes
 
-    def forward(self, kind, XW, W_hhT, b_hn, saved, S, C, hw):
-        """As :meth:`~xseq.ops.fused.DirectSteps.forward`: writes ``S[1:]``, ``C[1:]``, ``saved``."""
+    def forward(self, kind, XW, W_hh, b_hn, saved, S, C, hw):
+        """As :meth:`~xseq.ops.fused.DirectSteps.forward`, but by ``W_hh`` itself (:attr:`forward_weight`)."""
         def lane(start, stop):
             rows = slice(start, stop)
-            return self.device.forward_job(kind, XW[:, rows], W_hhT, b_hn, None if saved is None else saved[:, rows],
+            return self.device.forward_job(kind, XW[:, rows], W_hh, b_hn, None if saved is None else saved[:, rows],
                                            S[:, rows], None if C is None else C[:, rows], hw[rows])
 
         with cpu_runtime().lane_run(self.lanes) as (lanes, _):
-            self.device.run([lane(*block) for block in row_blocks(XW.shape[1], lanes)], W_hhT)
+            self.device.run([lane(*block) for block in row_blocks(XW.shape[1], lanes)])
 
     def backward(self, kind, saved, S, C, W_hh, dY, dh, dc, dZ, dHW, empty):
         """As :meth:`~xseq.ops.fused.DirectSteps.backward`: writes ``dZ`` (and ``dHW``); returns ``(dh0, dc0)``."""
@@ -276,5 +326,97 @@ class LaneSteps:
                                             None if dc0 is None else dc0[rows], dZ[:, rows], dHW[:, rows])
 
         with cpu_runtime().lane_run(self.lanes) as (lanes, _):
-            self.device.run([lane(*block) for block in row_blocks(m, lanes)], W_hh)
+            self.device.run([lane(*block) for block in row_blocks(m, lanes)])
         return dh0, dc0
+
+
+#: A lane of units owns at least this many hidden units (a step's share of the work must outweigh the
+#: lanes' meeting at its end: about a tenth of a microsecond on the benchmark machine).
+MIN_LANE_UNITS = 32
+
+
+def unit_blocks(n_a, lanes, itemsize):
+    """``lanes`` contiguous ``(u0, u1)`` blocks of ``range(n_a)``, each a whole number of 64-byte vectors where
+    ``n_a`` allows (then a lane's columns start on a vector of the packed product), as equal as can be."""
+    align = max(1, 64 // itemsize)
+    if n_a < lanes * align:
+        return row_blocks(n_a, lanes)
+    chunks = row_blocks(n_a // align, lanes)
+    blocks = [(u0 * align, u1 * align) for u0, u1 in chunks]
+    blocks[-1] = (blocks[-1][0], n_a)  # the units past the last whole vector go to the last lane
+    return blocks
+
+
+# Why: see docs/decisions/019-lanes-of-units.md
+class UnitSteps:
+    """The engine's unmasked time loops with the hidden units split over lanes, every lane on every row.
+
+    For a batch too small to split by rows (one sequence at a time: batch 1)
+    or a recurrent weight too large for every lane to read whole at every
+    step (``n_a = 1024``): lane ``k`` owns units ``u0 .. u1-1`` and computes
+    their columns of each step's product (its own columns of ``W_hh``,
+    packed once on its own core: half the weight a lane for two) and their
+    pointwise step, then meets the other lanes (``xseq/ops/native/loops.h``:
+    the next step's product reads the whole hidden state). Backward likewise:
+    its units' step, the meeting, then its units' columns of the next
+    ``dh`` from every lane's ``dz``. One meeting a step each way.
+
+    Where the process's :class:`~xseq.ops.runtime.CPURuntime` gives the loop
+    one lane (another Python thread's loop), it runs whole on the calling
+    thread: a lane of all the rows (:class:`LaneSteps`' job), still one C++
+    call for the whole loop.
+    """
+
+    #: As :attr:`LaneSteps.forward_weight`.
+    forward_weight = "W_hh"
+
+    def __init__(self, device, lanes):
+        self.device, self.lanes = device, lanes
+
+    def _blocks(self, n_a):
+        """``(lanes, [(u0, u1), ...] or None)`` for the lanes this loop gets now (None: one lane, every unit)."""
+        lanes = min(self.lanes, n_a)
+        if lanes < 2:
+            return None
+        return unit_blocks(n_a, lanes, self.device.dtype.itemsize)
+
+    def forward(self, kind, XW, W_hh, b_hn, saved, S, C, hw):
+        """As :meth:`~xseq.ops.fused.DirectSteps.forward`, but by ``W_hh`` itself (:attr:`forward_weight`)."""
+        n_a = S.shape[2]
+        with cpu_runtime().lane_run(self.lanes) as (lanes, threads):
+            blocks = self._blocks(n_a) if min(lanes, threads or 1) >= self.lanes else None
+            if blocks is None:
+                jobs = [self.device.forward_job(kind, XW, W_hh, b_hn, saved, S, C, hw)]
+            else:
+                barrier = _barrier(len(blocks))
+                jobs = [self.device.forward_job(kind, XW, W_hh, b_hn, saved, S, C, hw, units=units, barrier=barrier)
+                        for units in blocks]
+            self.device.run(jobs)
+
+    def backward(self, kind, saved, S, C, W_hh, dY, dh, dc, dZ, dHW, empty):
+        """As :meth:`~xseq.ops.fused.DirectSteps.backward`: writes ``dZ`` (and ``dHW``); returns ``(dh0, dc0)``."""
+        m, n_a = dh.shape
+        dh0 = empty(m, n_a)
+        dh0[...] = dh
+        dc0 = None
+        if dc is not None:
+            dc0 = empty(m, n_a)
+            dc0[...] = dc
+        with cpu_runtime().lane_run(self.lanes) as (lanes, threads):
+            blocks = self._blocks(n_a) if min(lanes, threads or 1) >= self.lanes else None
+            if blocks is None:
+                jobs = [self.device.backward_job(kind, saved, S, C, W_hh, dY, dh0, dc0, dZ, dHW)]
+            else:
+                barrier = _barrier(len(blocks))
+                shared = (np.empty(4 * m * n_a, dtype=self.device.dtype), np.zeros((m, n_a), dtype=self.device.dtype))
+                jobs = [self.device.backward_job(kind, saved, S, C, W_hh, dY, dh0, dc0, dZ, dHW, units=units,
+                                                 barrier=barrier, shared=shared)
+                        for units in blocks]
+            self.device.run(jobs)
+        return dh0, dc0
+
+
+def _barrier(parties):
+    barrier = LaneBarrier()
+    barrier.parties = parties
+    return barrier

@@ -115,7 +115,7 @@ def _packed_probe(lib):
 #: Each feature's needs, in the order they are decided (a feature needs only features above it).
 SPECS = {
     STEP_KERNELS: _Spec(_typed(*KERNELS, "xseq_gather3", "xseq_softmax_rows"), vector_math=True),
-    LANES: _Spec(_typed("xseq_lane"), needs=(STEP_KERNELS,), structs=("lane_job",)),
+    LANES: _Spec(_typed("xseq_lane"), needs=(STEP_KERNELS,), structs=("lane_job", "lane_barrier")),
     PACKED_PRODUCTS: _Spec(_typed("xseq_pack", "xseq_packed_size") + ("xseq_packed_vector_bytes",),
                            probe=_packed_probe),
     SOFTMAX_XENT: _Spec(_typed("xseq_softmax_xent_rows"), vector_math=True),

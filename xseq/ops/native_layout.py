@@ -22,11 +22,19 @@ class LaneJob(ctypes.Structure):
                 + [(name, ctypes.c_void_p) for name in ("gemm", "xw", "s", "c", "g", "dy", "dz", "dhw", "w",
                                                         "b_hn", "hw", "dh", "dc", "work", "packed")]
                 + [(name, ctypes.c_int64) for name in ("xw_step", "s_step", "c_step", "g_step", "dy_step",
-                                                       "z_step", "hw_step")])
+                                                       "z_step", "hw_step", "u0", "u1")]
+                + [("barrier", ctypes.c_void_p)])
+
+
+class LaneBarrier(ctypes.Structure):
+    """Where lanes that share rows meet once a step, as ``xseq_loops::lane_barrier`` (each counter on a cache line)."""
+
+    _fields_ = [("parties", ctypes.c_int64), ("pad0", ctypes.c_int64 * 7), ("count", ctypes.c_int64),
+                ("pad1", ctypes.c_int64 * 7), ("phase", ctypes.c_int64), ("pad2", ctypes.c_int64 * 7)]
 
 
 #: ``{C++ struct name: the ctypes structure that restates it}``: every struct shared with Python.
-SHARED_STRUCTS = {"lane_job": LaneJob}
+SHARED_STRUCTS = {"lane_job": LaneJob, "lane_barrier": LaneBarrier}
 
 
 def native_layout(lib, name):

@@ -46,38 +46,48 @@ def host_function(name, src, ctype):
 
     In a namespace of its own whose ``exp`` and ``tanh`` are ``vecmath.h``'s; the loop over a row's
     columns is marked independent (``XSEQ_IVDEP``, ``prelude.h``) so that g++ and clang vectorize it.
+    Two entry points: ``{name}_{ctype}`` over every element (the step methods' call, the kernel's
+    signature), and ``{name}_{ctype}_cols``, whose last four parameters (``rows``, ``stride``,
+    ``col0``, ``col1``) replace ``_n``: columns ``col0 .. col1-1`` of ``rows`` rows of ``stride``
+    elements (``n_a``), for a time loop whose lanes own the hidden units (``loops.h``).
     """
     params, bindings = elementwise_signature(name, src)
+    names = [param.split()[-1] for param in params[:-1]]  # every parameter but _n, by name
     has_rows = any(pname == "n_a" for pname, *_ in src.parameters())
     cols = "n_a" if has_rows else "_n"
+    head = ", ".join(params[:-1])
     return f"""
 namespace k_{name}_{ctype} {{
 typedef {ctype} T;
 using xseq_vecmath::exp;
 using xseq_vecmath::tanh;
 {src.preamble}
-extern "C" void {name}_{ctype}({", ".join(params)}) {{
-    const ptrdiff_t _cols = {cols};
-    const ptrdiff_t _rows = _cols > 0 ? _n / _cols : 0;
+extern "C" void {name}_{ctype}_cols({head}, const ptrdiff_t _rows, const ptrdiff_t _stride,
+                                    const ptrdiff_t _col0, const ptrdiff_t _col1) {{
     for (ptrdiff_t _row = 0; _row < _rows; ++_row) {{
         // elements of one row are independent (outputs may alias inputs only element for element)
         XSEQ_IVDEP
-        for (ptrdiff_t _col = 0; _col < _cols; ++_col) {{
-            const ptrdiff_t i = _row * _cols + _col;
+        for (ptrdiff_t _col = _col0; _col < _col1; ++_col) {{
+            const ptrdiff_t i = _row * _stride + _col;
             {bindings}
             {src.operation}
         }}
     }}
+}}
+extern "C" void {name}_{ctype}({", ".join(params)}) {{
+    const ptrdiff_t _cols = {cols};
+    {name}_{ctype}_cols({", ".join(names)}, _cols > 0 ? _n / _cols : 0, _cols, 0, _cols);
 }}
 }}
 """
 
 
 def step_kernel_table(ctype):
-    """``xseq_steps::kernels<ctype>`` (``steps.h``): each generated kernel by its name without ``xseq_``."""
+    """``xseq_steps::kernels<ctype>`` (``steps.h``): each generated kernel by its name without ``xseq_``
+    (``lstm_forward``), and its column-range entry (``lstm_forward_cols``)."""
     entries = "".join(
-        f"    static constexpr auto& {name.removeprefix('xseq_')} = ::k_{name}_{ctype}::{name}_{ctype};\n"
-        for name in KERNELS
+        f"    static constexpr auto& {name.removeprefix('xseq_')}{cols} = ::k_{name}_{ctype}::{name}_{ctype}{cols};\n"
+        for name in KERNELS for cols in ("", "_cols")
     )
     return f"namespace xseq_steps {{\ntemplate <>\nstruct kernels<{ctype}> {{\n{entries}}};\n}}\n"
 

@@ -209,6 +209,16 @@ class CPURuntime:
             return 1, "NumPy's OpenBLAS has 1 thread"
         return min(threads, MAX_LANES, self._lanes or MAX_LANES), ""
 
+    def one_lane(self):
+        """Whether a loop that gets no lanes still runs whole in C++ on the calling thread: where NumPy's OpenBLAS
+        has one thread (a container limited to one CPU, ``OPENBLAS_NUM_THREADS=1``) and lanes are not switched
+        off (``XSEQ_LANES=0``, ``lanes=1``): the engine's loop would make the same one-thread products with a
+        Python call between them."""
+        if (self._lanes is None and not lanes_enabled()) or self._lanes == 1:
+            return False
+        threads = self.blas_threads()
+        return threads is not None and threads < 2
+
     # ------------------------------------------------------------------ the loops
 
     @contextlib.contextmanager

@@ -57,16 +57,16 @@ extern "C" void xseq_adam_double(const double* p, const double* g, const double*
 
 extern "C" void xseq_forward_loop_float(int kind, void* gemm, int64_t T, int64_t m, int64_t n_a, const float* xw,
                                         int64_t xw_step, float* s, int64_t s_step, float* c, int64_t c_step, float* g,
-                                        int64_t g_step, const float* w_hhT, const float* b_hn, float* hw,
+                                        int64_t g_step, const float* w_hh, const float* b_hn, float* hw,
                                         const float* packed) {
-    xseq_loops::forward_loop<float>(kind, gemm, T, m, n_a, xw, xw_step, s, s_step, c, c_step, g, g_step, w_hhT, b_hn,
+    xseq_loops::forward_loop<float>(kind, gemm, T, m, n_a, xw, xw_step, s, s_step, c, c_step, g, g_step, w_hh, b_hn,
                                     hw, packed);
 }
 extern "C" void xseq_forward_loop_double(int kind, void* gemm, int64_t T, int64_t m, int64_t n_a, const double* xw,
                                          int64_t xw_step, double* s, int64_t s_step, double* c, int64_t c_step,
-                                         double* g, int64_t g_step, const double* w_hhT, const double* b_hn,
+                                         double* g, int64_t g_step, const double* w_hh, const double* b_hn,
                                          double* hw, const double* packed) {
-    xseq_loops::forward_loop<double>(kind, gemm, T, m, n_a, xw, xw_step, s, s_step, c, c_step, g, g_step, w_hhT,
+    xseq_loops::forward_loop<double>(kind, gemm, T, m, n_a, xw, xw_step, s, s_step, c, c_step, g, g_step, w_hh,
                                      b_hn, hw, packed);
 }
 extern "C" void xseq_backward_loop_float(int kind, void* gemm, int64_t T, int64_t m, int64_t n_a, const float* g,
@@ -142,6 +142,12 @@ constexpr field lane_job_fields[] = {
     XSEQ_FIELD(lane_job, work),     XSEQ_FIELD(lane_job, packed),  XSEQ_FIELD(lane_job, xw_step),
     XSEQ_FIELD(lane_job, s_step),   XSEQ_FIELD(lane_job, c_step),  XSEQ_FIELD(lane_job, g_step),
     XSEQ_FIELD(lane_job, dy_step),  XSEQ_FIELD(lane_job, z_step),  XSEQ_FIELD(lane_job, hw_step),
+    XSEQ_FIELD(lane_job, u0),       XSEQ_FIELD(lane_job, u1),      XSEQ_FIELD(lane_job, barrier),
+};
+typedef xseq_loops::lane_barrier lane_barrier;
+constexpr field lane_barrier_fields[] = {
+    XSEQ_FIELD(lane_barrier, parties), XSEQ_FIELD(lane_barrier, pad0), XSEQ_FIELD(lane_barrier, count),
+    XSEQ_FIELD(lane_barrier, pad1),    XSEQ_FIELD(lane_barrier, phase), XSEQ_FIELD(lane_barrier, pad2),
 };
 
 // The table lists every field of the struct once, in order: each field starts where the one before it
@@ -157,6 +163,8 @@ constexpr bool tiles(const field (&fields)[N], int64_t size) {
 }
 static_assert(tiles(lane_job_fields, sizeof(lane_job)),
               "lane_job_fields must list every field of lane_job in order");
+static_assert(tiles(lane_barrier_fields, sizeof(lane_barrier)),
+              "lane_barrier_fields must list every field of lane_barrier in order");
 
 template <size_t N>
 int64_t describe(const field (&fields)[N], int64_t size, int64_t i, const char** name, int64_t* offset,
@@ -169,12 +177,14 @@ int64_t describe(const field (&fields)[N], int64_t size, int64_t i, const char**
 }
 }  // namespace
 
-// The layout of the struct called struct_name that Python shares ("lane_job"): returns its size in bytes and
+// The layout of the struct called struct_name that Python shares ("lane_job", "lane_barrier"): returns its size in bytes and
 // writes field i's name, offset and size (a null name past the last field); -1 for a name it does not know.
 extern "C" int64_t xseq_layout(const char* struct_name, int64_t i, const char** name, int64_t* offset,
                                int64_t* size) {
     if (std::strcmp(struct_name, "lane_job") == 0)
         return describe(lane_job_fields, sizeof(lane_job), i, name, offset, size);
+    if (std::strcmp(struct_name, "lane_barrier") == 0)
+        return describe(lane_barrier_fields, sizeof(lane_barrier), i, name, offset, size);
     *name = nullptr;
     *offset = *size = -1;
     return -1;

@@ -6,6 +6,8 @@
 // buffer flipped in time). Exported for float and double by exports.cpp.
 #pragma once
 
+#include <sched.h>
+
 #include <cstdint>
 
 #include "packed.h"
@@ -29,26 +31,66 @@ inline void mm(gemm_t<T> gemm, const T* packed, int64_t m, int64_t n, int64_t k,
 // Everything one lane's loop needs. Shared with Python: xseq.ops.native_layout.LaneJob restates it as a
 // ctypes structure, and the library is used for lanes only where the layout exports.cpp reports
 // (xseq_layout) is that structure's, field for field.
-// forward: xw, s, c, g step by step, w = W_hh.T, b_hn, hw; backward: g, s, c, dy, dz, dhw step by step,
-// w = W_hh, dh and dc (in: the final states' gradients; out: the first states'), work (4 m n_a). packed: w packed
-// by xseq_packed::pack, or null for the BLAS function.
+// forward: xw, s, c, g step by step, w = W_hh, b_hn, hw; backward: g, s, c, dy, dz, dhw step by step,
+// w = W_hh, dh and dc (in: the final states' gradients; out: the first states'), work (4 m n_a). packed: room
+// for the lane's packed weight (packed by the lane itself: forward W_hh.T's columns, backward W_hh's, of the
+// lane's units; a lane of rows packs the whole), or null for the BLAS function.
+// u0, u1: the hidden units the lane owns in every row; 0 and n_a for a lane of rows (the weight packed for
+// all lanes before they start, in packed). A lane of units (u1 - u0 < n_a) shares its rows with the other
+// lanes of its barrier (a lane_barrier) and packs its own columns of w into packed itself.
 struct lane_job {
     int64_t backward, kind, T, m, n_a;
     void *gemm, *xw, *s, *c, *g, *dy, *dz, *dhw, *w, *b_hn, *hw, *dh, *dc, *work, *packed;
     int64_t xw_step, s_step, c_step, g_step, dy_step, z_step, hw_step;
+    int64_t u0, u1;
+    void* barrier;
 };
 
+// Where the lanes that share rows meet once a step: parties lanes, count of them arrived, phase the
+// meeting's number; each on its own cache line. Shared with Python (xseq.ops.native_layout.LaneBarrier),
+// which zeroes it and sets parties.
+struct lane_barrier {
+    int64_t parties, pad0[7], count, pad1[7], phase, pad2[7];
+};
+
+inline void relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+// Wait until every lane of the barrier has arrived. Spins (the lanes are each on a core of their own,
+// and a step is microseconds), giving the core away after a while (a machine with more threads than cores).
+inline void meet(lane_barrier* b) {
+    const int64_t phase = __atomic_load_n(&b->phase, __ATOMIC_ACQUIRE);
+    if (__atomic_add_fetch(&b->count, 1, __ATOMIC_ACQ_REL) == b->parties) {
+        __atomic_store_n(&b->count, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&b->phase, phase + 1, __ATOMIC_RELEASE);
+        return;
+    }
+    for (int64_t spins = 0; __atomic_load_n(&b->phase, __ATOMIC_ACQUIRE) == phase; ++spins) {
+        if (spins < (int64_t(1) << 14)) relax();
+        else sched_yield();
+    }
+}
+
 // kind: 0 RNN, 1 LSTM, 2 GRU. hw = h @ W_hh.T, then the step's kernel, for t = 0 .. T-1.
+// w_hh: W_hh (G n_a, n_a); packed: W_hh.T packed (pack_transposed), or null for the BLAS function.
 template <typename T_>
 void forward_loop(int kind, void* gemm_p, int64_t T, int64_t m, int64_t n_a, const T_* xw, int64_t xw_step, T_* s,
-                  int64_t s_step, T_* c, int64_t c_step, T_* g, int64_t g_step, const T_* w_hhT, const T_* b_hn,
+                  int64_t s_step, T_* c, int64_t c_step, T_* g, int64_t g_step, const T_* w_hh, const T_* b_hn,
                   T_* hw, const T_* packed) {
     typedef xseq_steps::kernels<T_> K;
     auto gemm = reinterpret_cast<gemm_t<T_>>(gemm_p);
     const int64_t G = kind == 0 ? 1 : kind == 1 ? 4 : 3, GN = G * n_a, n = m * n_a;
     for (int64_t t = 0; t < T; ++t) {
         T_* h = s + t * s_step;
-        mm<T_>(gemm, packed, m, GN, n_a, h, n_a, w_hhT, GN, T_(0), hw, GN);  // hw = h @ W_hh.T
+        if (packed)  // hw = h @ W_hh.T
+            xseq_packed::gemm<T_>(m, GN, n_a, h, n_a, packed, T_(0), hw, GN);
+        else
+            gemm(101, 111, 112, m, GN, n_a, T_(1), h, n_a, w_hh, n_a, T_(0), hw, GN);
         const T_* x = xw + t * xw_step;
         if (kind == 0) K::rnn_forward(x, hw, h + s_step, n);
         else if (kind == 1) K::lstm_forward(x, hw, c + t * c_step, (int)n_a, g + t * g_step, c + (t + 1) * c_step,
@@ -94,9 +136,113 @@ void backward_loop(int kind, void* gemm_p, int64_t T, int64_t m, int64_t n_a, co
         for (int64_t i = 0; i < n; ++i) dc[i] = dc_cur[i];
 }
 
+// C (m x U, row stride ldc) = A (m x k) @ columns [col, col + U) of B (k x ldb; transposed: B = b^T, b being
+// (ldb x k) row-major) + beta C: by the packed block where there is one, else by the BLAS function on B's
+// columns in place
+template <typename T>
+inline void mm_cols(gemm_t<T> gemm, const T* packed, int64_t m, int64_t U, int64_t k, const T* a, int64_t lda,
+                    const T* b, int64_t ldb, bool transposed, int64_t col, T beta, T* c, int64_t ldc) {
+    if (packed)
+        xseq_packed::gemm<T>(m, U, k, a, lda, packed, beta, c, ldc);
+    else if (transposed)
+        gemm(101, 111, 112, m, U, k, T(1), a, lda, b + col * k, k, beta, c, ldc);
+    else
+        gemm(101, 111, 111, m, U, k, T(1), a, lda, b + col, ldb, beta, c, ldc);
+}
+
+// The forward loop of a lane that owns units u0 .. u1-1 of every row: at each step the columns of hw that
+// belong to its units (one product a gate block, by its own packed columns of W_hh.T), its units' kernel,
+// then the barrier: the next step's product reads the whole h, which every lane wrote a part of. Nothing a
+// lane writes is read by another before the next barrier (hw, gates, c: the lane's own columns; h: read
+// after it).
+template <typename T_>
+void unit_forward_loop(const lane_job& j) {
+    typedef xseq_steps::kernels<T_> K;
+    auto gemm = reinterpret_cast<gemm_t<T_>>(j.gemm);
+    const int kind = (int)j.kind;
+    const int64_t G = kind == 0 ? 1 : kind == 1 ? 4 : 3, n_a = j.n_a, GN = G * n_a, m = j.m, u0 = j.u0,
+                  U = j.u1 - j.u0;
+    const T_* w = (const T_*)j.w;  // W_hh, (GN, n_a): the product is by its transpose
+    T_* packed = (T_*)j.packed;
+    const int64_t block = xseq_packed::packed_size<T_>(n_a, U);
+    if (packed)  // the gate blocks' columns of W_hh.T this lane owns: rows of W_hh
+        for (int64_t gate = 0; gate < G; ++gate)
+            xseq_packed::pack_transposed(w + (gate * n_a + u0) * n_a, n_a, n_a, U, packed + gate * block);
+    auto* barrier = (lane_barrier*)j.barrier;
+    T_ *s = (T_*)j.s, *c = (T_*)j.c, *g = (T_*)j.g, *hw = (T_*)j.hw;
+    const T_ *xw = (const T_*)j.xw, *b_hn = (const T_*)j.b_hn;
+    for (int64_t t = 0; t < j.T; ++t) {
+        T_* h = s + t * j.s_step;
+        for (int64_t gate = 0; gate < G; ++gate)
+            mm_cols<T_>(gemm, packed ? packed + gate * block : nullptr, m, U, n_a, h, n_a, w, GN, true,
+                        gate * n_a + u0, T_(0), hw + gate * n_a + u0, GN);
+        const T_* x = xw + t * j.xw_step;
+        if (kind == 0) K::rnn_forward_cols(x, hw, h + j.s_step, m, n_a, u0, u0 + U);
+        else if (kind == 1) K::lstm_forward_cols(x, hw, c + t * j.c_step, (int)n_a, g + t * j.g_step,
+                                                 c + (t + 1) * j.c_step, h + j.s_step, m, n_a, u0, u0 + U);
+        else K::gru_forward_cols(x, hw, b_hn, h, (int)n_a, g + t * j.g_step, h + j.s_step, m, n_a, u0, u0 + U);
+        meet(barrier);
+    }
+}
+
+// The backward loop of a lane that owns units u0 .. u1-1: its units' kernel writes their columns of dz (and
+// dhw) and their dc, the barrier, then its units' columns of the next dh from the whole dhw (its own packed
+// columns of W_hh). dh and dc: the final states' gradients in, the first states' out (each lane its units);
+// work: 4 (m, n_a) blocks shared by the lanes, each writing its own units.
+template <typename T_>
+void unit_backward_loop(const lane_job& j) {
+    typedef xseq_steps::kernels<T_> K;
+    auto gemm = reinterpret_cast<gemm_t<T_>>(j.gemm);
+    const int kind = (int)j.kind;
+    const int64_t G = kind == 0 ? 1 : kind == 1 ? 4 : 3, n_a = j.n_a, GN = G * n_a, m = j.m, u0 = j.u0, u1 = j.u1,
+                  U = u1 - u0, n = m * n_a;
+    const T_* w = (const T_*)j.w;  // W_hh, (GN, n_a)
+    T_* packed = (T_*)j.packed;
+    if (packed) xseq_packed::pack(w + u0, GN, U, n_a, packed);
+    auto* barrier = (lane_barrier*)j.barrier;
+    const T_ *g = (const T_*)j.g, *s = (const T_*)j.s, *c = (const T_*)j.c, *dy = (const T_*)j.dy;
+    T_ *dz = (T_*)j.dz, *dhw = (T_*)j.dhw, *dh = (T_*)j.dh, *dc = (T_*)j.dc, *work = (T_*)j.work;
+    T_* dh_buf[2] = {work, work + n};
+    T_* dc_buf[2] = {work + 2 * n, work + 3 * n};
+    const T_* dh_cur = dh;
+    const T_* dc_cur = dc;
+    for (int64_t t = j.T - 1; t >= 0; --t) {
+        T_* dh_prev = dh_buf[t % 2];
+        T_ beta = T_(0);
+        if (kind == 0) K::rnn_backward_cols(s + (t + 1) * j.s_step, dh_cur, dy + t * j.dy_step, dz + t * j.z_step,
+                                            m, n_a, u0, u1);
+        else if (kind == 1) {
+            T_* dc_prev = dc_buf[t % 2];
+            K::lstm_backward_cols(g + t * j.g_step, c + t * j.c_step, c + (t + 1) * j.c_step, dh_cur,
+                                  dy + t * j.dy_step, dc_cur, (int)n_a, dz + t * j.z_step, dc_prev, m, n_a, u0, u1);
+            dc_cur = dc_prev;
+        } else {
+            K::gru_backward_cols(g + t * j.g_step, s + t * j.s_step, dh_cur, dy + t * j.dy_step, (int)n_a,
+                                 dz + t * j.z_step, dhw + t * j.hw_step, dh_prev, m, n_a, u0, u1);
+            beta = T_(1);
+        }
+        meet(barrier);  // every lane's columns of dhw[t] written
+        mm_cols<T_>(gemm, packed, m, U, GN, dhw + t * j.hw_step, GN, w, n_a, false, u0, beta, dh_prev + u0, n_a);
+        dh_cur = dh_prev;
+    }
+    for (int64_t r = 0; r < m; ++r)
+        for (int64_t i = r * n_a + u0; i < r * n_a + u1; ++i) dh[i] = dh_cur[i];
+    if (kind == 1)
+        for (int64_t r = 0; r < m; ++r)
+            for (int64_t i = r * n_a + u0; i < r * n_a + u1; ++i) dc[i] = dc_cur[i];
+}
+
 // One lane's loop (a lane_job): what OpenBLAS's gotoblas_pthread runs on each of its threads.
 template <typename T_>
 void lane(const lane_job& j) {
+    if (j.u0 != 0 || j.u1 != j.n_a) {
+        if (!j.backward) unit_forward_loop<T_>(j);
+        else unit_backward_loop<T_>(j);
+        return;
+    }
+    const int64_t GN = (j.kind == 0 ? 1 : j.kind == 1 ? 4 : 3) * j.n_a;
+    if (j.packed && !j.backward) xseq_packed::pack_transposed((const T_*)j.w, j.n_a, j.n_a, GN, (T_*)j.packed);
+    else if (j.packed) xseq_packed::pack((const T_*)j.w, GN, j.n_a, (T_*)j.packed);
     if (!j.backward)
         forward_loop<T_>((int)j.kind, j.gemm, j.T, j.m, j.n_a, (const T_*)j.xw, j.xw_step, (T_*)j.s, j.s_step,
                          (T_*)j.c, j.c_step, (T_*)j.g, j.g_step, (const T_*)j.w, (const T_*)j.b_hn, (T_*)j.hw,

@@ -51,15 +51,39 @@ constexpr int64_t packed_size(int64_t K, int64_t N) {
     return (N + panel_cols<T>() - 1) / panel_cols<T>() * panel_cols<T>() * K;
 }
 
+// b: K x N, row-major, ldb elements from one row to the next (N for a whole matrix; more for a block of
+// columns of a wider one)
 template <typename T>
-void pack(const T* b, int64_t K, int64_t N, T* out) {  // b: K x N, row-major
+void pack(const T* b, int64_t K, int64_t N, int64_t ldb, T* out) {
     const int64_t NR = panel_cols<T>();
     for (int64_t p = 0; p * NR < N; ++p) {
         const int64_t cols = N - p * NR < NR ? N - p * NR : NR;
         for (int64_t k = 0; k < K; ++k) {
             T* dst = out + (p * K + k) * NR;
-            std::memcpy(dst, b + k * N + p * NR, cols * sizeof(T));
+            std::memcpy(dst, b + k * ldb + p * NR, cols * sizeof(T));
             for (int64_t j = cols; j < NR; ++j) dst[j] = T(0);
+        }
+    }
+}
+template <typename T>
+void pack(const T* b, int64_t K, int64_t N, T* out) {  // b: K x N, row-major
+    pack(b, K, N, N, out);
+}
+// The same panels of B = w^T, w being N x K row-major with row stride ldw (B[k][j] = w[j ldw + k]): a
+// forward loop packs W_hh.T from W_hh itself, with no transposed copy of it
+template <typename T>
+void pack_transposed(const T* w, int64_t ldw, int64_t K, int64_t N, T* out) {
+    const int64_t NR = panel_cols<T>();
+    for (int64_t p = 0; p * NR < N; ++p) {
+        const int64_t cols = N - p * NR < NR ? N - p * NR : NR;
+        T* panel = out + p * K * NR;
+        for (int64_t j = 0; j < NR; ++j) {
+            if (j < cols) {
+                const T* row = w + (p * NR + j) * ldw;
+                for (int64_t k = 0; k < K; ++k) panel[k * NR + j] = row[k];
+            } else {
+                for (int64_t k = 0; k < K; ++k) panel[k * NR + j] = T(0);
+            }
         }
     }
 }
@@ -96,6 +120,57 @@ inline void tile(const T* a, int64_t lda, const T* panel, int64_t K, T* c, int64
     }
 }
 
+// As tile for one or two rows (a matrix-vector product: batch 1, or the rows left after the whole tiles):
+// with MR <= 2 a tile has too few accumulators to hide the multiply-add's latency, so the sum over k runs
+// in four interleaved parts (k = 0, 4, 8, ... in the first; added in a fixed order at the end).
+template <typename T, int MR>
+inline void narrow_tile(const T* a, int64_t lda, const T* panel, int64_t K, T* c, int64_t ldc, int64_t ncols,
+                        T beta) {
+    typedef typename vec<T>::type V;
+    constexpr int W = vector_bytes / sizeof(T), KU = 4;
+    static_assert(MR <= 2, "narrow tiles are one or two rows");
+    V acc0[KU][MR], acc1[KU][MR];
+#pragma GCC unroll 8
+    for (int u = 0; u < KU; ++u)
+        for (int r = 0; r < MR; ++r) acc0[u][r] = acc1[u][r] = V{};
+    int64_t k = 0;
+    for (; k + KU <= K; k += KU) {
+#pragma GCC unroll 4
+        for (int u = 0; u < KU; ++u) {
+            V b0, b1;
+            std::memcpy(&b0, panel + (k + u) * 2 * W, sizeof(V));
+            std::memcpy(&b1, panel + (k + u) * 2 * W + W, sizeof(V));
+            for (int r = 0; r < MR; ++r) {
+                const T x = a[r * lda + k + u];
+                acc0[u][r] += x * b0;
+                acc1[u][r] += x * b1;
+            }
+        }
+    }
+    for (; k < K; ++k) {
+        V b0, b1;
+        std::memcpy(&b0, panel + k * 2 * W, sizeof(V));
+        std::memcpy(&b1, panel + k * 2 * W + W, sizeof(V));
+        for (int r = 0; r < MR; ++r) {
+            const T x = a[r * lda + k];
+            acc0[0][r] += x * b0;
+            acc1[0][r] += x * b1;
+        }
+    }
+    for (int r = 0; r < MR; ++r) {
+        const V s0 = (acc0[0][r] + acc0[1][r]) + (acc0[2][r] + acc0[3][r]);
+        const V s1 = (acc1[0][r] + acc1[1][r]) + (acc1[2][r] + acc1[3][r]);
+        T out[2 * W];
+        std::memcpy(out, &s0, sizeof(V));
+        std::memcpy(out + W, &s1, sizeof(V));
+        T* row = c + r * ldc;
+        if (beta == T(0))
+            std::memcpy(row, out, ncols * sizeof(T));
+        else
+            for (int64_t j = 0; j < ncols; ++j) row[j] += out[j];
+    }
+}
+
 // C (M x N, row stride ldc) = A (M x K, row stride lda) @ B (packed by pack) + beta C, beta 0 or 1
 template <typename T>
 void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* packed, T beta, T* c, int64_t ldc) {
@@ -115,8 +190,8 @@ void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* pac
             case 5: tile<T, 5>(ar, lda, panel, K, cr, ldc, ncols, beta); break;
             case 4: tile<T, 4>(ar, lda, panel, K, cr, ldc, ncols, beta); break;
             case 3: tile<T, 3>(ar, lda, panel, K, cr, ldc, ncols, beta); break;
-            case 2: tile<T, 2>(ar, lda, panel, K, cr, ldc, ncols, beta); break;
-            case 1: tile<T, 1>(ar, lda, panel, K, cr, ldc, ncols, beta); break;
+            case 2: narrow_tile<T, 2>(ar, lda, panel, K, cr, ldc, ncols, beta); break;
+            case 1: narrow_tile<T, 1>(ar, lda, panel, K, cr, ldc, ncols, beta); break;
             default: break;
         }
     }

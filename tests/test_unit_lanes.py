@@ -1,0 +1,301 @@
+"""Lanes of units (``xseq/ops/lanes.py``: ``UnitSteps``; ``xseq/ops/native/loops.h``): every lane on every row,
+each owning a block of the hidden units, meeting once a step; and the one-lane loop.
+
+For a batch too small to split by rows (batch 1) or a recurrent weight too large for every lane to read whole
+(``n_a = 1024``). Every result is compared with the array-API reference; which loop the engine gets, the unit
+blocks, the kernels' column-range entries (a lane writes nothing outside its units) and the guard against lanes
+that could not all run at once are checked too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import array_api_compat.numpy as xp
+import numpy as np
+import pytest
+
+import xseq
+from xseq.engine import sequence as engine
+from xseq.ops import host
+from xseq.ops.kernel_source import CTYPES
+from xseq.ops.reference import ArrayAPIOps
+from xseq.ops.runtime import cpu_runtime
+
+from .helpers import engine_sequence
+
+BUILT = host.library()
+BLAS, BLAS_REASON = host.numpy_openblas()
+pytestmark = [
+    pytest.mark.skipif(BUILT.lib is None, reason=f"no host build of the kernels on this machine: {BUILT.reason}"),
+    pytest.mark.skipif(BLAS is None, reason=f"lanes need NumPy's bundled OpenBLAS: {BLAS_REASON}"),
+]
+KINDS = ("rnn", "lstm", "gru")
+DTYPES = pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+
+
+def unit_ops(lanes, dtype, jobs=None, packed=None):
+    """Host ops whose every unmasked loop runs in ``lanes`` lanes of units (recording each run's jobs' units)."""
+    class Recorded(host.HostDevice):
+        def run(self, run_jobs):
+            if jobs is not None:
+                jobs.append([(job.u0, job.u1, bool(job.barrier)) for job in run_jobs])
+            return super().run(run_jobs)
+
+    device = Recorded(dtype, BUILT.lib, BLAS, packed=packed)
+    return host.HostFusedOps(xp, BUILT.lib, lanes=host.UnitSteps(device, lanes))
+
+
+def threads_for(lanes):
+    """Skip where NumPy's OpenBLAS cannot run ``lanes`` lanes at once (lanes of units need them all together)."""
+    threads = cpu_runtime().blas_threads() or 1
+    if threads < lanes:
+        pytest.skip(f"{lanes} lanes of units need {lanes} OpenBLAS threads; NumPy's OpenBLAS has {threads}")
+
+
+def assert_same(got, want, dtype, what):
+    assert got.keys() == want.keys()
+    tol = 1e-4 if dtype == np.float32 else 1e-12  # as tests/test_lanes.py: rounding, not a wrong column
+    for key in want:
+        scale = max(1.0, float(np.abs(want[key]).max()))
+        np.testing.assert_allclose(got[key], want[key], rtol=0, atol=tol * scale, err_msg=f"{what}: {key}")
+
+
+@pytest.mark.parametrize("m, n_a", [(1, 40), (3, 37), (2, 70)], ids=["batch1-40", "rows3-37", "rows2-70"])
+@DTYPES
+@pytest.mark.parametrize("kind", KINDS)
+def test_lanes_of_units_compute_what_the_reference_computes(kind, dtype, m, n_a):
+    """Two lanes of units (blocks of 16/8-unit vectors where n_a allows, the rest to the last lane; 37 units in
+    float64: 16 + 21): outputs, final states and every gradient."""
+    threads_for(2)
+    jobs = []
+    shape = dict(m=m, n_a=n_a, n_x=6, dtype=dtype)
+    got = engine_sequence(kind, unit_ops(2, dtype, jobs), **shape)
+    want = engine_sequence(kind, ArrayAPIOps(xp), **shape)
+    blocks = host.unit_blocks(n_a, 2, np.dtype(dtype).itemsize)
+    assert jobs == [[(u0, u1, True) for u0, u1 in blocks]] * 2  # forward and backward, each lane its units
+    assert_same(got, want, dtype, f"{kind} in lanes of units")
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed-weight", "openblas"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_both_products_of_the_lanes_of_units(kind, packed):
+    """The lane's own packed columns of W_hh, and OpenBLAS's product on those columns in place."""
+    threads_for(2)
+    shape = dict(m=2, n_a=48, n_x=5, dtype=np.float64)
+    got = engine_sequence(kind, unit_ops(2, np.float64, packed=packed), **shape)
+    want = engine_sequence(kind, ArrayAPIOps(xp), **shape)
+    assert_same(got, want, np.float64, f"{kind}, packed={packed}")
+
+
+@pytest.mark.parametrize("with_dY, with_final", [(True, False), (False, True)], ids=["dY", "dh_T"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward-time", "reverse"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_lanes_of_units_in_reverse_and_without_output_gradients(kind, reverse, with_dY, with_final):
+    threads_for(2)
+    options = dict(m=1, n_a=33, reverse=reverse, with_dY=with_dY, with_final=with_final)
+    got = engine_sequence(kind, unit_ops(2, np.float64), **options)
+    want = engine_sequence(kind, ArrayAPIOps(xp), **options)
+    assert_same(got, want, np.float64, f"{kind} reverse={reverse}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_inference_in_lanes_of_units_is_the_training_forward(kind):
+    """Without a trace the LSTM's cell state and the gates are one block rewritten every step (stride 0 in time):
+    each lane still writes only its own units of it."""
+    threads_for(2)
+    rng = np.random.default_rng(3)
+    T, m, n_x, n_a, G = 9, 1, 5, 64, engine.GATES[kind]
+    args = (kind, rng.standard_normal((T, m, n_x)), rng.standard_normal((G * n_a, n_x)) * 0.3,
+            rng.standard_normal((G * n_a, n_a)) * 0.3, rng.standard_normal(G * n_a), rng.standard_normal(G * n_a),
+            rng.standard_normal((m, n_a)), rng.standard_normal((m, n_a)) if kind == "lstm" else None)
+    ops = unit_ops(2, np.float64)
+    Y, h, c, trace = engine.sequence_forward(*args, ops=ops, keep=True)
+    Y, h = np.array(Y), np.array(h)
+    Yi, hi, ci, none = engine.sequence_forward(*args, ops=ops, keep=False)
+    assert none is None and trace is not None
+    np.testing.assert_array_equal(Yi, Y)
+    np.testing.assert_array_equal(hi, h)
+    want = engine.sequence_forward(*args, ops=ArrayAPIOps(xp), keep=False)[0]
+    np.testing.assert_allclose(Yi, want, rtol=0, atol=1e-12)
+
+
+def test_unit_blocks_cover_the_units_once_on_whole_vectors():
+    for itemsize, align in ((4, 16), (8, 8)):
+        for n_a in (1, 5, 16, 31, 32, 37, 64, 100, 256, 1000, 1024):
+            for lanes in (1, 2, 3, 4):
+                if lanes > n_a:
+                    continue
+                blocks = host.unit_blocks(n_a, lanes, itemsize)
+                assert len(blocks) == lanes and blocks[0][0] == 0 and blocks[-1][1] == n_a
+                assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(blocks, blocks[1:] + [(n_a, None)]))
+                if n_a >= lanes * align:  # every lane but the last starts and ends on a 64-byte vector
+                    assert all(u0 % align == 0 and u1 % align == 0 for u0, u1 in blocks[:-1])
+                    sizes = [u1 - u0 for u0, u1 in blocks]  # whole vectors, the last one's rest added
+                    assert max(sizes) - min(sizes) < 2 * align, (n_a, lanes, blocks)
+
+
+def test_the_engine_chooses_lanes_of_rows_of_units_or_its_own_loop(monkeypatch):
+    """Rows where they split (every lane at least MIN_LANE_ROWS, W_hh at most MAX_LANE_WEIGHT_BYTES); else units
+    where each lane keeps MIN_LANE_UNITS; else the engine's loop (OpenBLAS has more than one thread here)."""
+    threads_for(2)
+    monkeypatch.setattr(host, "lane_count", lambda rows, n_a, gates, itemsize: max(1, min(2, rows // 8))
+                        if gates * n_a * n_a * itemsize <= host.MAX_LANE_WEIGHT_BYTES else 1)
+    monkeypatch.setattr(host, "unit_lane_count", lambda n_a: max(1, min(2, n_a // host.MIN_LANE_UNITS)))
+    ops = host.HostFusedOps(xp, BUILT.lib)
+
+    def chosen(rows, n_a, dtype=np.float32):
+        return ops.direct_steps(dtype, check=engine.check_direct, rows=rows, n_a=n_a, gates=4)
+
+    assert isinstance(chosen(64, 256), host.LaneSteps) and chosen(64, 256).lanes == 2
+    for rows, n_a in ((1, 256), (8, 256), (64, 1024)):  # one sequence; too few rows; a 16 MiB W_hh
+        steps = chosen(rows, n_a)
+        assert isinstance(steps, host.UnitSteps) and steps.lanes == 2, (rows, n_a)
+    assert chosen(1, 2 * host.MIN_LANE_UNITS - 1) is None  # too few units for two lanes
+
+
+def test_the_real_counts_choose_units_for_one_sequence_and_for_a_large_weight():
+    threads_for(2)
+    limit, _ = cpu_runtime().lane_limit()
+    assert host.unit_lane_count(256) == min(limit, 256 // host.MIN_LANE_UNITS)
+    assert host.unit_lane_count(host.MIN_LANE_UNITS) == 1
+    assert host.lane_count(1, 256, 4, 4) == 1 and host.lane_count(64, 1024, 4, 4) == 1  # rows don't split
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_loop_that_gets_one_lane_runs_whole_on_this_thread(kind, monkeypatch):
+    """Where the runtime gives the loop one lane (another Python thread's loop holds them), the lanes of units
+    become one job of every unit: no barrier to wait at, the same results."""
+    jobs = []
+    ops = unit_ops(2, np.float64, jobs)
+    rt = cpu_runtime()
+    real = rt.lane_run
+
+    def one_lane(wanted):
+        return real(1)
+
+    monkeypatch.setattr(rt, "lane_run", one_lane)
+    got = engine_sequence(kind, ops, m=1, n_a=40)
+    monkeypatch.undo()
+    want = engine_sequence(kind, ArrayAPIOps(xp), m=1, n_a=40)
+    assert jobs == [[(0, 40, False)]] * 2
+    assert_same(got, want, np.float64, f"{kind} in one lane")
+
+
+def test_lanes_of_units_that_could_not_all_run_at_once_are_refused_not_run():
+    """A lane of units waits for the others at every step: more of them than OpenBLAS can run at once would never
+    end, so the device refuses them before starting any."""
+    threads = cpu_runtime().blas_threads() or 1
+    device = host.HostDevice(np.float64, BUILT.lib, BLAS)
+    T, m, n_a = 2, 1, 8
+    lanes = threads + 1
+    XW, S, C = np.zeros((T, m, 4 * n_a)), np.zeros((T + 1, m, n_a)), np.zeros((T + 1, m, n_a))
+    W_hh, hw = np.zeros((4 * n_a, n_a)), np.zeros((m, 4 * n_a))
+    barrier = host.UnitSteps.__init__.__globals__["_barrier"](lanes)
+    blocks = host.unit_blocks(n_a, lanes, 8)
+    jobs = [device.forward_job("lstm", XW, W_hh, None, XW, S, C, hw, units=units, barrier=barrier)
+            for units in blocks]
+    with pytest.raises(RuntimeError, match=f"{lanes} lanes of units need as many threads at once"):
+        device.run(jobs)
+    with pytest.raises(ValueError, match="lanes of units and lanes of rows cannot run together"):
+        device.run(jobs[:1] + [device.forward_job("lstm", XW, W_hh, None, XW, S, C, hw)])
+    with pytest.raises(ValueError, match=r"units must be None \(all 8\) without a barrier, or \(u0, u1\)"):
+        device.forward_job("lstm", XW, W_hh, None, XW, S, C, hw, units=(4, 9), barrier=barrier)
+
+
+@DTYPES
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_kernels_column_entries_write_only_their_columns(kind, dtype):
+    """``xseq_<kernel>_<type>_cols``: columns ``[3, 11)`` of 4 rows of 16 units; every output outside them keeps its
+    planted value, and inside them the whole-array kernel's value (to an ulp or two: the columns start off a
+    vector, so the compiler's scalar lead-in and vector body may contract multiply-adds differently)."""
+    from xseq.ops.kernel_source import KERNELS
+
+    ctype = CTYPES[np.dtype(dtype)]
+    rng = np.random.default_rng(7)
+    m, n_a, col0, col1 = 4, 16, 3, 11
+    for direction in ("forward", "backward"):
+        name = f"xseq_{kind}_{direction}"
+        params = KERNELS[name].parameters()
+
+        def arrays(fill):
+            out = []
+            for pname, typ, raw, is_output in params:
+                if typ == "int32":
+                    out.append(n_a)
+                    continue
+                width = 4 if pname in ("gates", "saved") else engine.GATES[kind] if raw else 1
+                if pname == "b_hn":
+                    width = None
+                shape = (n_a,) if width is None else (m, width * n_a)
+                out.append(np.full(shape, np.nan, dtype) if is_output and fill else rng.uniform(-2, 2, shape)
+                           .astype(dtype))
+            return out
+
+        inputs = arrays(False)
+        whole = [a.copy() if isinstance(a, np.ndarray) else a for a in inputs]
+        part = [a.copy() if isinstance(a, np.ndarray) else a for a in inputs]
+        for args, outputs_nan in ((whole, False), (part, True)):
+            for k, (pname, typ, raw, is_output) in enumerate(params):
+                if is_output and outputs_nan:
+                    args[k][...] = -7.0  # planted
+        call(BUILT.lib, f"{name}_{ctype}", whole, m * n_a)
+        call(BUILT.lib, f"{name}_{ctype}_cols", part, None, (m, n_a, col0, col1))
+        for k, (pname, typ, raw, is_output) in enumerate(params):
+            if not is_output:
+                continue
+            width = part[k].shape[1] // n_a
+            got = part[k].reshape(m, width, n_a)
+            want = whole[k].reshape(m, width, n_a)
+            np.testing.assert_allclose(got[:, :, col0:col1], want[:, :, col0:col1], rtol=4 * np.finfo(dtype).eps,
+                                       atol=4 * np.finfo(dtype).eps, err_msg=f"{name} {pname}")
+            outside = np.concatenate([got[:, :, :col0], got[:, :, col1:]], axis=2)
+            assert np.all(outside == -7.0), f"{name} wrote {pname} outside its columns"
+
+
+def call(lib, symbol, args, n, cols=None):
+    function = getattr(lib, symbol)
+    c_args = []
+    for a in args:
+        c_args.append(ctypes.c_int(a) if isinstance(a, int) else ctypes.c_void_p(a.ctypes.data))
+    if cols is None:
+        c_args.append(ctypes.c_ssize_t(n))
+    else:
+        c_args += [ctypes.c_ssize_t(v) for v in cols]
+    function.restype = None
+    function(*c_args)
+
+
+def test_one_sequence_under_inference_mode_through_the_public_layer():
+    """``xseq.LSTM`` at batch 1 (lanes of units where two OpenBLAS threads are free), inside and outside
+    ``xseq.inference_mode``: the same outputs, bit for bit, and the reference's."""
+    rng = np.random.default_rng(2)
+    layer = xseq.LSTM(8, 96, dtype="float64", seed=4)
+    x = rng.standard_normal((8, 1, 12))
+    y = np.array(layer.forward(x)[0])
+    with xseq.inference_mode():
+        yi = np.array(layer.forward(x)[0])
+    np.testing.assert_array_equal(yi, y)
+    with engine_reference():
+        want = np.array(layer.forward(x)[0])
+    np.testing.assert_allclose(y, want, rtol=0, atol=1e-12)
+
+
+def engine_reference():
+    """The array-API reference steps for NumPy arrays while inside (``XSEQ_FUSED=0``, read at every call)."""
+    import contextlib
+    import os
+
+    @contextlib.contextmanager
+    def switched():
+        before = os.environ.get("XSEQ_FUSED")
+        os.environ["XSEQ_FUSED"] = "0"
+        try:
+            yield
+        finally:
+            if before is None:
+                del os.environ["XSEQ_FUSED"]
+            else:
+                os.environ["XSEQ_FUSED"] = before
+
+    return switched()
