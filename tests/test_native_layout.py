@@ -81,7 +81,8 @@ def test_an_unknown_struct_or_a_library_without_layouts_is_a_problem_not_a_guess
      "lane_job's field 3 is m at offset 24 (8 bytes) in C++ but n_a at offset 24 (8 bytes) in Python"),
     (dict(narrow="kind"),
      "lane_job's field 1 is kind at offset 8 (8 bytes) in C++ but kind at offset 8 (4 bytes) in Python"),
-    (dict(drop="hw_step"), "lane_job's field 26 is hw_step at offset 208 (8 bytes) in C++ but u0 at offset 208 (8 bytes) in Python"),
+    (dict(drop="hw_step"),
+     "lane_job's field 26 is hw_step at offset 208 (8 bytes) in C++ but u0 at offset 208 (8 bytes) in Python"),
     (dict(add="extra"), "lane_job's field 30 is nothing in C++ but extra at offset 240 (8 bytes) in Python"),
 ], ids=["field-moved", "field-narrowed", "field-dropped", "field-added"])
 def test_a_planted_mismatch_is_named(how, expected):

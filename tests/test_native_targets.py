@@ -213,7 +213,8 @@ def test_the_build_for_another_compiler_or_target_has_every_feature_and_agrees_w
         assert approximate_reciprocals(got["path"]) == 0
         # the kernels with raw pointers vectorized too (clang ignores GCC's ivdep: XSEQ_IVDEP); their loops are in
         # the column-range entries, which the whole-array entries call
-        for function in ("xseq_lstm_forward_float_cols", "xseq_gru_forward_float_cols", "xseq_lstm_backward_float_cols"):
+        for function in ("xseq_lstm_forward_float_cols", "xseq_gru_forward_float_cols",
+                         "xseq_lstm_backward_float_cols"):
             assert packed_fmas(got["path"], function) > 0, function
     if march == "haswell":
         assert got["packed_vector_bytes"] == 32

@@ -18,19 +18,17 @@ import pytest
 import xseq
 from xseq.engine import sequence as engine
 from xseq.ops import host
+from xseq.ops import lanes as lanes_module
 from xseq.ops.kernel_source import CTYPES
 from xseq.ops.reference import ArrayAPIOps
 from xseq.ops.runtime import cpu_runtime
 
 from .helpers import engine_sequence
 
-BUILT = host.library()
-BLAS, BLAS_REASON = host.numpy_openblas()
-pytestmark = [
-    pytest.mark.skipif(BUILT.lib is None, reason=f"no host build of the kernels on this machine: {BUILT.reason}"),
-    pytest.mark.skipif(BLAS is None, reason=f"lanes need NumPy's bundled OpenBLAS: {BLAS_REASON}"),
-]
-KINDS = ("rnn", "lstm", "gru")
+from . import test_lanes
+from .test_lanes import BLAS, BUILT, KINDS
+
+pytestmark = test_lanes.pytestmark  # the same skips: no host build, no NumPy OpenBLAS
 DTYPES = pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 
 
@@ -191,7 +189,7 @@ def test_lanes_of_units_that_could_not_all_run_at_once_are_refused_not_run():
     lanes = threads + 1
     XW, S, C = np.zeros((T, m, 4 * n_a)), np.zeros((T + 1, m, n_a)), np.zeros((T + 1, m, n_a))
     W_hh, hw = np.zeros((4 * n_a, n_a)), np.zeros((m, 4 * n_a))
-    barrier = host.UnitSteps.__init__.__globals__["_barrier"](lanes)
+    barrier = lanes_module.lane_barrier(lanes)
     blocks = host.unit_blocks(n_a, lanes, 8)
     jobs = [device.forward_job("lstm", XW, W_hh, None, XW, S, C, hw, units=units, barrier=barrier)
             for units in blocks]

@@ -88,8 +88,8 @@ from .switches import fused_enabled, onednn_requested
 __all__ = [
     "FLAG_SETS", "MAX_LANES", "MAX_LANE_WEIGHT_BYTES", "MIN_LANE_ROWS", "MIN_LANE_UNITS", "Feature", "HostDevice",
     "HostFusedOps", "HostKernel", "LaneSteps", "UnitSteps", "adam_step", "cache_dir", "cached_path", "features",
-    "find_compiler", "host_device", "host_function", "host_ops", "host_source", "lane_count", "lanes_status", "library", "numpy_openblas",
-    "packed_products", "row_blocks", "softmax_xent_rows", "status", "unit_blocks", "unit_lane_count",
+    "find_compiler", "host_device", "host_function", "host_ops", "host_source", "lane_count", "lanes_status", "library",
+    "numpy_openblas", "packed_products", "row_blocks", "softmax_xent_rows", "status", "unit_blocks", "unit_lane_count",
 ]
 
 

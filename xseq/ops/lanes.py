@@ -36,7 +36,7 @@ from .runtime import MAX_LANES, cpu_runtime
 MAX_LANE_WEIGHT_BYTES = 8 << 20
 MIN_LANE_ROWS = 8
 __all__ = ["MAX_LANES", "MAX_LANE_WEIGHT_BYTES", "MIN_LANE_ROWS", "MIN_LANE_UNITS", "HostDevice", "LaneSteps",
-           "UnitSteps", "lane_count", "packed_products", "row_blocks", "unit_blocks", "unit_lane_count"]
+           "UnitSteps", "lane_barrier", "lane_count", "packed_products", "row_blocks", "unit_blocks", "unit_lane_count"]
 
 
 def lane_count(rows, n_a, gates, itemsize):
@@ -197,9 +197,10 @@ class HostDevice:
         """Run the lanes ``jobs`` at once (as many at a time as OpenBLAS has threads) and return when all are done.
 
         Where :attr:`packed`, each lane packs the right operand of its per-step product (``W_hh.T`` forward,
-        ``W_hh`` backward; its own columns for a lane of units) once, at its start. Where the process's runtime gives this
-        loop one lane (another Python thread's loop is running: ``contention="share"``), the jobs run one after
-        another on the calling thread.
+        ``W_hh`` backward; its own columns for a lane of units) once, at its start. Where the process's runtime
+        gives this loop one lane (another Python thread's loop is running: ``contention="share"``), the jobs of
+        rows run one after another on the calling thread. Lanes of units wait for each other at every step: all
+        of them must run at once, or they are refused (``RuntimeError``) before any starts.
         """
         jobs = [job for job in jobs if job.T > 0]
         if not jobs:
@@ -233,7 +234,8 @@ class HostDevice:
         for job in jobs:
             GN = _GATES[job.kind] * job.n_a
             units = job.u1 - job.u0
-            # forward: G blocks of (n_a, units) of W_hh.T (one of (n_a, G n_a) for a lane of rows); backward: (G n_a, units)
+            # forward: G blocks of (n_a, units) of W_hh.T (one (n_a, G n_a) for a lane of rows);
+            # backward: (G n_a, units)
             if job.backward:
                 sizes.append(self._packed_size(GN, units))
             elif units == job.n_a:
@@ -310,13 +312,8 @@ class LaneSteps:
 
     def backward(self, kind, saved, S, C, W_hh, dY, dh, dc, dZ, dHW, empty):
         """As :meth:`~xseq.ops.fused.DirectSteps.backward`: writes ``dZ`` (and ``dHW``); returns ``(dh0, dc0)``."""
-        m, n_a = dh.shape
-        dh0 = empty(m, n_a)
-        dh0[...] = dh
-        dc0 = None
-        if dc is not None:
-            dc0 = empty(m, n_a)
-            dc0[...] = dc
+        m, _ = dh.shape
+        dh0, dc0 = _state_gradients(dh, dc, empty)
 
         def lane(start, stop):
             rows = slice(start, stop)
@@ -388,7 +385,7 @@ class UnitSteps:
             if blocks is None:
                 jobs = [self.device.forward_job(kind, XW, W_hh, b_hn, saved, S, C, hw)]
             else:
-                barrier = _barrier(len(blocks))
+                barrier = lane_barrier(len(blocks))
                 jobs = [self.device.forward_job(kind, XW, W_hh, b_hn, saved, S, C, hw, units=units, barrier=barrier)
                         for units in blocks]
             self.device.run(jobs)
@@ -396,18 +393,13 @@ class UnitSteps:
     def backward(self, kind, saved, S, C, W_hh, dY, dh, dc, dZ, dHW, empty):
         """As :meth:`~xseq.ops.fused.DirectSteps.backward`: writes ``dZ`` (and ``dHW``); returns ``(dh0, dc0)``."""
         m, n_a = dh.shape
-        dh0 = empty(m, n_a)
-        dh0[...] = dh
-        dc0 = None
-        if dc is not None:
-            dc0 = empty(m, n_a)
-            dc0[...] = dc
+        dh0, dc0 = _state_gradients(dh, dc, empty)
         with cpu_runtime().lane_run(self.lanes) as (lanes, threads):
             blocks = self._blocks(n_a) if min(lanes, threads or 1) >= self.lanes else None
             if blocks is None:
                 jobs = [self.device.backward_job(kind, saved, S, C, W_hh, dY, dh0, dc0, dZ, dHW)]
             else:
-                barrier = _barrier(len(blocks))
+                barrier = lane_barrier(len(blocks))
                 shared = (np.empty(4 * m * n_a, dtype=self.device.dtype), np.zeros((m, n_a), dtype=self.device.dtype))
                 jobs = [self.device.backward_job(kind, saved, S, C, W_hh, dY, dh0, dc0, dZ, dHW, units=units,
                                                  barrier=barrier, shared=shared)
@@ -416,7 +408,20 @@ class UnitSteps:
         return dh0, dc0
 
 
-def _barrier(parties):
+def _state_gradients(dh, dc, empty):
+    """Copies of the final states' gradients (``dc`` None but for the LSTM) in the engine's buffers: the loops
+    overwrite them with the first states'."""
+    dh0 = empty(*dh.shape)
+    dh0[...] = dh
+    dc0 = None
+    if dc is not None:
+        dc0 = empty(*dc.shape)
+        dc0[...] = dc
+    return dh0, dc0
+
+
+def lane_barrier(parties):
+    """A zeroed :class:`~xseq.ops.native_layout.LaneBarrier` for ``parties`` lanes of units that share rows."""
     barrier = LaneBarrier()
     barrier.parties = parties
     return barrier
