@@ -43,6 +43,17 @@ round. Thread counts are the libraries' defaults (every core); the naive and
 xseq workers are started without ``OPENBLAS_CORETYPE``/``OPENBLAS_L2_SIZE``.
 ``--wait-idle SECONDS`` waits before each turn until the CPUs are idle.
 
+``--threads N`` (issue 22: one thread, as in a container limited to one CPU)
+starts every worker with ``OPENBLAS_NUM_THREADS=N`` and ``OMP_NUM_THREADS=N``;
+torch's workers also call ``torch.set_num_threads(N)`` and
+``set_num_interop_threads(N)``; JAX's get ``XLA_FLAGS`` with
+``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1`` where
+N is 1 and are skipped, with a note, otherwise (``method.thread_environment``).
+Each worker checks after its warm-up that every library it loaded has N
+threads (a worker that has not is an error, nothing is timed with it) and
+reports its counts, which the script prints under the table; the table's
+header states the setting.
+
 torch's CPU LSTM runs oneDNN's fused LSTM kernels when oneDNN is available, as
 in the default wheels; ``--torch-no-mkldnn`` turns oneDNN off to time torch's
 own per-step cells. torch has no such path for the GRU and the plain RNN.
@@ -53,6 +64,7 @@ Usage::
     python benchmarks/bench_cpu.py --wait-idle 30       # the same on a machine others are using
     python benchmarks/bench_cpu.py --models lstm rnn --sizes small
     python benchmarks/bench_cpu.py --quick              # tiny sizes, 1 round: smoke run
+    python benchmarks/bench_cpu.py --threads 1 --models lstm-layer gru   # one thread per library
     python benchmarks/bench_cpu.py --worker xseq lstm 64x256x64x100 forward+backward --profile
 """
 
@@ -90,10 +102,12 @@ def parse_size(text):
     return tuple(int(p) for p in parts)
 
 
-def worker_env(contender, torch_no_mkldnn):
-    """A worker's environment: naive and xseq without OpenBLAS's overrides; torch told whether to use oneDNN."""
+def worker_env(contender, torch_no_mkldnn, threads=None):
+    """A worker's environment: naive and xseq without OpenBLAS's overrides; torch told whether to use oneDNN;
+    ``threads`` (None: the libraries' defaults) per :func:`harness.method.thread_environment`."""
     return method.environment(strip_openblas=contender in ("naive", "xseq", cpu.ONEDNN),
-                              BENCH_TORCH_MKLDNN="0" if torch_no_mkldnn else "1")
+                              BENCH_TORCH_MKLDNN="0" if torch_no_mkldnn else "1",
+                              **method.thread_environment(threads, cpu.GROUPS[contender]))
 
 
 def preload(group):
@@ -148,9 +162,17 @@ def run_check(models, sizes, modes, onednn):
     return 0
 
 
-def machine_info(torch_no_mkldnn):
+def parse_threads(text):
+    """``--threads``: an int from 1 to the cores this process may use."""
+    cores = report.usable_cores()
+    if not text.isdigit() or not 1 <= int(text) <= cores:
+        raise argparse.ArgumentTypeError(f"threads {text!r}: expected an int from 1 to {cores} (the usable cores)")
+    return int(text)
+
+
+def machine_info(torch_no_mkldnn, threads=None):
     lines = report.machine_lines()
-    info = method.run_json(SCRIPT, ["--info"], env=worker_env("xseq", torch_no_mkldnn), cwd=ROOT)
+    info = method.run_json(SCRIPT, ["--info"], env=worker_env("xseq", torch_no_mkldnn, threads), cwd=ROOT)
     lines.append(f"numpy {info['numpy']}; BLAS: {info['blas']}")
     lines.append(f"torch {info['torch']}; {info['torch_threads']} intra-op threads; {info['torch_blas']}")
     lines.append(f"jax {info['jax']}")
@@ -191,6 +213,10 @@ def parse_args(argv):
                     help=f"also time {cpu.ONEDNN}: xseq with its oneDNN matrix products turned on (XSEQ_ONEDNN=1; "
                          "pip install onednn-cpu-gomp)")
     ap.add_argument("--json", metavar="PATH", help="also write every measurement (all rounds) to PATH")
+    ap.add_argument("--threads", type=parse_threads, default=None, metavar="N",
+                    help="N threads per worker: OPENBLAS_NUM_THREADS and OMP_NUM_THREADS = N, torch.set_num_threads(N) "
+                         "and set_num_interop_threads(N), JAX one-threaded by XLA_FLAGS (N = 1; skipped otherwise); "
+                         "each worker checks and reports its counts. Default: each library's default (every core)")
     ap.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
                     help="before each measurement, wait up to SECONDS for the CPUs to be idle (>= 85%% over 0.25 s): "
                          "for a machine shared with other work; 0 (default) never waits")
@@ -227,7 +253,7 @@ def main(argv=None):
     if repeats < 5 and not args.quick:
         print(f"note: {repeats} repeats; the method asks for at least 5")
     print("Machine")
-    for line in machine_info(args.torch_no_mkldnn):
+    for line in machine_info(args.torch_no_mkldnn, args.threads):
         print("  " + line)
     load_before = method.load_average()
     idle = method.cpu_idle(1.0)
@@ -235,14 +261,18 @@ def main(argv=None):
         print(f"warning: the CPUs were only {idle:.0%} idle before the run: other processes are busy and the "
               "timings will be noisy (each library uses every core); see --wait-idle")
 
-    if not cpu.jax_available():
+    jax = cpu.jax_available()
+    if not jax:
         print(f"note: JAX is not installed, so its contender is skipped ({cpu.JAX_INSTALL} adds it)")
+    elif method.jax_threads_problem(args.threads):
+        jax = False
+        print(f"note: the JAX contender is skipped: {method.jax_threads_problem(args.threads)}")
     checked = not args.no_check
     if checked:
         sizes = [cpu.size_name(size) for size in args.sizes]
         done = subprocess.run([sys.executable, str(SCRIPT), "--check", "--models", *args.models, "--sizes", *sizes,
                                "--modes", *args.modes, *(["--onednn"] if args.onednn else [])],
-                              env=worker_env("xseq", args.torch_no_mkldnn), cwd=ROOT)
+                              env=worker_env("xseq", args.torch_no_mkldnn, args.threads), cwd=ROOT)
         if done.returncode != 0:
             print("the check failed (see above): nothing is timed", file=sys.stderr)
             return 1
@@ -257,16 +287,17 @@ def main(argv=None):
         how += "; torch with oneDNN turned off"
     print(f"{len(cases)} cases x {repeats} rounds; each round of a case starts a fresh worker process per "
           f"contender ({how}), then times {args.iters} iterations of each in interleaved turns "
-          f"(two iterations a turn, the second timed), {args.gap:g} s apart", flush=True)
+          f"(two iterations a turn, the second timed), {args.gap:g} s apart; "
+          f"{method.thread_setting(args.threads, jax)}", flush=True)
     t_start = time.perf_counter()
     waiter = method.IdleWaiter(args.wait_idle) if args.wait_idle > 0 else None
-    runner = method.Runner(SCRIPT, cpu.GROUPS.get, lambda c: worker_env(c, args.torch_no_mkldnn),
+    runner = method.Runner(SCRIPT, cpu.GROUPS.get, lambda c: worker_env(c, args.torch_no_mkldnn, args.threads),
                            spawn_each=args.spawn, cwd=ROOT)
     try:
         for r in range(repeats):
             for case in cases:
                 model, size, mode = case
-                order = method.rotated(cpu.contenders_for(model, onednn=args.onednn), r)
+                order = method.rotated(cpu.contenders_for(model, jax=jax, onednn=args.onednn), r)
                 medians = method.interleaved_round(runner, [model, cpu.size_name(size), mode], order, args.iters,
                                                    args.gap, waiter.wait if waiter else None)
                 rounds.add(case, medians)
@@ -275,9 +306,12 @@ def main(argv=None):
         runner.close()
     if args.json:
         Path(args.json).write_text(json.dumps(
-            [{"contender": c, "model": m, "size": list(sz), "mode": md, "ms": v}
+            [{"contender": c, "model": m, "size": list(sz), "mode": md, "threads": args.threads, "ms": v}
              for (c, (m, sz, md)), v in rounds.times.items()], indent=1))
     print_report(args, cases, rounds, checked)
+    print("threads, as each contender's workers reported them after their warm-up:")
+    for line in runner.thread_lines():
+        print("  " + line)
     if waiter is not None:
         print(f"waited {waiter.waited:.0f} s in all for idle CPUs; {waiter.busy} of {waiter.turns} turns started "
               "on a busy machine")
@@ -294,6 +328,7 @@ def print_report(args, cases, rounds, checked):
     print(f"Times: median over {args.repeats} rounds of each contender's median of {args.iters} interleaved "
           "iterations, milliseconds.")
     print("Ratios: median over the rounds of the ratio within the round (the two contenders timed seconds apart).")
+    print(method.thread_setting(args.threads, jax=any(c == "jax" for c, _ in rounds.times)))
     print()
     timed = ["naive", "xseq", *([cpu.ONEDNN] if args.onednn else []), "torch", "jax"]
     pairs = [("xseq", "torch"), ("xseq", "jax"), ("naive", "xseq")]
@@ -310,6 +345,8 @@ def print_report(args, cases, rounds, checked):
 
     print()
     print("Targets (forward+backward; median per-round ratio, and the range over the rounds)")
+    if args.threads is not None:
+        print(f"  (set for the libraries' default thread counts; this run had {args.threads} per worker)")
     all_met = True
     for case in cases:
         model, size, mode = case

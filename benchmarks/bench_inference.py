@@ -38,12 +38,16 @@ turns (order rotated from round to round; two iterations a turn, the second
 timed). The table shows, over ``--repeats`` rounds, the median of each
 contender's per-round median and the median of the ratios computed within
 each round. Thread counts are the libraries' defaults; the xseq workers run
-without ``OPENBLAS_CORETYPE``/``OPENBLAS_L2_SIZE``.
+without ``OPENBLAS_CORETYPE``/``OPENBLAS_L2_SIZE``. ``--threads N`` runs every
+worker with N threads, as ``bench_cpu.py --threads N`` does
+(``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS`` = N, ``torch.set_num_threads(N)``
+and ``set_num_interop_threads(N)``; each worker checks and reports its counts).
 
 Usage::
 
     python benchmarks/bench_inference.py                    # every size, 7 rounds, ~2 min on 2 cores
     python benchmarks/bench_inference.py --repeats 3 --sizes 64x256x1x100
+    python benchmarks/bench_inference.py --threads 1 --sizes 64x256x64x100   # one thread per library
     python benchmarks/bench_inference.py --worker xseq-inference 64x256x1x100 --profile
 """
 
@@ -100,9 +104,19 @@ def build(contender, size_text):
     return cpu.build(contender, MODEL, size_text, MODE)
 
 
-def worker_env(contender):
-    """A worker's environment: the xseq ones without OpenBLAS's overrides (as bench_cpu.py's)."""
-    return method.environment(strip_openblas=contender != "torch", BENCH_TORCH_MKLDNN="1")
+def worker_env(contender, threads=None):
+    """A worker's environment: the xseq ones without OpenBLAS's overrides (as bench_cpu.py's); ``threads``
+    (None: the libraries' defaults) per :func:`harness.method.thread_environment`."""
+    return method.environment(strip_openblas=contender != "torch", BENCH_TORCH_MKLDNN="1",
+                              **method.thread_environment(threads, GROUPS[contender]))
+
+
+def parse_threads(text):
+    """``--threads``: an int from 1 to the cores this process may use."""
+    cores = report.usable_cores()
+    if not text.isdigit() or not 1 <= int(text) <= cores:
+        raise argparse.ArgumentTypeError(f"threads {text!r}: expected an int from 1 to {cores} (the usable cores)")
+    return int(text)
 
 
 def preload(group):
@@ -173,9 +187,9 @@ def run_worker(args):
     return 0
 
 
-def machine_info():
+def machine_info(threads=None):
     lines = report.machine_lines()
-    info = method.run_json(SCRIPT, ["--info"], env=worker_env("xseq"), cwd=ROOT)
+    info = method.run_json(SCRIPT, ["--info"], env=worker_env("xseq", threads), cwd=ROOT)
     lines.append(f"numpy {info['numpy']}; BLAS: {info['blas']}")
     lines.append(f"torch {info['torch']}; {info['torch_threads']} intra-op threads; {info['torch_blas']}")
     lines.append(f"xseq's NumPy steps: {info['xseq_steps']}")
@@ -194,6 +208,10 @@ def parse_args(argv):
     ap.add_argument("--no-check", action="store_true", help="skip the check (the targets are then not claimed)")
     ap.add_argument("--spawn", action="store_true", help="start every worker as a new interpreter instead of forking")
     ap.add_argument("--json", metavar="PATH", help="also write every measurement (all rounds) to PATH")
+    ap.add_argument("--threads", type=parse_threads, default=None, metavar="N",
+                    help="N threads per worker: OPENBLAS_NUM_THREADS and OMP_NUM_THREADS = N, torch.set_num_threads(N) "
+                         "and set_num_interop_threads(N); each worker checks and reports its counts. Default: each "
+                         "library's default (every core)")
     ap.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
                     help="before each turn, wait up to SECONDS for the CPUs to be idle (a shared machine)")
     ap.add_argument("--worker", nargs=2, metavar=("CONTENDER", "SIZE"), help=argparse.SUPPRESS)
@@ -228,7 +246,7 @@ def main(argv=None):
         return method.run_fork_server(lambda contender, size_text: build(contender, size_text), preload(args.server))
 
     print("Machine")
-    for line in machine_info():
+    for line in machine_info(args.threads):
         print("  " + line)
     load_before = method.load_average()
     idle = method.cpu_idle(1.0)
@@ -238,7 +256,7 @@ def main(argv=None):
     checked = not args.no_check
     if checked:
         done = subprocess.run([sys.executable, str(SCRIPT), "--check", "--sizes", *map(cpu.size_name, args.sizes)],
-                              env=worker_env("xseq"), cwd=ROOT)
+                              env=worker_env("xseq", args.threads), cwd=ROOT)
         if done.returncode != 0:
             print("the check failed (see above): nothing is timed", file=sys.stderr)
             return 1
@@ -248,10 +266,11 @@ def main(argv=None):
     rounds = method.Rounds([(INFERENCE, "torch"), ("xseq", "torch"), (INFERENCE, "xseq")])
     print(f"{len(args.sizes)} sizes x {args.repeats} rounds; a fresh worker process per contender and round "
           f"({'new interpreters' if args.spawn else 'forked from per-library servers'}), {args.iters} timed "
-          f"iterations each in interleaved turns, {args.gap:g} s apart", flush=True)
+          f"iterations each in interleaved turns, {args.gap:g} s apart; {method.thread_setting(args.threads)}",
+          flush=True)
     t_start = time.perf_counter()
     waiter = method.IdleWaiter(args.wait_idle) if args.wait_idle > 0 else None
-    runner = method.Runner(SCRIPT, GROUPS.get, worker_env, spawn_each=args.spawn, cwd=ROOT)
+    runner = method.Runner(SCRIPT, GROUPS.get, lambda c: worker_env(c, args.threads), spawn_each=args.spawn, cwd=ROOT)
     try:
         for r in range(args.repeats):
             for size in args.sizes:
@@ -264,8 +283,12 @@ def main(argv=None):
         runner.close()
     if args.json:
         Path(args.json).write_text(json.dumps(
-            [{"contender": c, "size": list(size), "ms": v} for (c, size), v in rounds.times.items()], indent=1))
+            [{"contender": c, "size": list(size), "threads": args.threads, "ms": v}
+             for (c, size), v in rounds.times.items()], indent=1))
     print_report(args, rounds, checked)
+    print("threads, as each contender's workers reported them after their warm-up:")
+    for line in runner.thread_lines():
+        print("  " + line)
     if waiter is not None:
         print(f"waited {waiter.waited:.0f} s in all for idle CPUs; {waiter.busy} of {waiter.turns} turns started "
               "on a busy machine")
@@ -281,6 +304,7 @@ def print_report(args, rounds, checked):
     print()
     print(f"LSTM layer forward, float32. Times: median over {args.repeats} rounds of each contender's median of "
           f"{args.iters} interleaved iterations, ms. Ratios: median over the rounds of the ratio within the round.")
+    print(method.thread_setting(args.threads))
     print()
     pairs = [(INFERENCE, "torch"), ("xseq", "torch"), (INFERENCE, "xseq")]
     header = ["size (n_x, n_a, m, T_x)", *(f"{c} ms" for c in CONTENDERS), *(f"{a}/{b}" for a, b in pairs),
@@ -292,6 +316,8 @@ def print_report(args, rounds, checked):
         print(line)
     print()
     print(f"Targets ({INFERENCE} / torch; median per-round ratio, and the range over the rounds)")
+    if args.threads is not None:
+        print(f"  (set for the libraries' default thread counts; this run had {args.threads} per worker)")
     all_met = True
     if not any(size in TARGETS for size in args.sizes):
         print("  none of the sizes timed has a target")

@@ -21,7 +21,7 @@ import xseq.engine.sequence
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-from harness import checks, report  # noqa: E402
+from harness import checks, method, report  # noqa: E402
 from harness.contenders import cpu, gpu  # noqa: E402
 
 # T_x = 11: past the 8-step projection chunk, and not a multiple of it (a partial last chunk).
@@ -125,7 +125,7 @@ def test_bench_cpu_times_nothing_after_a_failed_check(monkeypatch, capsys):
     def no_timing(*args, **kwargs):
         raise AssertionError("timed after a failed check")
 
-    monkeypatch.setattr(bench_cpu, "machine_info", lambda torch_no_mkldnn: [])
+    monkeypatch.setattr(bench_cpu, "machine_info", lambda torch_no_mkldnn, threads=None: [])
     monkeypatch.setattr(bench_cpu.method, "cpu_idle", lambda seconds: None)
     monkeypatch.setattr(bench_cpu.subprocess, "run", failed_check)
     monkeypatch.setattr(bench_cpu.method, "Runner", no_timing)
@@ -147,7 +147,10 @@ def test_bench_cpu_claims_no_target_under_no_check(monkeypatch, capsys):
         def close(self):
             pass
 
-    monkeypatch.setattr(bench_cpu, "machine_info", lambda torch_no_mkldnn: [])
+        def thread_lines(self):
+            return []
+
+    monkeypatch.setattr(bench_cpu, "machine_info", lambda torch_no_mkldnn, threads=None: [])
     monkeypatch.setattr(bench_cpu.method, "cpu_idle", lambda seconds: None)
     monkeypatch.setattr(bench_cpu.method, "Runner", FakeRunner)
     monkeypatch.setattr(bench_cpu.method, "interleaved_round",
@@ -195,6 +198,9 @@ def test_bench_cpu_skips_jax_with_a_note_where_it_is_not_installed(monkeypatch, 
         def close(self):
             pass
 
+        def thread_lines(self):
+            return []
+
     orders = []
 
     def timed(runner, case, order, iters, gap, before):
@@ -202,7 +208,7 @@ def test_bench_cpu_skips_jax_with_a_note_where_it_is_not_installed(monkeypatch, 
         return {c: 1.0 for c in order}
 
     monkeypatch.setattr(cpu, "jax_available", lambda: False)
-    monkeypatch.setattr(bench_cpu, "machine_info", lambda torch_no_mkldnn: [])
+    monkeypatch.setattr(bench_cpu, "machine_info", lambda torch_no_mkldnn, threads=None: [])
     monkeypatch.setattr(bench_cpu.method, "cpu_idle", lambda seconds: None)
     monkeypatch.setattr(bench_cpu.method, "Runner", FakeRunner)
     monkeypatch.setattr(bench_cpu.method, "interleaved_round", timed)
@@ -211,6 +217,172 @@ def test_bench_cpu_skips_jax_with_a_note_where_it_is_not_installed(monkeypatch, 
     assert "JAX is not installed, so its contender is skipped" in out
     assert orders and all("jax" not in order for order in orders)
     assert all(row.split("|")[7].strip() == "—" for row in out.splitlines() if row.startswith("| lstm"))
+
+
+# ---------------------------------------------------------------- --threads N (bench_cpu.py, bench_inference.py)
+
+needs_two_cores = pytest.mark.skipif(report.usable_cores() < 2,
+                                     reason="needs 2 usable cores: with one, every library's default is 1 thread "
+                                            "already, so a count of 1 would not show that --threads set it")
+
+
+def worker_thread_reports(script, contenders, case, env_of, spawn_each):
+    """Start one worker per contender of ``script`` as its timing does (Runner), warm; what each reported."""
+    runner = method.Runner(script, cpu.GROUPS.get, env_of, spawn_each=spawn_each, cwd=BENCHMARKS.parent)
+    try:
+        for contender in contenders:
+            runner.start_worker(contender, case).close()  # closing the connection ends the worker
+    finally:
+        runner.close()
+    return {contender: reports for contender, reports in runner.thread_reports.items()}
+
+
+def clear_thread_variables(monkeypatch):
+    for var in (*method.THREAD_VARIABLES, method.ASKED_VARIABLE):
+        monkeypatch.delenv(var, raising=False)
+
+
+@needs_two_cores
+@pytest.mark.parametrize("spawn_each", [False, True], ids=["forked", "spawned"])
+def test_threads_reach_every_bench_cpu_worker(torch, monkeypatch, spawn_each):
+    import bench_cpu
+
+    clear_thread_variables(monkeypatch)
+    case = ["lstm", cpu.size_name(TINY), "forward+backward"]
+    contenders = ["naive", "xseq", "torch"]
+    one = worker_thread_reports(bench_cpu.SCRIPT, contenders, case, lambda c: bench_cpu.worker_env(c, False, 1),
+                                spawn_each)
+    default = worker_thread_reports(bench_cpu.SCRIPT, contenders, case, lambda c: bench_cpu.worker_env(c, False),
+                                    spawn_each)
+    assert set(one) == set(default) == set(contenders)
+    for contender in contenders:
+        (found,) = one[contender]  # every worker of a contender reported the same counts
+        assert found["asked"] == 1 and found["openblas"] == 1, found
+        (before,) = default[contender]
+        assert before["asked"] is None and before["openblas"] > 1, before  # so the 1 above is --threads' doing
+    assert one["xseq"][0]["xseq_lanes"] == 1 and default["xseq"][0]["xseq_lanes"] > 1
+    assert (one["torch"][0]["torch_intra"], one["torch"][0]["torch_interop"]) == (1, 1)
+    assert default["torch"][0]["torch_intra"] > 1 and default["torch"][0]["torch_interop"] > 1
+
+
+@needs_two_cores
+def test_a_worker_whose_library_has_another_thread_count_is_not_timed(monkeypatch):
+    import bench_cpu
+
+    clear_thread_variables(monkeypatch)
+
+    def env_of(contender):  # asked for 1, but NumPy's OpenBLAS is started with 2
+        return {**bench_cpu.worker_env(contender, False, 1), "OPENBLAS_NUM_THREADS": "2"}
+
+    with pytest.raises(method.WorkerFailed, match=r"asked for 1 thread\(s\) \(BENCH_THREADS\), but openblas is 2"):
+        worker_thread_reports(bench_cpu.SCRIPT, ["xseq"], ["lstm-layer", cpu.size_name(TINY), "forward"], env_of,
+                              spawn_each=False)
+
+
+def test_thread_environment_sets_each_library_and_jax_only_to_one(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+    assert method.thread_environment(None, "numpy") == {}
+    env = method.thread_environment(2, "torch")
+    assert env == {"OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2", method.ASKED_VARIABLE: "2"}
+    jax_env = method.thread_environment(1, "jax")
+    assert jax_env["OMP_NUM_THREADS"] == "1"
+    assert jax_env["XLA_FLAGS"] == "--xla_dump_to=/tmp/x " + method.XLA_ONE_THREAD  # the user's flags kept
+    with pytest.raises(ValueError, match="--threads 2: XLA's CPU client takes no thread count"):
+        method.thread_environment(2, "jax")
+    for bad in (0, True, "1", 1.0):
+        with pytest.raises(ValueError, match=f"threads must be an int >= 1 or None .*got {bad!r}"):
+            method.thread_environment(bad, "numpy")
+    with pytest.raises(ValueError, match="library must be one of .*got 'cupy'"):
+        method.thread_environment(1, "cupy")
+
+
+def test_thread_problems_name_each_count_that_differs():
+    found = {"asked": 1, "openblas": 1, "xseq_lanes": 2, "torch_intra": 2, "torch_interop": 1,
+             "xla_flags": "--xla_cpu_multi_thread_eigen=true", "os_threads": 4}
+    problems = method.thread_problems(found)
+    assert len(problems) == 3
+    assert any("torch_intra is 2" in p for p in problems) and any("xseq_lanes is 2" in p for p in problems)
+    assert any("XLA_FLAGS is '--xla_cpu_multi_thread_eigen=true'" in p for p in problems)
+    assert method.thread_problems({**found, "asked": None}) == []  # nothing asked: the defaults, whatever they are
+    assert method.thread_problems({"asked": 1, "openblas": 1, "xseq_lanes": 1, "os_threads": 3}) == []
+
+
+@pytest.mark.parametrize("text", ["0", "x", str(report.usable_cores() + 1)])
+def test_bench_cpu_refuses_a_thread_count_it_cannot_give(text, capsys):
+    import bench_cpu
+
+    with pytest.raises(SystemExit) as stopped:
+        bench_cpu.parse_args(["--threads", text])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --threads: threads {text!r}: expected an int from 1 to {report.usable_cores()}" in err
+
+
+@needs_two_cores
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bench_cpu_gives_jax_one_thread_or_skips_it(monkeypatch, capsys, threads):
+    import bench_cpu
+
+    made = []
+
+    class FakeRunner:
+        def __init__(self, script, group_of, env_of, **kwargs):
+            made.append(env_of)
+
+        def close(self):
+            pass
+
+        def thread_lines(self):
+            return ["xseq: (reported)"]
+
+    orders = []
+
+    def timed(runner, case, order, iters, gap, before):
+        orders.append(order)
+        return {c: 1.0 for c in order}
+
+    monkeypatch.setattr(cpu, "jax_available", lambda: True)
+    monkeypatch.setattr(bench_cpu, "machine_info", lambda torch_no_mkldnn, threads=None: [])
+    monkeypatch.setattr(bench_cpu.method, "cpu_idle", lambda seconds: None)
+    monkeypatch.setattr(bench_cpu.method, "Runner", FakeRunner)
+    monkeypatch.setattr(bench_cpu.method, "interleaved_round", timed)
+    argv = ["--models", "gru", "--sizes", "3x5x2x11", "--repeats", "1", "--no-check", "--threads", str(threads)]
+    assert bench_cpu.main(argv) == 0
+    out = capsys.readouterr().out
+    (env_of,) = made
+    assert env_of("torch")["OMP_NUM_THREADS"] == env_of("xseq")["OPENBLAS_NUM_THREADS"] == str(threads)
+    assert "OPENBLAS_CORETYPE" not in env_of("xseq")
+    table_header = out.split("| model |")[0].splitlines()[-2]  # the line above the table's blank line
+    assert table_header.startswith(f"threads: {threads} per worker (--threads {threads})")
+    assert "threads, as each contender's workers reported them after their warm-up:\n  xseq: (reported)" in out
+    if threads == 1:
+        assert all("jax" in order for order in orders)
+        assert method.XLA_ONE_THREAD in env_of("jax")["XLA_FLAGS"] and "XLA_FLAGS" in table_header
+    else:
+        assert orders and all("jax" not in order for order in orders)
+        assert "note: the JAX contender is skipped: --threads 2: XLA's CPU client takes no thread count" in out
+
+
+def reported_threads(stdout):
+    """``contender -> description`` from the lines a script prints under its table."""
+    lines = stdout.split("threads, as each contender's workers reported them after their warm-up:\n")[1].splitlines()
+    return dict(line.strip().split(": ", 1) for line in lines if line.startswith("  "))
+
+
+@needs_two_cores
+def test_bench_inference_runs_every_worker_on_one_thread(torch):
+    env = {k: v for k, v in os.environ.items() if k not in (*method.THREAD_VARIABLES, method.ASKED_VARIABLE)}
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_inference.py"), "--quick", "--threads", "1"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "threads: 1 per worker (--threads 1): OPENBLAS_NUM_THREADS=1, OMP_NUM_THREADS=1" in done.stdout
+    assert "XLA_FLAGS" not in done.stdout  # no JAX contender here
+    found = reported_threads(done.stdout)
+    assert set(found) == {"xseq", "xseq-inference", "torch"}
+    for contender in ("xseq", "xseq-inference"):
+        assert found[contender].startswith("OpenBLAS 1, xseq lanes <= 1, OS threads "), found
+    assert found["torch"].startswith("OpenBLAS 1, torch intra-op 1, inter-op 1, OS threads "), found
+    assert "1 intra-op threads" in done.stdout  # the machine lines come from a process with the same setting
 
 
 # ---------------------------------------------------------------- bench_gpu.py's check, on the CPU
@@ -423,3 +595,79 @@ def test_bench_corpus_generates_what_it_says(tmp_path):
     lines = text.split("\n")[:-1]
     assert sum(not line.strip() for line in lines) > 0  # blank lines, as in WikiText
     assert all(word.startswith("w") for word in text.split())
+
+
+# ---------------------------------------------------------------- bench_flops.py
+
+
+def test_flops_count_backward_as_twice_the_forward_products():
+    import bench_flops
+
+    for size in [(64, 256, 64, 100), (3, 5, 2, 11)]:
+        n_x, n_a, m, T = size
+        forward = bench_flops.lstm_flops(size, "forward")
+        assert forward == 2 * T * m * 4 * n_a * (n_x + n_a)  # the formula the docstring and the output state
+        assert bench_flops.lstm_flops(size, "forward+backward") == 3 * forward
+        # every product is made once per step, so the count is linear in T_x
+        assert bench_flops.lstm_flops((n_x, n_a, m, 2 * T), "forward+backward") == 6 * forward
+    with pytest.raises(ValueError, match="mode must be one of .*got 'backward'"):
+        bench_flops.lstm_products((3, 5, 2, 11), "backward")
+
+
+def cpu_flags():
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return set(next((line.split(":", 1)[1] for line in text.splitlines() if line.startswith("flags")), "").split())
+
+
+def test_bench_flops_quick_table_agrees_with_its_probe_and_its_times(torch, tmp_path):
+    """bench_flops.py --quick: the probe's peak is positive and its vectors are the build's; every row's GFLOP/s
+    and % of peak follow from its ms and the FLOPs counted (within the printed digits); torch is the ratios' 1."""
+    import re
+
+    import bench_flops
+
+    from xseq.ops import native_build
+
+    if native_build.find_compiler() is None:
+        pytest.skip("no C++ compiler on PATH: bench_flops.py's peak probe is compiled at run time")
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_flops.py"), "--quick"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    probe = re.search(r"(\d+) floats a vector, \d+ accumulators; .*: ([\d.]+) GFLOP/s on 1 core, ([\d.]+) GFLOP/s "
+                      r"on (\d+) cores \(the peak below\)", out)
+    assert probe, out
+    width, one, peak, cores = int(probe[1]), float(probe[2]), float(probe[3]), int(probe[4])
+    assert one > 0 and peak > 0 and cores == report.usable_cores()
+    flags = cpu_flags()
+    if not os.environ.get("XSEQ_HOST_MARCH") and flags:  # -march=native: the CPU's widest float vectors
+        assert width == (16 if "avx512f" in flags else 8 if {"avx2", "fma"} <= flags else 4)
+    assert re.search(r"reference: NumPy float32 \d+\^3 matrix product .*: [\d.]+ ms, [\d.]+ GFLOP/s", out)
+
+    lines = out.splitlines()
+    start = lines.index("| size (n_x, n_a, m, T_x) | contender | mode | median ms | GFLOP/s | % of peak | "
+                        "ratio to torch |")
+    assert lines[start + 1] == "|---|---|---|---:|---:|---:|---:|"
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[start + 2:start + 6]]
+    assert lines[start + 6] == ""
+    assert [(r[1], r[2]) for r in rows] == [(c, m) for m in bench_flops.MODES for c in bench_flops.CONTENDERS]
+    ms_of = {}
+    for size_text, contender, mode, ms_text, rate_text, percent_text, ratio_text in rows:
+        assert size_text == str(bench_flops.QUICK_SIZE)
+        ms, rate, percent = float(ms_text), float(rate_text), float(percent_text)
+        ms_of[(contender, mode)] = ms
+        half = 0.005 if ms < 10 else 0.05  # report.fmt_ms: two decimals below 10 ms, one above
+        assert ms > half
+        flops = bench_flops.lstm_flops(bench_flops.QUICK_SIZE, mode)
+        assert flops / (ms + half) / 1e6 - 0.05 <= rate <= flops / (ms - half) / 1e6 + 0.05, (ms, rate)
+        assert 100 * (rate - 0.05) / (peak + 0.05) - 0.05 <= percent <= 100 * (rate + 0.05) / (peak - 0.05) + 0.05
+        if contender == "torch":
+            assert ratio_text == "1.00x"
+    for mode in bench_flops.MODES:  # one round: the ratio is that round's xseq / torch
+        ratio = float(next(r[6] for r in rows if r[1] == "xseq" and r[2] == mode).rstrip("x"))
+        x, t = ms_of[("xseq", mode)], ms_of[("torch", mode)]
+        assert (x - 0.005) / (t + 0.005) - 0.005 <= ratio <= (x + 0.005) / (t - 0.005) + 0.005
+    assert "target: none of the sizes timed is (64, 256, 64, 100)" in out

@@ -36,6 +36,22 @@ the order of the contenders from round to round with :func:`rotated`.
 Scripts whose workers time themselves (``bench_gpu.py``, ``lm_vs_torch.py``)
 start one process per measurement with :func:`run_json` and rotate the order
 the same way.
+
+Threads
+-------
+By default every library keeps its own thread count (every core). A script
+that takes ``--threads N`` starts its workers (and their servers) with
+:func:`thread_environment`'s variables: ``OPENBLAS_NUM_THREADS`` and
+``OMP_NUM_THREADS`` set to N, ``BENCH_THREADS=N`` telling the worker what it
+was asked for, and for JAX (N = 1 only: XLA's CPU client has no switch for
+another count) ``XLA_FLAGS`` with :data:`XLA_ONE_THREAD`. In the worker,
+:func:`serve_case` calls :func:`limit_threads` after building the step (torch:
+``set_num_threads(N)`` and ``set_num_interop_threads(N)``; a fork server sets
+the inter-op count before it forks, since torch takes it only once and
+before any work), then after the warm-up reads what the libraries it has
+loaded say (:func:`thread_report`) and refuses to be timed where a count
+differs from N (:func:`thread_problems`). The parent keeps every worker's
+report (:attr:`Runner.thread_reports`) for the script to print.
 """
 
 from __future__ import annotations
@@ -62,6 +78,148 @@ def environment(strip_openblas=False, **extra):
             env.pop(var, None)
     env.update(extra)
     return env
+
+
+# ---------------------------------------------------------------- thread counts
+
+#: The variables that set NumPy's OpenBLAS and the OpenMP runtimes (torch's, oneDNN's) to N threads.
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+#: The count a worker was asked for (unset: each library's default); read by limit_threads and thread_problems.
+ASKED_VARIABLE = "BENCH_THREADS"
+#: What XLA_FLAGS gets for a one-thread JAX worker (the setting JAX's issues 743 and 1539 give). Only the first
+#: flag acts: XLA's parser of XLA_FLAGS stops at the first word without a leading "-", so the second is inert
+#: (kept as the issue states it). Whether XLA:CPU then runs on one thread is not checked by any library call:
+#: the worker's report shows its OS threads.
+XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+#: The libraries a worker group keeps busy, as thread_environment takes them.
+THREAD_LIBRARIES = ("numpy", "torch", "jax")
+
+
+def thread_setting(threads, jax=False):
+    """One line for a table's header: the thread count every worker ran with (``threads`` None: the defaults);
+    ``jax``: whether JAX workers ran."""
+    if threads is None:
+        return ("threads: each library's default (NumPy's OpenBLAS, torch's OpenMP/MKL/oneDNN"
+                + (" and XLA" if jax else "") + ": every core)")
+    return (f"threads: {threads} per worker (--threads {threads}): OPENBLAS_NUM_THREADS={threads}, "
+            f"OMP_NUM_THREADS={threads}; torch.set_num_threads({threads}), set_num_interop_threads({threads})"
+            + (f"; JAX: XLA_FLAGS={XLA_ONE_THREAD!r}" if jax and threads == 1 else ""))
+
+
+def jax_threads_problem(threads):
+    """Why JAX cannot run with ``threads`` threads (None where it can: the default or 1)."""
+    if threads is None or threads == 1:
+        return None
+    return (f"--threads {threads}: XLA's CPU client takes no thread count, only one thread "
+            f"(XLA_FLAGS={XLA_ONE_THREAD!r}) or its default of one per core")
+
+
+def thread_environment(threads, library):
+    """The variables that give a worker of ``library`` (``"numpy"``, ``"torch"`` or ``"jax"``) ``threads`` threads.
+
+    Returns ``{}`` for ``threads`` None (each library's default). Raises
+    ``ValueError`` for a library not in :data:`THREAD_LIBRARIES`, a count that
+    is not an int >= 1, and JAX with a count other than 1
+    (:func:`jax_threads_problem`).
+    """
+    if library not in THREAD_LIBRARIES:
+        raise ValueError(f"library must be one of {THREAD_LIBRARIES}; got {library!r}")
+    if threads is None:
+        return {}
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads must be an int >= 1 or None (the defaults); got {threads!r}")
+    if library == "jax" and jax_threads_problem(threads):
+        raise ValueError(jax_threads_problem(threads))
+    env = {var: str(threads) for var in THREAD_VARIABLES}
+    env[ASKED_VARIABLE] = str(threads)
+    if library == "jax":
+        env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_ONE_THREAD}".strip()
+    return env
+
+
+def asked_threads():
+    """The count this worker was asked for (``BENCH_THREADS``), or None for the libraries' defaults."""
+    text = os.environ.get(ASKED_VARIABLE, "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{ASKED_VARIABLE} is {text!r}; expected an int >= 1")
+    return int(text)
+
+
+def limit_threads(server=False):
+    """Give the libraries this process has imported the count it was asked for; nothing where none was asked.
+
+    NumPy's OpenBLAS and the OpenMP runtimes read :data:`THREAD_VARIABLES`
+    when they load, so only torch is told here: ``set_num_interop_threads``
+    (taken once, before any work: a fork server sets it before forking and its
+    workers inherit it) and, in a worker (``server`` False),
+    ``set_num_threads`` (which may start a thread pool, so not in a server).
+    """
+    threads = asked_threads()
+    torch = sys.modules.get("torch")
+    if threads is None or torch is None:
+        return
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # set already (by the fork server): thread_problems checks the count
+        pass
+    if not server:
+        torch.set_num_threads(threads)
+
+
+def thread_report():
+    """The thread counts of the libraries this process has loaded, as they say them, and its OS threads.
+
+    Keys (each where its library is loaded): ``openblas`` (NumPy's OpenBLAS),
+    ``xseq_lanes`` (the most lanes an xseq loop may get now), ``torch_intra``
+    and ``torch_interop``, ``xla_flags`` (JAX); ``os_threads`` (Linux: the
+    process's threads now), ``asked`` (:func:`asked_threads`).
+    """
+    import ctypes
+
+    from .report import numpy_openblas_call
+
+    found = {"asked": asked_threads()}
+    np = sys.modules.get("numpy")
+    if np is not None:
+        found["openblas"] = numpy_openblas_call(np, "get_num_threads", ctypes.c_int)
+    if "xseq" in sys.modules:
+        import xseq
+
+        found["xseq_lanes"] = xseq.cpu_runtime().lane_limit()[0]
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        found["torch_intra"] = torch.get_num_threads()
+        found["torch_interop"] = torch.get_num_interop_threads()
+    if "jax" in sys.modules:
+        found["xla_flags"] = os.environ.get("XLA_FLAGS", "")
+    try:
+        found["os_threads"] = len(os.listdir("/proc/self/task"))
+    except OSError:
+        pass
+    return found
+
+
+def thread_problems(found):
+    """What in a :func:`thread_report` differs from the count asked for; ``[]`` where nothing (or none was asked)."""
+    threads = found.get("asked")
+    if threads is None:
+        return []
+    problems = [f"{name} is {found[name]}" for name in ("openblas", "torch_intra", "torch_interop")
+                if name in found and found[name] != threads]
+    if "xseq_lanes" in found and found["xseq_lanes"] > threads:
+        problems.append(f"xseq_lanes is {found['xseq_lanes']}")
+    if "xla_flags" in found and XLA_ONE_THREAD not in found["xla_flags"]:
+        problems.append(f"XLA_FLAGS is {found['xla_flags']!r}, without {XLA_ONE_THREAD!r}")
+    return [f"asked for {threads} thread(s) ({ASKED_VARIABLE}), but {p}" for p in problems]
+
+
+def describe_threads(found):
+    """A :func:`thread_report` in words, e.g. ``OpenBLAS 1, xseq lanes <= 1, OS threads 1``."""
+    names = (("openblas", "OpenBLAS {}"), ("xseq_lanes", "xseq lanes <= {}"), ("torch_intra", "torch intra-op {}"),
+             ("torch_interop", "inter-op {}"), ("xla_flags", "XLA_FLAGS {!r}"), ("os_threads", "OS threads {}"))
+    return ", ".join(text.format(found[key]) for key, text in names if key in found)
 
 
 def rotated(items, round_):
@@ -110,13 +268,18 @@ def serve_case(build, contender, case, address):
     with Client(address, family="AF_UNIX") as conn:
         try:
             step = build(contender, *case)
+            limit_threads()
             step()  # warm-up
+            threads = thread_report()
+            problems = thread_problems(threads)
+            if problems:
+                raise RuntimeError(f"{contender}'s worker: " + "; ".join(problems))
         except BaseException:
             import traceback
 
             conn.send_bytes(json.dumps({"error": traceback.format_exc()}).encode())
             return 1
-        conn.send_bytes(json.dumps({"ready": os.getpid()}).encode())
+        conn.send_bytes(json.dumps({"ready": os.getpid(), "threads": threads}).encode())
         while True:
             try:
                 request = json.loads(conn.recv_bytes())
@@ -132,9 +295,12 @@ def run_fork_server(build, preload):
 
     A request is a JSON list ``[contender, case, address]``; the forked child
     runs :func:`serve_case`; the server answers with the child's pid and reaps
-    children as they exit. The server itself never computes anything.
+    children as they exit. The server itself never computes anything; where a
+    thread count was asked for, it sets torch's inter-op count
+    (:func:`limit_threads`) before forking.
     """
     preload()
+    limit_threads(server=True)
     out = sys.stdout
     out.write("ready\n")
     out.flush()
@@ -175,11 +341,17 @@ class Runner:
     spawn_each : bool
         Start every worker as a new interpreter (always where ``os.fork`` is missing).
     cwd : working directory of the processes
+
+    Attributes
+    ----------
+    thread_reports : dict
+        contender -> the distinct :func:`thread_report` dicts its workers sent after their warm-up.
     """
 
     def __init__(self, script, group_of, env_of, spawn_each=False, cwd=None):
         self.script, self.group_of, self.env_of, self.cwd = str(script), group_of, env_of, cwd
         self.spawn_each = spawn_each or not hasattr(os, "fork")
+        self.thread_reports = {}
         self.servers = {}
         self.procs = []
         self.tmp = tempfile.TemporaryDirectory(prefix="bench_")
@@ -202,7 +374,15 @@ class Runner:
         hello = json.loads(conn.recv_bytes())
         if "error" in hello:
             raise WorkerFailed(f"{contender} {' '.join(case)} failed:\n{hello['error']}")
+        seen = self.thread_reports.setdefault(contender, [])
+        if hello.get("threads") not in seen:
+            seen.append(hello.get("threads"))
         return conn
+
+    def thread_lines(self):
+        """One line per contender: the thread counts its workers reported (:func:`describe_threads`)."""
+        return [f"{contender}: " + "; ".join(describe_threads(found) for found in reports if found)
+                for contender, reports in self.thread_reports.items()]
 
     def _server(self, group, contender):
         if group not in self.servers:
@@ -218,6 +398,7 @@ class Runner:
         for proc in self.servers.values():
             proc.stdin.close()
             proc.wait()
+            proc.stdout.close()
         for proc in self.procs:
             proc.wait()
         self.servers, self.procs = {}, []
