@@ -427,3 +427,43 @@ def test_resume_from_the_cli_refuses_a_negative_batch_in_epoch(tmp_path, saved_r
                     cwd=tmp_path)
     assert_bad_input(done, "run.npz", "batch_in_epoch is -3")
     assert not (tmp_path / "next.npz").exists()
+
+
+# ---------------------------------------------------------------- the models' shared checks (xseq.nn.params)
+
+def _seq2seq():
+    from xseq.seq2seq.model import Seq2Seq
+
+    specials = ["<pad>", "<unk>", "<eos>"]
+    return Seq2Seq(xseq.Vocabulary([*specials, *"abc"]), xseq.Vocabulary([*specials, *"xy"]), hidden_size=3,
+                   decoder_size=4, embed_size=3, attention_size=3, seed=0)
+
+
+@pytest.mark.parametrize("make", [lambda: CharLM(VOCAB, 4), _seq2seq], ids=["language-model", "seq2seq"])
+@pytest.mark.parametrize("change, message", [
+    (dict(format_version=True), "has model format_version True; this version of xseq reads 1"),
+    (dict(format_version=2), "has model format_version 2; this version of xseq reads 1"),
+    (dict(model=["lstm"]), "invalid model: metadata entry 'model' must be an object; got list"),
+])
+def test_both_models_refuse_another_version_or_a_configuration_that_is_not_an_object(tmp_path, make, change,
+                                                                                     message):
+    model = make()
+    arrays, meta = model.checkpoint_contents()
+    meta.update(change)
+    save_checkpoint(tmp_path / "m.npz", arrays=arrays, meta=meta)
+    with pytest.raises(CheckpointError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        type(model).load(tmp_path / "m.npz")
+
+
+def test_seq2seq_load_state_dict_wants_a_dict():
+    model = _seq2seq()
+    with pytest.raises(TypeError, match="must be a dict"):
+        model.load_state_dict(list(model.state_dict().items()))
+
+
+@pytest.mark.parametrize("dtype", ["int32", "bool"])
+def test_layers_refuse_a_dtype_that_is_not_floating(dtype):
+    with pytest.raises((TypeError, ValueError), match=dtype):
+        xseq.Embedding(10, 4, dtype=dtype)
+    with pytest.raises((TypeError, ValueError), match=dtype):
+        xseq.Attention(4, 4, dtype=dtype)

@@ -41,14 +41,16 @@ import math
 
 import numpy as np
 
-from ..backends.arrays import asarray, backend_name, refuse_masked, to_numpy
+from ..backends.arrays import refuse_masked, to_numpy
 from ..backends.checks import check_sizes
 from ..nn.embedding import Embedding, add_rows
 from ..nn.losses import softmax_cross_entropy
 from ..nn.optim import _check_positive as check_positive
+from ..nn.params import PARAM_PREFIX, ModelWeights, seed_child  # noqa: F401 (PARAM_PREFIX: re-exported)
 from ..nn.projection_loss import projection_cross_entropy, projection_nll
 from ..ops.inference import inference_mode
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from . import checkpoint
+from .checkpoint import CheckpointError
 from .model_schema import (  # noqa: F401
     CELLS,
     INPUTS,
@@ -64,18 +66,16 @@ from .sampling import check_prefix, check_sampling, sample_ids
 from .vocab import EOS_ID, PAD_ID, UNK_ID, Vocabulary
 
 AVERAGES = ("tokens", "streams")
-PARAM_PREFIX = "param/"
 # Children of numpy.random.SeedSequence(seed): 0 is the layer's dropout stream (see xseq.LSTM),
 # 1 the output weights, 2 the embedding, 3 the draws of init_scale.
 _OUTPUT_SEED, _EMBEDDING_SEED, _INIT_SCALE_SEED = 1, 2, 3
 
 
-def _seed_child(seed, index):
-    return np.random.SeedSequence(seed).spawn(index + 1)[index]
-
-
-class LanguageModel:
+class LanguageModel(ModelWeights):
     """Input layer, recurrent stack and output projection: see the module docstring.
+
+    The weights' methods (``parameters``, ``grads``, ``state_dict``, ``load_state_dict``, ``save``, ``load``, ...)
+    are :class:`~xseq.nn.params.ModelWeights`'s.
 
     Parameters
     ----------
@@ -118,6 +118,7 @@ class LanguageModel:
 
     MODEL_FORMAT = MODEL_FORMAT
     MODEL_FORMAT_VERSION = 1
+    _checkpoint = checkpoint  # its checkpoint file's functions, for xseq.nn.params.ModelWeights
 
     def __init__(self, vocab, hidden_size=128, *, input="embedding", cell="lstm", num_layers=1, embed_size=None,
                  tie_weights=False, dropout=0.0, init_scale=None, backend="numpy", dtype="float32", seed=0):
@@ -153,16 +154,16 @@ class LanguageModel:
         self.embedding = None
         if not one_hot:
             self.embedding = Embedding(V, embed_size, backend=self.xp, dtype=self.layer.dtype_name,
-                                       seed=_seed_child(seed, _EMBEDDING_SEED))
+                                       seed=seed_child(seed, _EMBEDDING_SEED))
             self._params["embedding"] = self.embedding.parameters["weight"]
         self._params.update(self.layer.parameters)
-        rng = np.random.default_rng(_seed_child(seed, _OUTPUT_SEED))
+        rng = np.random.default_rng(seed_child(seed, _OUTPUT_SEED))
         bound = 1 / math.sqrt(n_a)
         if not tie_weights:
             self._params["Wy"] = self._from_host(rng.uniform(-bound, bound, size=(V - self._first, n_a)))
         self._params["by"] = self._from_host(rng.uniform(-bound, bound, size=bias_shape(input, V)))
         if init_scale is not None:
-            scaled = np.random.default_rng(_seed_child(seed, _INIT_SCALE_SEED))
+            scaled = np.random.default_rng(seed_child(seed, _INIT_SCALE_SEED))
             for key, p in self._params.items():
                 self._params[key] = self._from_host(scaled.uniform(-init_scale, init_scale, size=tuple(p.shape)))
         self._grads = {k: self.xp.zeros_like(v) for k, v in self._params.items()}
@@ -194,41 +195,9 @@ class LanguageModel:
         return None if self.embedding is None else self.embedding.dim
 
     @property
-    def dropout(self):
-        """The dropout probability."""
-        return self.layer.dropout
-
-    @property
-    def dropout_rng(self):
-        """The NumPy generator of every dropout mask (the layer's); a trainer may replace it (with
-        :class:`xseq.distributed.ExampleDropout`)."""
-        return self.layer.dropout_rng
-
-    @dropout_rng.setter
-    def dropout_rng(self, rng):
-        self.layer.dropout_rng = rng
-
-    @property
-    def dtype_name(self):
-        """``"float32"`` or ``"float64"``."""
-        return self.layer.dtype_name
-
-    @property
-    def backend_name(self):
-        """``"numpy"``, ``"cupy"``, ``"torch"`` or ``"array_api_strict"``."""
-        return backend_name(self.xp)
-
-    def parameters(self):
-        """Every weight in one dict (the same object at every call); an optimiser updates it in place."""
-        return self._params
-
-    def grads(self):
-        """The gradients of the last :meth:`loss_and_backward`, keyed like :meth:`parameters`."""
-        return self._grads
-
-    def num_parameters(self):
-        """The number of scalar weights (a tied output matrix counted once)."""
-        return sum(math.prod(p.shape) for p in self._params.values())
+    def _recurrent(self):
+        """The layer (xseq.nn.params.ModelWeights reads its dropout stream and dtype)."""
+        return self.layer
 
     def config(self):
         """The constructor arguments that fix the architecture (JSON-serialisable)."""
@@ -247,9 +216,6 @@ class LanguageModel:
                 f"cell={self.cell!r}{embedding}, hidden_size={self.hidden_size}, num_layers={self.num_layers}, "
                 f"backend={self.backend_name!r}, dtype={self.dtype_name!r})")
 
-    def _from_host(self, a):
-        return asarray(a, backend=self.xp, dtype=self.dtype)
-
     # ------------------------------------------------------------------ forward and backward
 
     def _one_hot(self, ids):
@@ -258,11 +224,6 @@ class LanguageModel:
         ids_tm = xp.asarray(np.ascontiguousarray(ids.T))  # (T, m)
         X_tm = xp.astype(xp.reshape(ids_tm, (*ids_tm.shape, 1)) == self._input_codes, self.dtype)
         return xp.permute_dims(X_tm, (2, 1, 0))
-
-    def _mask(self, shape):
-        """An inverted-dropout mask of ``shape`` from the dropout stream, in this model's dtype."""
-        keep = self.dropout_rng.random(shape) >= self.dropout
-        return self._from_host(keep / (1 - self.dropout))
 
     def _inputs(self, inputs):
         """The layer's input ``(n_x, m, T)`` for ``(m, T)`` ids (checked)."""
@@ -501,57 +462,15 @@ class LanguageModel:
             logits = xp.matmul(A, W.T) + b
         return np.asarray(to_numpy(logits), dtype=np.float64).T.copy(), state
 
-    # ------------------------------------------------------------------ weights
-
-    def state_dict(self):
-        """Host (NumPy) copies of :meth:`parameters`."""
-        return {k: np.array(to_numpy(v), copy=True) for k, v in self._params.items()}
-
-    def load_state_dict(self, state):
-        """Replace every parameter with the arrays of ``state`` (NumPy or any backend).
-
-        float32 and float64 arrays are converted to the model's dtype; integer,
-        bool and other arrays are refused, not cast.
-
-        Raises
-        ------
-        ValueError
-            ``state`` lacks a parameter, has one this model does not, an array
-            of another shape, or NaN or infinite values.
-        TypeError
-            An array is not float32 or float64.
-        """
-        host = checked_state_dict(self._params, state, self)
-        for k in self._params:  # same dict object: an optimiser built on it stays attached
-            self._params[k] = self._from_host(host[k])
-
     # ------------------------------------------------------------------ checkpoints
 
     def checkpoint_contents(self):
         """``(arrays, meta)`` of this model for :func:`xseq.save_checkpoint`: ``"param/<name>"`` -> host array, and
         ``{"format": "xseq.LanguageModel", "format_version": 1, "model": config(), "dtype", "vocab"}``."""
-        arrays = {PARAM_PREFIX + k: v for k, v in self.state_dict().items()}
+        arrays = self._parameter_arrays()
         meta = {"format": MODEL_FORMAT, "format_version": self.MODEL_FORMAT_VERSION, "model": self.config(),
                 "dtype": self.dtype_name, "vocab": self.vocab.to_json()}
         return arrays, meta
-
-    def save(self, path, *, arrays=None, meta=None):
-        """Write the model to one ``.npz`` checkpoint, atomically (see :func:`xseq.save_checkpoint`).
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-        arrays, meta : dict, optional
-            More arrays and metadata to store alongside (a trainer's state);
-            their names must not collide with the model's.
-        """
-        own_arrays, own_meta = self.checkpoint_contents()
-        arrays, meta = dict(arrays or {}), dict(meta or {})
-        for name, extra, own in (("arrays", arrays, own_arrays), ("meta", meta, own_meta)):
-            clash = sorted(set(extra) & set(own))
-            if clash:
-                raise ValueError(f"{name} keys {clash} are the model's own; choose other names")
-        save_checkpoint(path, arrays={**own_arrays, **arrays}, meta={**own_meta, **meta})
 
     @classmethod
     def from_checkpoint(cls, arrays, meta, *, backend="numpy", where="checkpoint"):
@@ -567,10 +486,10 @@ class LanguageModel:
         if wanted is not None and config["input"] != wanted:
             raise CheckpointError(f"{where} holds a language model with {config['input']} input, not a "
                                   f"{cls.__name__} ({wanted} input); load it with xseq.LanguageModel")
-        try:
+        with cls._invalid_model(where):
             vocab = Vocabulary.from_json(meta["vocab"])
             dtype = meta["dtype"]
-            state = {k[len(PARAM_PREFIX):]: v for k, v in arrays.items() if k.startswith(PARAM_PREFIX)}
+            state = cls._stored_parameters(arrays)
             check_stored_parameters(state, config, len(vocab), dtype)
             model = cls.__new__(cls)
             LanguageModel.__init__(model, vocab, config["hidden_size"], input=config["input"], cell=config["cell"],
@@ -578,23 +497,7 @@ class LanguageModel:
                                    tie_weights=config["tie_weights"], dropout=config["dropout"], backend=backend,
                                    dtype=dtype)
             model.load_state_dict(state)
-        except KeyError as exc:
-            raise CheckpointError(f"{where} has an invalid model: no metadata entry {exc.args[0]!r}") from None
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{where} has an invalid model: {exc}") from None
         return model
-
-    @classmethod
-    def load(cls, path, *, backend="numpy"):
-        """Read a model saved by :meth:`save` (or by training).
-
-        Raises
-        ------
-        CheckpointError
-            Missing, truncated, corrupt, wrong-version or non-model file; the message names the path.
-        """
-        arrays, meta = load_checkpoint(path)
-        return cls.from_checkpoint(arrays, meta, backend=backend, where=f"checkpoint {str(path)!r}")
 
 
 def _scatter_rows(xp, rows, keep, shape):

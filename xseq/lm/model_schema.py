@@ -29,31 +29,42 @@ def bias_shape(input, V):
     return (V, 1) if input == "one_hot" else (V - 1,)
 
 
+def stored_config(meta, where, version):
+    """A copy of the configuration (the object ``"model"``) of a checkpoint's model metadata of ``format_version``
+    ``version``; CheckpointError naming ``where`` for another version (``true`` is none) or no configuration."""
+    found = meta.get("format_version")
+    if isinstance(found, bool) or found != version:
+        raise CheckpointError(f"{where} has model format_version {found!r}; this version of xseq reads {version}")
+    config = meta.get("model")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{where} has an invalid model: metadata entry 'model' must be an object; got "
+                              f"{type(config).__name__}")
+    return dict(config)
+
+
+def check_config_keys(config, keys, where):
+    """CheckpointError naming ``where`` unless the stored ``config`` has exactly the entries ``keys``."""
+    missing = [k for k in keys if k not in config]
+    unknown = sorted(set(config) - set(keys))
+    if missing or unknown:
+        raise CheckpointError(f"{where} has an invalid model: its configuration lacks {missing} or has unknown "
+                              f"entries {unknown}")
+
+
 def model_config(meta, where="checkpoint", version=1):
     """The full configuration (``input`` and the embedding's keys included) of a checkpoint's model metadata,
     of this format or of xseq 0.1.0's two; CheckpointError for another format or version, or no configuration."""
     fmt = meta.get("format")
     if fmt != MODEL_FORMAT and fmt not in LEGACY_FORMATS:
         raise CheckpointError(f"{where} holds no xseq language model (format {fmt!r}; expected {MODEL_FORMAT!r})")
-    if meta.get("format_version") != version:
-        raise CheckpointError(f"{where} has model format_version {meta.get('format_version')!r}; "
-                              f"this version of xseq reads {version}")
-    config = meta.get("model")
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{where} has an invalid model: metadata entry 'model' must be an object; got "
-                              f"{type(config).__name__}")
-    config = dict(config)
+    config = stored_config(meta, where, version)
     if fmt in LEGACY_FORMATS:
         if "input" in config:
             raise CheckpointError(f"{where} has an invalid model: format {fmt!r} has no 'input' entry")
         config["input"] = LEGACY_FORMATS[fmt]
         if config["input"] == "one_hot":
             config.update(embed_size=None, tie_weights=False)
-    missing = [k for k in CONFIG_KEYS if k not in config]
-    unknown = sorted(set(config) - set(CONFIG_KEYS))
-    if missing or unknown:
-        raise CheckpointError(f"{where} has an invalid model: its configuration lacks {missing} or has unknown "
-                              f"entries {unknown}")
+    check_config_keys(config, CONFIG_KEYS, where)
     if config["input"] not in INPUTS:
         raise CheckpointError(f"{where} has an invalid model: input must be one of {INPUTS}; got "
                               f"{config['input']!r}")
@@ -121,6 +132,13 @@ def check_stored_parameters(state, config, V, dtype):
     missing, unexpected = sorted(set(shapes) - set(state)), sorted(set(state) - set(shapes))
     if missing or unexpected:
         raise ValueError(f"state dict does not fit the model of {source}: missing {missing}, unexpected {unexpected}")
+    check_stored_arrays(state, shapes, dtype, source)
+
+
+def check_stored_arrays(state, shapes, dtype, source):
+    """TypeError or ValueError for the first stored array of ``state`` whose dtype is not ``dtype`` or whose shape
+    is not its entry in ``shapes`` (every name of ``shapes`` being in ``state``); ``source`` says where the shapes
+    come from, for the message."""
     for name, shape in shapes.items():
         a = state[name]
         if a.dtype != np.dtype(dtype):

@@ -50,12 +50,11 @@ example) rather than reductions over a strided axis.
 from __future__ import annotations
 
 import numpy as np
-from array_api_compat import is_array_api_obj
 
-from ..backends.arrays import asarray, backend_name, dtype_of, namespace_of, to_numpy
+from ..backends.arrays import asarray, backend_name
 from ..backends.arrays import backend as backend_named
-from ..backends.checks import _dtype_name as dtype_name
-from ..backends.checks import check_cache, check_floating, check_ndim, check_shape, check_sizes, host_lengths
+from ..backends.checks import check_cache, check_ndim, check_shape, check_sizes, host_lengths
+from .params import check_layer_array, checked_layer_state, floating_dtype, host_copies
 
 ENERGY_ACTIVATIONS = ("linear", "relu")
 
@@ -171,10 +170,7 @@ class Attention:
         self.encoder_size, self.state_size, self.energy_size = int(encoder_size), int(state_size), int(energy_size)
         self.energy_activation = energy_activation
         self.xp = backend_named(backend)
-        self.dtype = dtype_of(self.xp, dtype)
-        if not self.xp.isdtype(self.dtype, "real floating"):
-            raise TypeError(f"dtype must be float32 or float64; got {dtype!r}")
-        self.dtype_name = f"float{self.xp.finfo(self.dtype).bits}"
+        self.dtype, self.dtype_name = floating_dtype(self.xp, dtype)
 
         rng = np.random.default_rng(seed)
         n_enc, n_e = self.encoder_size, self.energy_size
@@ -215,7 +211,7 @@ class Attention:
             Pass it to every :meth:`step` of the decoder, and once to :meth:`keys_backward`.
         """
         xp = self.xp
-        self._check_array("a", a)
+        check_layer_array(self, "a", a)
         check_ndim("a", a, 3, "(n_enc, m, T_x)")
         n_enc, m, T_x = a.shape
         if m == 0 or T_x == 0:
@@ -249,7 +245,7 @@ class Attention:
         """
         xp = self.xp
         self._check_keys(keys, "step")
-        self._check_array("s_prev", s_prev)
+        check_layer_array(self, "s_prev", s_prev)
         check_ndim("s_prev", s_prev, 2, "(n_s, m)")
         check_shape("s_prev", s_prev, (self.state_size, keys.m), "(n_s, m)",
                     f"from state_size={self.state_size} and the m={keys.m} examples of keys")
@@ -311,14 +307,14 @@ class Attention:
         keys = cache.keys
         self._check_keys(keys, "step_backward")
         m, T_x = keys.m, keys.T_x
-        self._check_array("dcontext", dcontext)
+        check_layer_array(self, "dcontext", dcontext)
         check_ndim("dcontext", dcontext, 2, "(n_enc, m)")
         check_shape("dcontext", dcontext, (self.encoder_size, m), "(n_enc, m)", "from the step's context")
         dcontext_rows = xp.permute_dims(dcontext, (1, 0))                          # (m, n_enc)
         # dL/dalpha<t'> = dcontext . a<t'>, example by example
         dal = (dcontext_rows[:, None, :] @ xp.matrix_transpose(keys._A))[:, 0, :]  # (m, T_x)
         if dalphas is not None:
-            self._check_array("dalphas", dalphas)
+            check_layer_array(self, "dalphas", dalphas)
             check_ndim("dalphas", dalphas, 2, "(m, T_x)")
             check_shape("dalphas", dalphas, (m, T_x), "(m, T_x)", "from the step's alphas")
             dal = dal + dalphas
@@ -399,18 +395,6 @@ class Attention:
 
     # ------------------------------------------------------------------ checks
 
-    def _check_array(self, name, x):
-        """``x`` is a floating array of this attention's backend and dtype."""
-        xp = namespace_of(**{name: x})
-        if xp is not self.xp:
-            raise TypeError(f"{name} is a {backend_name(xp)} array but this Attention holds "
-                            f"{backend_name(self.xp)} parameters; convert it with xseq.asarray({name}, "
-                            f"backend={backend_name(self.xp)!r})")
-        check_floating(xp, name, x)
-        if x.dtype != self.dtype:
-            raise TypeError(f"{name} has dtype {dtype_name(x.dtype)} but this Attention holds "
-                            f"{self.dtype_name} parameters; convert it first")
-
     def _check_keys(self, keys, method):
         check_cache(keys, AttentionKeys, f"Attention.{method}", "Attention.precompute")
         if keys._owner is not self:
@@ -424,7 +408,7 @@ class Attention:
 
     def state_dict(self):
         """Host (NumPy) copies of :attr:`parameters`."""
-        return {k: np.array(to_numpy(v), copy=True) for k, v in self.parameters.items()}
+        return host_copies(self.parameters)
 
     def load_state_dict(self, state):
         """Replace :attr:`parameters` with the arrays of ``state`` (any backend, or NumPy), copied.
@@ -438,15 +422,5 @@ class Attention:
         ValueError
             An array's shape differs from this attention's.
         """
-        shapes = self._shapes()
-        missing = [k for k in shapes if k not in state]
-        unexpected = [k for k in state if k not in shapes]
-        if missing:
-            raise KeyError(f"state dict is missing keys {missing} of this Attention")
-        if unexpected:
-            raise KeyError(f"state dict has unexpected keys {unexpected}; this Attention has {list(shapes)}")
-        host = {k: np.array(to_numpy(v) if is_array_api_obj(v) else v, copy=True) for k, v in state.items()}
-        for k, shape in shapes.items():
-            if host[k].shape != shape:
-                raise ValueError(f"state dict entry {k!r} has shape {host[k].shape}; expected {shape}")
-        self.parameters = {k: asarray(host[k], backend=self.xp, dtype=self.dtype) for k in shapes}
+        host = checked_layer_state(state, self._shapes(), type(self).__name__)
+        self.parameters = {k: asarray(a, backend=self.xp, dtype=self.dtype) for k, a in host.items()}

@@ -33,15 +33,15 @@ from array_api_compat import (
 from ..backends.arrays import (
     asarray,
     backend_name,
-    dtype_of,
     namespace_of,
     refuse_masked,
     to_numpy,
 )
 from ..backends.arrays import backend as backend_named
 from ..backends.checks import _dtype_name as dtype_name
-from ..backends.checks import check_floating, check_ndim, check_shape, check_sizes
+from ..backends.checks import check_ndim, check_shape, check_sizes
 from ..ops.inference import is_inference_mode_enabled, refuse_backward
+from .params import check_layer_array, floating_dtype, host_copies, host_copy
 
 
 def add_rows(grad, ids, rows):
@@ -152,10 +152,7 @@ class Embedding:
             raise ValueError(f"init_scale must be a positive number or None; got {init_scale!r}")
         self.vocab_size, self.dim = int(vocab_size), int(dim)
         self.xp = backend_named(backend)
-        self.dtype = dtype_of(self.xp, dtype)
-        if not self.xp.isdtype(self.dtype, "real floating"):
-            raise TypeError(f"dtype must be float32 or float64; got {dtype!r}")
-        self.dtype_name = f"float{self.xp.finfo(self.dtype).bits}"
+        self.dtype, self.dtype_name = floating_dtype(self.xp, dtype)
 
         rng = np.random.default_rng(seed)
         shape = (self.vocab_size, self.dim)
@@ -230,7 +227,7 @@ class Embedding:
             raise RuntimeError("Embedding.backward was called before forward: run forward first; "
                                "backward uses the ids it keeps")
         xp = self.xp
-        self._check_array("d_out", d_out)
+        check_layer_array(self, "d_out", d_out)
         layout = "(dim, m, T_x)" if len(self._out_shape) == 3 else "(dim, T_x)"
         check_ndim("d_out", d_out, len(self._out_shape), layout)
         check_shape("d_out", d_out, self._out_shape, layout, "from the last forward")
@@ -272,23 +269,11 @@ class Embedding:
                              f"vocab_size = {self.vocab_size}")
         return wide
 
-    def _check_array(self, name, a):
-        """``a`` is a floating array of this layer's backend and dtype."""
-        xp = namespace_of(**{name: a})
-        if xp is not self.xp:
-            raise TypeError(f"{name} is a {backend_name(xp)} array but this Embedding holds "
-                            f"{backend_name(self.xp)} parameters; convert it with xseq.asarray({name}, "
-                            f"backend={backend_name(self.xp)!r})")
-        check_floating(xp, name, a)
-        if a.dtype != self.dtype:
-            raise TypeError(f"{name} has dtype {dtype_name(a.dtype)} but this Embedding holds "
-                            f"{self.dtype_name} parameters; convert it first")
-
     # ------------------------------------------------------------------ saving and PyTorch
 
     def state_dict(self):
         """``{"weight": (V, dim)}`` as a host (NumPy) copy, ``torch.nn.Embedding``'s state-dict name."""
-        return {k: np.array(to_numpy(v), copy=True) for k, v in self.parameters.items()}
+        return host_copies(self.parameters)
 
     def load_state_dict(self, state):
         """Replace the weight with ``state["weight"]`` (any backend, or NumPy), copied.
@@ -302,9 +287,7 @@ class Embedding:
         """
         if set(state) != {"weight"}:
             raise KeyError(f"state dict has keys {list(state)}; this Embedding has ['weight']")
-        weight = state["weight"]
-        # a copy, so that the layer never shares memory with the caller's array (or a torch module)
-        host = np.array(to_numpy(weight) if is_array_api_obj(weight) else weight, copy=True)
+        host = host_copy(state["weight"])
         expected = (self.vocab_size, self.dim)
         if host.shape != expected:
             raise ValueError(f"state dict entry 'weight' has shape {host.shape}; expected (vocab_size, dim) = "

@@ -42,13 +42,10 @@ it then skips); a following :meth:`~RecurrentLayer.backward` raises
 from __future__ import annotations
 
 import numpy as np
-from array_api_compat import is_array_api_obj
 
-from ..backends.arrays import asarray, backend_name, dtype_of, namespace_of, to_numpy
+from ..backends.arrays import asarray, backend_name, dtype_of
 from ..backends.arrays import backend as backend_named
-from ..backends.checks import _dtype_name as dtype_name
 from ..backends.checks import (
-    check_floating,
     check_ndim,
     check_shape,
     check_sizes,
@@ -57,6 +54,7 @@ from ..backends.checks import (
 from ..course.rnn import check_input, time_major
 from ..engine import sequence as engine
 from ..ops.inference import is_inference_mode_enabled, refuse_backward
+from .params import check_layer_array, checked_layer_state, host_copies
 
 
 class RecurrentLayer:
@@ -187,7 +185,7 @@ class RecurrentLayer:
             (for the reverse direction: after step 0); the LSTM returns ``(h_n, c_n)``.
         """
         xp = self.xp
-        self._check_array("x", x)
+        check_layer_array(self, "x", x)
         check_input("x", x)
         n_x, m, T = x.shape
         check_shape("x", x, (self.input_size, m, T), "(n_x, m, T_x)", f"from input_size={self.input_size}")
@@ -269,7 +267,7 @@ class RecurrentLayer:
         d_states = self._split_state("d_final_state", d_final_state, m)
         dY = None
         if d_outputs is not None:
-            self._check_array("d_outputs", d_outputs)
+            check_layer_array(self, "d_outputs", d_outputs)
             check_ndim("d_outputs", d_outputs, 3, "(D*n_a, m, T_x)")
             check_shape("d_outputs", d_outputs, (D * n_a, m, T), "(D*n_a, m, T_x)", "from the last forward")
             dY = time_major(xp, d_outputs)
@@ -302,20 +300,6 @@ class RecurrentLayer:
 
     # ------------------------------------------------------------------ checks
 
-    def _check_array(self, name, a):
-        """``a`` is a floating array of this layer's backend and dtype."""
-        xp = namespace_of(**{name: a})
-        if xp is not self.xp:
-            raise TypeError(
-                f"{name} is a {backend_name(xp)} array but this {type(self).__name__} holds "
-                f"{backend_name(self.xp)} parameters; convert it with xseq.asarray({name}, "
-                f"backend={backend_name(self.xp)!r})"
-            )
-        check_floating(xp, name, a)
-        if a.dtype != self.dtype:
-            raise TypeError(f"{name} has dtype {dtype_name(a.dtype)} but this "
-                            f"{type(self).__name__} holds {self.dtype_name} parameters; convert it first")
-
     def _split_state(self, name, state, m):
         """Validate a state argument (``h0`` or its gradient); return ``[h, c]``, each an array or None."""
         if state is None:
@@ -334,7 +318,7 @@ class RecurrentLayer:
             if part is None:
                 continue
             label = f"{name}[{i}]" if self.kind == "lstm" else name
-            self._check_array(label, part)
+            check_layer_array(self, label, part)
             check_ndim(label, part, 3, "(num_layers*D, n_a, m)")
             check_shape(label, part, expected, "(num_layers*D, n_a, m)", source)
         return parts
@@ -354,7 +338,7 @@ class RecurrentLayer:
 
     def state_dict(self):
         """Host (NumPy) copies of :attr:`parameters`, keyed by PyTorch's names."""
-        return {k: np.array(to_numpy(v), copy=True) for k, v in self.parameters.items()}
+        return host_copies(self.parameters)
 
     def load_state_dict(self, state):
         """Replace :attr:`parameters` with the arrays of ``state`` (any backend, or NumPy).
@@ -366,20 +350,8 @@ class RecurrentLayer:
         ValueError
             An array's shape differs from this layer's.
         """
-        shapes = self._shapes()
-        missing = [k for k in shapes if k not in state]
-        unexpected = [k for k in state if k not in shapes]
-        if missing:
-            raise KeyError(f"state dict is missing keys {missing} of this {type(self).__name__}")
-        if unexpected:
-            raise KeyError(f"state dict has unexpected keys {unexpected}; this {type(self).__name__} "
-                           f"has {list(shapes)}")
-        # copies, so that the layer never shares memory with the caller's arrays (or a torch module)
-        host = {k: np.array(to_numpy(v) if is_array_api_obj(v) else v, copy=True) for k, v in state.items()}
-        for k, shape in shapes.items():
-            if host[k].shape != shape:
-                raise ValueError(f"state dict entry {k!r} has shape {host[k].shape}; expected {shape}")
-        self.parameters = {k: self._from_host(host[k]) for k in shapes}
+        host = checked_layer_state(state, self._shapes(), type(self).__name__)  # copies: nothing shared
+        self.parameters = {k: self._from_host(a) for k, a in host.items()}
 
     @classmethod
     def from_torch(cls, module, *, backend="numpy", dtype=None):

@@ -50,12 +50,13 @@ import math
 
 import numpy as np
 
-from ..backends.arrays import asarray, backend_name, to_numpy
+from ..backends.arrays import to_numpy
 from ..engine.sequence import c_order
-from ..lm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..lm import checkpoint
 from ..lm.vocab import Vocabulary
 from ..nn.attention import Attention
 from ..nn.embedding import Embedding, add_rows
+from ..nn.params import ModelWeights, seed_child
 from ..nn.projection_loss import projection_cross_entropy, projection_nll
 from ..ops.inference import inference_mode
 from ..ops.select import ops_for
@@ -66,7 +67,6 @@ from .schema import (
     CONFIG_KEYS,
     MODEL_FORMAT,
     MODEL_FORMAT_VERSION,
-    PARAM_PREFIX,
     check_config,
     check_stored_parameters,
     checked_state_dict,
@@ -78,12 +78,12 @@ _OUTPUT_SEED, _SOURCE_EMBEDDING_SEED, _TARGET_EMBEDDING_SEED, _ATTENTION_SEED, _
 _DECODER_KEYS = ("decoder.weight_ih", "decoder.weight_hh", "decoder.bias_ih", "decoder.bias_hh")
 
 
-def _seed_child(seed, index):
-    return np.random.SeedSequence(seed).spawn(index + 1)[index]
-
-
-class Seq2Seq:
+class Seq2Seq(ModelWeights):
     """Encoder, attention and decoder: see the module docstring.
+
+    The weights' methods (``parameters``, ``grads``, ``state_dict``, ``load_state_dict``, ``save``, ``load``, ...)
+    are :class:`~xseq.nn.params.ModelWeights`'s; the parameters' names and shapes are
+    :func:`~xseq.seq2seq.schema.parameter_shapes`'s.
 
     Parameters
     ----------
@@ -129,6 +129,7 @@ class Seq2Seq:
 
     MODEL_FORMAT = MODEL_FORMAT
     MODEL_FORMAT_VERSION = MODEL_FORMAT_VERSION
+    _checkpoint = checkpoint  # its checkpoint file's functions, for xseq.nn.params.ModelWeights
 
     def __init__(self, source_vocab, target_vocab, *, cell="lstm", hidden_size=32, num_layers=1, decoder_size=64,
                  embed_size=16, attention_size=10, feed_previous=True, dropout=0.0, backend="numpy", dtype="float32",
@@ -149,24 +150,24 @@ class Seq2Seq:
         self.xp, self.dtype = self.encoder.xp, self.encoder.dtype
         n_enc = 2 * self.encoder.hidden_size
         self.source_embedding = Embedding(V_x, D, backend=self.xp, dtype=self.dtype_name,
-                                          seed=_seed_child(seed, _SOURCE_EMBEDDING_SEED))
+                                          seed=seed_child(seed, _SOURCE_EMBEDDING_SEED))
         self.attention = Attention(n_enc, n_s, energy_size=attention_size, backend=self.xp, dtype=self.dtype_name,
-                                   seed=_seed_child(seed, _ATTENTION_SEED))
+                                   seed=seed_child(seed, _ATTENTION_SEED))
         self.target_embedding = None
         if feed_previous:
             self.target_embedding = Embedding(V_y, D, backend=self.xp, dtype=self.dtype_name,
-                                              seed=_seed_child(seed, _TARGET_EMBEDDING_SEED))
+                                              seed=seed_child(seed, _TARGET_EMBEDDING_SEED))
         self._params = {"source_embedding": self.source_embedding.parameters["weight"]}
         self._params.update({"encoder." + k: v for k, v in self.encoder.parameters.items()})
         self._params.update({"attention." + k: v for k, v in self.attention.parameters.items()})
-        rng = np.random.default_rng(_seed_child(seed, _DECODER_SEED))
+        rng = np.random.default_rng(seed_child(seed, _DECODER_SEED))
         bound = 1 / math.sqrt(n_s)
         n_in = n_enc + (D if feed_previous else 0)
         for key, shape in zip(_DECODER_KEYS, ((4 * n_s, n_in), (4 * n_s, n_s), (4 * n_s,), (4 * n_s,))):
             self._params[key] = self._from_host(rng.uniform(-bound, bound, size=shape))
         if feed_previous:
             self._params["target_embedding"] = self.target_embedding.parameters["weight"]
-        rng = np.random.default_rng(_seed_child(seed, _OUTPUT_SEED))
+        rng = np.random.default_rng(seed_child(seed, _OUTPUT_SEED))
         self._params["Wy"] = self._from_host(rng.uniform(-bound, bound, size=(V_y - 1, n_s)))
         self._params["by"] = self._from_host(rng.uniform(-bound, bound, size=(V_y - 1,)))
         self._grads = {k: self.xp.zeros_like(v) for k, v in self._params.items()}
@@ -199,44 +200,9 @@ class Seq2Seq:
         return self.attention.energy_size
 
     @property
-    def dropout(self):
-        """The dropout probability."""
-        return self.encoder.dropout
-
-    @property
-    def dropout_rng(self):
-        """The NumPy generator of every dropout mask (the encoder layer's); a trainer may replace it (with
-        :class:`xseq.distributed.ExampleDropout`)."""
-        return self.encoder.dropout_rng
-
-    @dropout_rng.setter
-    def dropout_rng(self, rng):
-        self.encoder.dropout_rng = rng
-
-    @property
-    def dtype_name(self):
-        """``"float32"`` or ``"float64"``."""
-        return self.encoder.dtype_name
-
-    @property
-    def backend_name(self):
-        """``"numpy"``, ``"cupy"``, ``"torch"`` or ``"array_api_strict"``."""
-        return backend_name(self.xp)
-
-    def parameters(self):
-        """Every weight in one dict (the same object at every call); an optimiser updates it in place.
-
-        Names and shapes: :func:`~xseq.seq2seq.schema.parameter_shapes`.
-        """
-        return self._params
-
-    def grads(self):
-        """The gradients of the last :meth:`loss_and_backward`, keyed like :meth:`parameters`."""
-        return self._grads
-
-    def num_parameters(self):
-        """The number of scalar weights."""
-        return sum(math.prod(p.shape) for p in self._params.values())
+    def _recurrent(self):
+        """The encoder (xseq.nn.params.ModelWeights reads its dropout stream and dtype)."""
+        return self.encoder
 
     def config(self):
         """The constructor arguments that fix the architecture (JSON-serialisable)."""
@@ -248,9 +214,6 @@ class Seq2Seq:
                 f"embed_size={self.embed_size}, attention_size={self.attention_size}, "
                 f"feed_previous={self.feed_previous}, backend={self.backend_name!r}, dtype={self.dtype_name!r})")
 
-    def _from_host(self, a):
-        return asarray(a, backend=self.xp, dtype=self.dtype)
-
     def _sync(self):
         """Hand the pieces the current arrays of :meth:`parameters` (an optimiser replaces them)."""
         p = self._params
@@ -259,11 +222,6 @@ class Seq2Seq:
         self.attention.parameters = {k: p["attention." + k] for k in self.attention.parameters}
         if self.target_embedding is not None:
             self.target_embedding.parameters = {"weight": p["target_embedding"]}
-
-    def _mask(self, shape):
-        """An inverted-dropout mask of ``shape`` (time-major) from the dropout stream, in this model's dtype."""
-        keep = self.dropout_rng.random(shape) >= self.dropout
-        return self._from_host(keep / (1 - self.dropout))
 
     # ------------------------------------------------------------------ encoder and teacher-forced decoder
 
@@ -518,55 +476,20 @@ class Seq2Seq:
 
     # ------------------------------------------------------------------ weights and checkpoints
 
-    def state_dict(self):
-        """Host (NumPy) copies of :meth:`parameters`."""
-        return {k: np.array(to_numpy(v), copy=True) for k, v in self._params.items()}
-
-    def load_state_dict(self, state):
-        """Replace every parameter with the arrays of ``state`` (NumPy or any backend), in the same dict object.
-
-        float32 and float64 arrays are converted to the model's dtype; integer, bool and other arrays are
-        refused, not cast.
-
-        Raises
-        ------
-        ValueError
-            ``state`` lacks a parameter, has one this model does not, an array of another shape, or NaN or
-            infinite values.
-        TypeError
-            An array is not float32 or float64.
-        """
-        host = checked_state_dict(self._params, state, self)
-        for k in self._params:  # same dict object: an optimiser built on it stays attached
-            self._params[k] = self._from_host(host[k])
+    def _checked_state(self, state):
+        """Host copies of the arrays of ``state``, which must be a dict
+        (:func:`~xseq.seq2seq.schema.checked_state_dict`), checked against :meth:`parameters`."""
+        return checked_state_dict(self._params, state, self)
 
     def checkpoint_contents(self):
         """``(arrays, meta)`` of this model for :func:`xseq.save_checkpoint`: ``"param/<name>"`` -> host array, and
         ``{"format": "xseq.Seq2Seq", "format_version": 1, "model": config(), "dtype", "source_vocab",
         "target_vocab"}`` (the vocabularies as :meth:`xseq.Vocabulary.to_json` writes them)."""
-        arrays = {PARAM_PREFIX + k: v for k, v in self.state_dict().items()}
+        arrays = self._parameter_arrays()
         meta = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "model": self.config(),
                 "dtype": self.dtype_name, "source_vocab": self.source_vocab.to_json(),
                 "target_vocab": self.target_vocab.to_json()}
         return arrays, meta
-
-    def save(self, path, *, arrays=None, meta=None):
-        """Write the model to one ``.npz`` checkpoint, atomically (see :func:`xseq.save_checkpoint`).
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-        arrays, meta : dict, optional
-            More arrays and metadata to store alongside (a trainer's state); their names must not collide with
-            the model's.
-        """
-        own_arrays, own_meta = self.checkpoint_contents()
-        arrays, meta = dict(arrays or {}), dict(meta or {})
-        for name, extra, own in (("arrays", arrays, own_arrays), ("meta", meta, own_meta)):
-            clash = sorted(set(extra) & set(own))
-            if clash:
-                raise ValueError(f"{name} keys {clash} are the model's own; choose other names")
-        save_checkpoint(path, arrays={**own_arrays, **arrays}, meta={**own_meta, **meta})
 
     @classmethod
     def from_checkpoint(cls, arrays, meta, *, backend="numpy", where="checkpoint"):
@@ -578,28 +501,12 @@ class Seq2Seq:
         CheckpointError naming ``where`` otherwise.
         """
         config = model_config(meta, where)
-        try:
+        with cls._invalid_model(where):
             source_vocab = Vocabulary.from_json(meta["source_vocab"])
             target_vocab = Vocabulary.from_json(meta["target_vocab"])
             dtype = meta["dtype"]
-            state = {k[len(PARAM_PREFIX):]: v for k, v in arrays.items() if k.startswith(PARAM_PREFIX)}
+            state = cls._stored_parameters(arrays)
             check_stored_parameters(state, config, len(source_vocab), len(target_vocab), dtype)
             model = cls(source_vocab, target_vocab, **config, backend=backend, dtype=dtype)
             model.load_state_dict(state)
-        except KeyError as exc:
-            raise CheckpointError(f"{where} has an invalid model: no metadata entry {exc.args[0]!r}") from None
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{where} has an invalid model: {exc}") from None
         return model
-
-    @classmethod
-    def load(cls, path, *, backend="numpy"):
-        """Read a model saved by :meth:`save` (or by training).
-
-        Raises
-        ------
-        CheckpointError
-            Missing, truncated, corrupt, wrong-version or non-model file; the message names the path.
-        """
-        arrays, meta = load_checkpoint(path)
-        return cls.from_checkpoint(arrays, meta, backend=backend, where=f"checkpoint {str(path)!r}")

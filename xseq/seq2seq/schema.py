@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import numbers
 
-import numpy as np
-
 from ..backends.checks import check_sizes
 from ..engine import sequence as engine
 from ..lm.checkpoint import CheckpointError
 from ..lm.checkpoint import checked_state_dict as checked_arrays
+from ..lm.model_schema import check_config_keys, check_stored_arrays, stored_config
 from ..nn.layers import GRU, LSTM, RNN
+from ..nn.params import PARAM_PREFIX  # noqa: F401 (re-exported: the parameters' arrays are "param/<name>")
 
 CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 MODEL_FORMAT = "xseq.Seq2Seq"
@@ -25,7 +25,6 @@ MODEL_FORMAT_VERSION = 1
 CONFIG_KEYS = ("cell", "hidden_size", "num_layers", "decoder_size", "embed_size", "attention_size",
                "feed_previous", "dropout")
 SIZE_KEYS = ("hidden_size", "num_layers", "decoder_size", "embed_size", "attention_size")
-PARAM_PREFIX = "param/"
 
 
 def check_config(config):
@@ -51,24 +50,13 @@ def model_config(meta, where="checkpoint"):
     if fmt != MODEL_FORMAT:
         raise CheckpointError(f"{where} holds no xseq sequence-to-sequence model (format {fmt!r}; expected "
                               f"{MODEL_FORMAT!r})")
-    version = meta.get("format_version")
-    if isinstance(version, bool) or version != MODEL_FORMAT_VERSION:
-        raise CheckpointError(f"{where} has model format_version {version!r}; this version of xseq reads "
-                              f"{MODEL_FORMAT_VERSION}")
-    config = meta.get("model")
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{where} has an invalid model: metadata entry 'model' must be an object; got "
-                              f"{type(config).__name__}")
-    missing = [k for k in CONFIG_KEYS if k not in config]
-    unknown = sorted(set(config) - set(CONFIG_KEYS))
-    if missing or unknown:
-        raise CheckpointError(f"{where} has an invalid model: its configuration lacks {missing} or has unknown "
-                              f"entries {unknown}")
+    config = stored_config(meta, where, MODEL_FORMAT_VERSION)
+    check_config_keys(config, CONFIG_KEYS, where)
     try:
         check_config(config)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{where} has an invalid model: {exc}") from None
-    return dict(config)
+    return config
 
 
 def parameter_shapes(config, V_x, V_y):
@@ -139,12 +127,7 @@ def check_stored_parameters(state, config, V_x, V_y, dtype):
     if missing or unexpected:
         raise ValueError(f"the stored parameters do not fit the model of {source}: missing {missing}, unexpected "
                          f"{unexpected}")
-    for name, shape in shapes.items():
-        a = state[name]
-        if a.dtype != np.dtype(dtype):
-            raise TypeError(f"parameter {name!r} has dtype {a.dtype}; expected {dtype}, the checkpoint's dtype")
-        if a.shape != shape:
-            raise ValueError(f"parameter {name!r} has shape {a.shape}; expected {shape} from {source}")
+    check_stored_arrays(state, shapes, dtype, source)
 
 
 def checked_state_dict(params, state, model):
