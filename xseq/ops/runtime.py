@@ -399,10 +399,15 @@ def cpu_runtime(*, lanes=_UNSET, blas_threads=_UNSET, contention=_UNSET):
     (``XSEQ_LANES``, ``OPENBLAS_NUM_THREADS``); see :mod:`xseq.ops.runtime`.
     """
     global _RUNTIME
-    with _CREATE:
-        if _RUNTIME is None:
-            _RUNTIME = CPURuntime()
-    return _RUNTIME.configure(lanes=lanes, blas_threads=blas_threads, contention=contention)
+    runtime = _RUNTIME
+    if runtime is None:
+        with _CREATE:
+            if _RUNTIME is None:
+                _RUNTIME = CPURuntime()
+            runtime = _RUNTIME
+    if lanes is _UNSET and blas_threads is _UNSET and contention is _UNSET:
+        return runtime  # nothing to change: every sequence call asks for it, several times
+    return runtime.configure(lanes=lanes, blas_threads=blas_threads, contention=contention)
 
 
 def _after_fork_in_child():
