@@ -297,3 +297,82 @@ def engine_reference():
                 os.environ["XSEQ_FUSED"] = before
 
     return switched()
+
+
+# ---------------------------------------------------------------- lanes of units on a busy machine
+
+
+def test_a_stalled_loop_pauses_the_lanes_of_units_doubling_and_a_good_one_resets():
+    """``note_meetings``: lanes that slept over a quarter of the loop's time (each, on average) stall it; the next
+    UNIT_PAUSE_FIRST loops of units run as one lane, twice as many after a further stall; a loop that did not stall
+    sets the next pause back to UNIT_PAUSE_FIRST."""
+    from xseq.ops.runtime import UNIT_PAUSE_FIRST, UNIT_STALL_SHARE, CPURuntime
+
+    rt = CPURuntime()
+    wall = 1_000_000
+    assert not rt.note_meetings(wall, int(2 * UNIT_STALL_SHARE * wall) - 1, parties=2)  # just under: no stall
+    assert not rt.units_paused()
+    assert rt.note_meetings(wall, int(2 * UNIT_STALL_SHARE * wall) + 2, parties=2)
+    assert [rt.units_paused() for _ in range(UNIT_PAUSE_FIRST + 1)] == [True] * UNIT_PAUSE_FIRST + [False]
+    assert rt.note_meetings(wall, 2 * wall, parties=2)  # stalled again: twice as long
+    assert sum(rt.units_paused() for _ in range(3 * UNIT_PAUSE_FIRST)) == 2 * UNIT_PAUSE_FIRST
+    assert not rt.note_meetings(wall, 0, parties=2)  # a good loop: the next stall pauses UNIT_PAUSE_FIRST again
+    assert rt.note_meetings(wall, 2 * wall, parties=2)
+    assert sum(rt.units_paused() for _ in range(3 * UNIT_PAUSE_FIRST)) == UNIT_PAUSE_FIRST
+    counts = rt.counts()
+    assert counts["units stalled"] == 3 and counts["units paused"] == 4 * UNIT_PAUSE_FIRST
+    assert "3 loops in lanes of units stalled" in rt.status()
+    assert not rt.note_meetings(0, 5, parties=2)  # no time measured: nothing to judge
+
+
+def test_after_a_stall_the_loops_of_units_run_as_one_lane_with_the_same_results(monkeypatch):
+    """A loop whose meetings slept most of its time (planted after the real run) makes the next loops run whole
+    on this thread; the results stay the reference's."""
+    from xseq.ops.runtime import UNIT_PAUSE_FIRST
+
+    threads_for(2)
+    jobs = []
+    ops = unit_ops(2, np.float64, jobs)
+    real = host.HostDevice.run
+
+    def slept(self, run_jobs):
+        real(self, run_jobs)
+        if run_jobs and run_jobs[0].barrier:
+            run_jobs[0].keep_barrier.slept_ns = 10**12  # as if the lanes had waited for minutes
+
+    rt = cpu_runtime()
+    before = rt.counts()
+    with monkeypatch.context() as patch:
+        patch.setattr(host.HostDevice, "run", slept)
+        got = engine_sequence("lstm", ops, m=1, n_a=40)  # the forward loop stalls: the backward runs as one lane
+    want = engine_sequence("lstm", ArrayAPIOps(xp), m=1, n_a=40)
+    assert_same(got, want, np.float64, "after a stall")
+    blocks = [(u0, u1, True) for u0, u1 in host.unit_blocks(40, 2, 8)]
+    assert jobs == [blocks, [(0, 40, False)]]
+    after = rt.counts()
+    assert after["units stalled"] == before["units stalled"] + 1
+    assert after["units paused"] == before["units paused"] + 1
+    while rt.units_paused():  # the rest of the pause, so that other tests get their lanes
+        pass
+    assert rt.counts()["units paused"] == before["units paused"] + UNIT_PAUSE_FIRST
+
+
+def test_a_lane_that_waits_long_at_a_meeting_sleeps_and_the_barrier_counts_it():
+    """Lanes of very unequal work (1 unit against 1023 of 1024): the small lane waits at every meeting longer
+    than its spin and sleeps; ``sleeps`` and ``slept_ns`` say so, and the results are still the reference's."""
+    threads_for(2)
+    rng = np.random.default_rng(5)
+    T, m, n_a, G = 3, 16, 1024, 4
+    device = host.HostDevice(np.float32, BUILT.lib, BLAS)
+    XW = rng.standard_normal((T, m, G * n_a)).astype(np.float32)
+    W_hh = (rng.standard_normal((G * n_a, n_a)) * 0.03).astype(np.float32)
+    S, C = np.zeros((T + 1, m, n_a), np.float32), np.zeros((T + 1, m, n_a), np.float32)
+    saved, hw = np.empty_like(XW), np.empty((m, G * n_a), np.float32)
+    barrier = lanes_module.lane_barrier(2)
+    jobs = [device.forward_job("lstm", XW, W_hh, None, saved, S, C, hw, units=units, barrier=barrier)
+            for units in ((0, 1), (1, n_a))]
+    device.run(jobs)
+    assert barrier.sleeps >= 1 and barrier.slept_ns > 0, (barrier.sleeps, barrier.slept_ns)
+    S2, C2 = np.zeros_like(S), np.zeros_like(C)
+    device.run([device.forward_job("lstm", XW, W_hh, None, np.empty_like(XW), S2, C2, np.empty_like(hw))])
+    np.testing.assert_allclose(S, S2, rtol=0, atol=1e-5)

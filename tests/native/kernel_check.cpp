@@ -62,7 +62,7 @@ struct lane_job {
 struct lane_barrier {
     int64_t parties, pad0[7], count, pad1[7];
     int32_t phase, sleepers;
-    int64_t pad2[7];
+    int64_t sleeps, slept_ns, pad2[5];
 };
 static_assert(sizeof(void*) == 8 && sizeof(lane_job) == 30 * 8, "lane_job: 30 fields of 8 bytes");
 static_assert(sizeof(lane_barrier) == 24 * 8, "lane_barrier: three 64-byte cache lines");
@@ -281,6 +281,7 @@ void check_layouts() {
     static constexpr field barrier[] = {
         HARNESS_FIELD(lane_barrier, parties), HARNESS_FIELD(lane_barrier, pad0),  HARNESS_FIELD(lane_barrier, count),
         HARNESS_FIELD(lane_barrier, pad1),    HARNESS_FIELD(lane_barrier, phase), HARNESS_FIELD(lane_barrier, sleepers),
+        HARNESS_FIELD(lane_barrier, sleeps),  HARNESS_FIELD(lane_barrier, slept_ns),
         HARNESS_FIELD(lane_barrier, pad2),
     };
     check_layout("lane_job", job, sizeof(lane_job));

@@ -15,6 +15,7 @@ decides how loops of several Python threads share the cores.
 from __future__ import annotations
 
 import ctypes
+import time
 
 import numpy as np
 
@@ -361,7 +362,10 @@ class UnitSteps:
     Where the process's :class:`~xseq.ops.runtime.CPURuntime` gives the loop
     one lane (another Python thread's loop), it runs whole on the calling
     thread: a lane of all the rows (:class:`LaneSteps`' job), still one C++
-    call for the whole loop.
+    call for the whole loop. So it does for a while after a loop whose lanes
+    slept a quarter of its time waiting at the meetings (a lane descheduled:
+    another process keeps a core busy;
+    :meth:`~xseq.ops.runtime.CPURuntime.note_meetings`).
     """
 
     #: As :attr:`LaneSteps.forward_weight`.
@@ -370,32 +374,40 @@ class UnitSteps:
     def __init__(self, device, lanes):
         self.device, self.lanes = device, lanes
 
-    def _blocks(self, n_a):
-        """``(lanes, [(u0, u1), ...] or None)`` for the lanes this loop gets now (None: one lane, every unit)."""
-        lanes = min(self.lanes, n_a)
-        if lanes < 2:
+    def _blocks(self, n_a, lanes, threads):
+        """``[(u0, u1), ...]`` for the lanes this loop gets (``lanes`` from the runtime, OpenBLAS's ``threads``),
+        or None: one lane, every unit (fewer lanes free than asked for, or the lanes of units paused after a stall:
+        :meth:`xseq.ops.runtime.CPURuntime.units_paused`)."""
+        if min(lanes, threads or 1) < self.lanes or min(self.lanes, n_a) < 2 or cpu_runtime().units_paused():
             return None
-        return unit_blocks(n_a, lanes, self.device.dtype.itemsize)
+        return unit_blocks(n_a, min(self.lanes, n_a), self.device.dtype.itemsize)
+
+    def _run(self, jobs, barrier):
+        """Run the jobs; a loop of lanes of units tells the runtime how long its lanes slept at the meetings."""
+        start = time.perf_counter_ns()
+        self.device.run(jobs)
+        if barrier is not None and jobs and jobs[0].T > 0:
+            cpu_runtime().note_meetings(time.perf_counter_ns() - start, barrier.slept_ns, barrier.parties)
 
     def forward(self, kind, XW, W_hh, b_hn, saved, S, C, hw):
         """As :meth:`~xseq.ops.fused.DirectSteps.forward`, but by ``W_hh`` itself (:attr:`forward_weight`)."""
         n_a = S.shape[2]
         with cpu_runtime().lane_run(self.lanes) as (lanes, threads):
-            blocks = self._blocks(n_a) if min(lanes, threads or 1) >= self.lanes else None
+            blocks, barrier = self._blocks(n_a, lanes, threads), None
             if blocks is None:
                 jobs = [self.device.forward_job(kind, XW, W_hh, b_hn, saved, S, C, hw)]
             else:
                 barrier = lane_barrier(len(blocks))
                 jobs = [self.device.forward_job(kind, XW, W_hh, b_hn, saved, S, C, hw, units=units, barrier=barrier)
                         for units in blocks]
-            self.device.run(jobs)
+            self._run(jobs, barrier)
 
     def backward(self, kind, saved, S, C, W_hh, dY, dh, dc, dZ, dHW, empty):
         """As :meth:`~xseq.ops.fused.DirectSteps.backward`: writes ``dZ`` (and ``dHW``); returns ``(dh0, dc0)``."""
         m, n_a = dh.shape
         dh0, dc0 = _state_gradients(dh, dc, empty)
         with cpu_runtime().lane_run(self.lanes) as (lanes, threads):
-            blocks = self._blocks(n_a) if min(lanes, threads or 1) >= self.lanes else None
+            blocks, barrier = self._blocks(n_a, lanes, threads), None
             if blocks is None:
                 jobs = [self.device.backward_job(kind, saved, S, C, W_hh, dY, dh0, dc0, dZ, dHW)]
             else:
@@ -404,7 +416,7 @@ class UnitSteps:
                 jobs = [self.device.backward_job(kind, saved, S, C, W_hh, dY, dh0, dc0, dZ, dHW, units=units,
                                                  barrier=barrier, shared=shared)
                         for units in blocks]
-            self.device.run(jobs)
+            self._run(jobs, barrier)
         return dh0, dc0
 
 

@@ -27,11 +27,12 @@ class LaneJob(ctypes.Structure):
 
 
 class LaneBarrier(ctypes.Structure):
-    """Where lanes that share rows meet once a step, as ``xseq_loops::lane_barrier`` (each counter on a cache line)."""
+    """Where lanes that share rows meet once a step, as ``xseq_loops::lane_barrier`` (each counter on a cache line);
+    ``sleeps`` and ``slept_ns``: how often and how long its lanes slept waiting for a late one."""
 
     _fields_ = [("parties", ctypes.c_int64), ("pad0", ctypes.c_int64 * 7), ("count", ctypes.c_int64),
                 ("pad1", ctypes.c_int64 * 7), ("phase", ctypes.c_int32), ("sleepers", ctypes.c_int32),
-                ("pad2", ctypes.c_int64 * 7)]
+                ("sleeps", ctypes.c_int64), ("slept_ns", ctypes.c_int64), ("pad2", ctypes.c_int64 * 5)]
 
 
 #: ``{C++ struct name: the ctypes structure that restates it}``: every struct shared with Python.

@@ -79,7 +79,8 @@ import numpy as np
 from .openblas import numpy_openblas
 from .switches import lanes_enabled
 
-__all__ = ["CONTENTION", "MAX_LANES", "CPURuntime", "cpu_runtime"]
+__all__ = ["CONTENTION", "MAX_LANES", "UNIT_PAUSE_FIRST", "UNIT_PAUSE_MAX", "UNIT_STALL_SHARE", "CPURuntime",
+           "cpu_runtime"]
 
 #: The most lanes one loop gets, whatever OpenBLAS's thread count.
 MAX_LANES = 8
@@ -89,6 +90,15 @@ CONTENTION = ("share", "wait")
 #: backward that may run in lanes: :meth:`CPURuntime.note_sequence`) count as computing together: two threads that
 #: each train a layer (a forward and a backward a step) see each other's calls.
 RECENT_CALLS = 4
+
+#: Lanes of units (:class:`xseq.ops.lanes.UnitSteps`) meet at every step; on a machine where another process keeps a
+#: core busy a lane waits for a descheduled one at every step. A loop whose lanes slept, on average, more than this
+#: share of its time waiting at the meetings pauses the lanes of units: the next UNIT_PAUSE_FIRST loops that would
+#: take them run as one lane, twice as many after each further such loop (at most UNIT_PAUSE_MAX), back to
+#: UNIT_PAUSE_FIRST after a loop that did not stall.
+UNIT_STALL_SHARE = 0.25
+UNIT_PAUSE_FIRST = 8
+UNIT_PAUSE_MAX = 1024
 
 _UNSET = object()
 
@@ -143,7 +153,9 @@ class CPURuntime:
         self._alive = set()  # the threads that made sequence calls and have not ended
         self._shared = False  # several Python threads compute: OpenBLAS stays at 1 thread between their loops
         self._saved = None  # OpenBLAS's count while the runtime holds it at 1 (None: not held)
-        self._counts = {"lanes": 0, "one lane": 0, "shared": 0, "waited": 0}
+        self._counts = {"lanes": 0, "one lane": 0, "shared": 0, "waited": 0, "units stalled": 0, "units paused": 0}
+        self._unit_pause = 0  # loops of units left to run as one lane
+        self._unit_pause_next = UNIT_PAUSE_FIRST  # how many the next stall pauses
 
     # ------------------------------------------------------------------ settings
 
@@ -351,10 +363,37 @@ class CPURuntime:
             buffer = buffers[dtype] = np.empty(size, dtype=dtype)
         return buffer
 
+    # ------------------------------------------------------------------ lanes of units on a busy machine
+
+    def note_meetings(self, wall_ns, slept_ns, parties):
+        """A loop of ``parties`` lanes of units took ``wall_ns``; its lanes slept ``slept_ns`` in all at the
+        meetings. Returns whether it stalled (its lanes slept more than :data:`UNIT_STALL_SHARE` of the time, on
+        average), which pauses the lanes of units (:meth:`units_paused`)."""
+        stalled = wall_ns > 0 and slept_ns > UNIT_STALL_SHARE * wall_ns * parties
+        with self._state:
+            if stalled:
+                self._counts["units stalled"] += 1
+                self._unit_pause = self._unit_pause_next
+                self._unit_pause_next = min(2 * self._unit_pause_next, UNIT_PAUSE_MAX)
+            else:
+                self._unit_pause_next = UNIT_PAUSE_FIRST
+        return stalled
+
+    def units_paused(self):
+        """Whether this loop runs as one lane rather than in lanes of units, a loop of them having stalled lately
+        (:meth:`note_meetings`); counts it."""
+        with self._state:
+            if self._unit_pause <= 0:
+                return False
+            self._unit_pause -= 1
+            self._counts["units paused"] += 1
+            return True
+
     def counts(self):
         """Loops run since the process (or its fork) started: ``{"lanes": that held the lanes, "one lane": that
         asked for one, "shared": that asked for lanes but ran as one beside another Python thread's loops,
-        "waited": that waited for the lanes}``."""
+        "waited": that waited for the lanes, "units stalled": loops in lanes of units that stalled (another process
+        kept a core), "units paused": loops of units that ran as one lane after such a stall}``."""
         with self._state:
             return dict(self._counts)
 
@@ -369,8 +408,10 @@ class CPURuntime:
             policy = "Python threads take turns with the lanes (contention='wait')"
         now = "; several Python threads compute now" if shared else ""
         held = f", OpenBLAS held at 1 thread (back to {saved} after)" if saved is not None else ""
+        stalls = (f"; {counts['units stalled']} loops in lanes of units stalled (a lane descheduled: another process "
+                  f"busy), {counts['units paused']} ran as one lane after them" if counts["units stalled"] else "")
         return (f"{policy}{now}{held}; so far {counts['lanes']} loops in lanes, {counts['shared']} as one lane "
-                f"beside another thread's, {counts['waited']} waited")
+                f"beside another thread's, {counts['waited']} waited{stalls}")
 
     # ------------------------------------------------------------------ fork
 

@@ -148,7 +148,7 @@ typedef xseq_loops::lane_barrier lane_barrier;
 constexpr field lane_barrier_fields[] = {
     XSEQ_FIELD(lane_barrier, parties), XSEQ_FIELD(lane_barrier, pad0),     XSEQ_FIELD(lane_barrier, count),
     XSEQ_FIELD(lane_barrier, pad1),    XSEQ_FIELD(lane_barrier, phase),    XSEQ_FIELD(lane_barrier, sleepers),
-    XSEQ_FIELD(lane_barrier, pad2),
+    XSEQ_FIELD(lane_barrier, sleeps),  XSEQ_FIELD(lane_barrier, slept_ns), XSEQ_FIELD(lane_barrier, pad2),
 };
 
 // The table lists every field of the struct once, in order: each field starts where the one before it

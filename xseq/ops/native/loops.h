@@ -53,12 +53,14 @@ struct lane_job {
 };
 
 // Where the lanes that share rows meet once a step: parties lanes, count of them arrived, phase the
-// meeting's number (32 bits: a futex word) and sleepers, the lanes asleep on it; the counters on cache lines
-// of their own. Shared with Python (xseq.ops.native_layout.LaneBarrier), which zeroes it and sets parties.
+// meeting's number (32 bits: a futex word), sleepers the lanes asleep on it; sleeps and slept_ns how many
+// times and how long, summed over the lanes, a lane slept (a meeting waited past the spin: another lane was
+// late, descheduled on a busy machine); the counters on cache lines of their own. Shared with Python
+// (xseq.ops.native_layout.LaneBarrier), which zeroes it, sets parties and reads sleeps and slept_ns after the loop.
 struct lane_barrier {
     int64_t parties, pad0[7], count, pad1[7];
     int32_t phase, sleepers;
-    int64_t pad2[7];
+    int64_t sleeps, slept_ns, pad2[5];
 };
 
 inline void relax() {
@@ -109,7 +111,16 @@ inline void meet(lane_barrier* b) {
             continue;
         }
         __atomic_add_fetch(&b->sleepers, 1, __ATOMIC_SEQ_CST);
-        if (__atomic_load_n(&b->phase, __ATOMIC_SEQ_CST) == phase) sleep_while(&b->phase, phase);
+        if (__atomic_load_n(&b->phase, __ATOMIC_SEQ_CST) == phase) {
+            struct timespec start, end;
+            clock_gettime(CLOCK_MONOTONIC, &start);
+            sleep_while(&b->phase, phase);
+            clock_gettime(CLOCK_MONOTONIC, &end);
+            __atomic_add_fetch(&b->sleeps, 1, __ATOMIC_RELAXED);
+            __atomic_add_fetch(&b->slept_ns,
+                               (int64_t(end.tv_sec) - start.tv_sec) * 1000000000 + (end.tv_nsec - start.tv_nsec),
+                               __ATOMIC_RELAXED);
+        }
         __atomic_sub_fetch(&b->sleepers, 1, __ATOMIC_SEQ_CST);
     }
 }
