@@ -206,8 +206,9 @@ def thread_problems(found):
     threads = found.get("asked")
     if threads is None:
         return []
-    problems = [f"{name} is {found[name]}" for name in ("openblas", "torch_intra", "torch_interop")
-                if name in found and found[name] != threads]
+    problems = [f"{name} is {found[name]}" if found[name] is not None else
+                f"the {name} thread count cannot be read here (NumPy's OpenBLAS not found among its libraries)"
+                for name in ("openblas", "torch_intra", "torch_interop") if name in found and found[name] != threads]
     if "xseq_lanes" in found and found["xseq_lanes"] > threads:
         problems.append(f"xseq_lanes is {found['xseq_lanes']}")
     if "xla_flags" in found and XLA_ONE_THREAD not in found["xla_flags"]:
