@@ -22,6 +22,20 @@ def xp(request):
     return namespace_or_skip(request.param)
 
 
+@pytest.fixture(autouse=True)
+def lanes_of_units_never_pause(monkeypatch):
+    """A loop of lanes of units that stalls (its lanes slept a quarter of its time: another process kept a core
+    busy) pauses them for the next loops (``xseq.ops.runtime.CPURuntime.note_meetings``): how a test's loops ran
+    would then depend on the machine's load. No test's loop stalls: the stall share is infinite and no pause is
+    left from an earlier test; the tests of the policy set the share themselves."""
+    from xseq.ops import runtime
+
+    monkeypatch.setattr(runtime, "UNIT_STALL_SHARE", float("inf"))
+    rt = runtime._RUNTIME
+    if rt is not None:
+        rt._unit_pause, rt._unit_pause_next = 0, runtime.UNIT_PAUSE_FIRST
+
+
 @pytest.fixture
 def torch():
     """PyTorch, for parity tests; skipped with a reason where it is not installed."""

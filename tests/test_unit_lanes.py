@@ -302,12 +302,15 @@ def engine_reference():
 # ---------------------------------------------------------------- lanes of units on a busy machine
 
 
-def test_a_stalled_loop_pauses_the_lanes_of_units_doubling_and_a_good_one_resets():
+def test_a_stalled_loop_pauses_the_lanes_of_units_doubling_and_a_good_one_resets(monkeypatch):
     """``note_meetings``: lanes that slept over a quarter of the loop's time (each, on average) stall it; the next
     UNIT_PAUSE_FIRST loops of units run as one lane, twice as many after a further stall; a loop that did not stall
     sets the next pause back to UNIT_PAUSE_FIRST."""
-    from xseq.ops.runtime import UNIT_PAUSE_FIRST, UNIT_STALL_SHARE, CPURuntime
+    from xseq.ops import runtime
+    from xseq.ops.runtime import UNIT_PAUSE_FIRST, CPURuntime
 
+    UNIT_STALL_SHARE = 0.25  # the module's value (conftest makes it infinite for every other test)
+    monkeypatch.setattr(runtime, "UNIT_STALL_SHARE", UNIT_STALL_SHARE)
     rt = CPURuntime()
     wall = 1_000_000
     assert not rt.note_meetings(wall, int(2 * UNIT_STALL_SHARE * wall) - 1, parties=2)  # just under: no stall
@@ -328,8 +331,10 @@ def test_a_stalled_loop_pauses_the_lanes_of_units_doubling_and_a_good_one_resets
 def test_after_a_stall_the_loops_of_units_run_as_one_lane_with_the_same_results(monkeypatch):
     """A loop whose meetings slept most of its time (planted after the real run) makes the next loops run whole
     on this thread; the results stay the reference's."""
+    from xseq.ops import runtime
     from xseq.ops.runtime import UNIT_PAUSE_FIRST
 
+    monkeypatch.setattr(runtime, "UNIT_STALL_SHARE", 0.25)  # the module's value (conftest: infinite)
     threads_for(2)
     jobs = []
     ops = unit_ops(2, np.float64, jobs)
