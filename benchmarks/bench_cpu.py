@@ -73,7 +73,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -130,27 +129,7 @@ def run_worker(args):
     """``--worker``: one contender of one case, serving the parent (``--connect``) or timed here (by hand)."""
     contender, model, size_text, mode = args.worker
     case = [model, cpu.size_name(parse_size(size_text)), mode]
-    if args.connect:
-        return method.serve_case(cpu.build, contender, case, args.connect)
-    step = cpu.build(contender, *case)
-    step()
-    if not args.profile:
-        times = method.time_iterations(step, args.iters)
-        print(json.dumps({"ms": statistics.median(times), "all_ms": times}), flush=True)
-        return 0
-    import cProfile
-    import pstats
-
-    prof = cProfile.Profile()
-    t0 = time.perf_counter()
-    prof.enable()
-    for _ in range(args.iters):
-        step()
-    prof.disable()
-    ms = (time.perf_counter() - t0) / args.iters * 1e3
-    print(f"{contender} {' '.join(case)}: {ms:.1f} ms/iteration under cProfile")
-    pstats.Stats(prof).sort_stats("tottime").print_stats(25)
-    return 0
+    return method.run_worker(cpu.build, contender, case, args.connect, args.iters, args.profile)
 
 
 def run_check(models, sizes, modes, onednn):

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -164,27 +163,8 @@ def check(sizes, out=print):
 def run_worker(args):
     """``--worker``: one contender of one size, serving the parent (``--connect``) or timed here (by hand)."""
     contender, size_text = args.worker
-    size_text = cpu.size_name(parse_size(size_text))
-    if args.connect:
-        return method.serve_case(build, contender, [size_text], args.connect)
-    step = build(contender, size_text)
-    step()
-    if not args.profile:
-        times = method.time_iterations(step, args.iters)
-        print(json.dumps({"ms": statistics.median(times), "all_ms": times}), flush=True)
-        return 0
-    import cProfile
-    import pstats
-
-    prof = cProfile.Profile()
-    t0 = time.perf_counter()
-    prof.enable()
-    for _ in range(args.iters):
-        step()
-    prof.disable()
-    print(f"{contender} {size_text}: {(time.perf_counter() - t0) / args.iters * 1e3:.2f} ms/iteration under cProfile")
-    pstats.Stats(prof).sort_stats("tottime").print_stats(25)
-    return 0
+    return method.run_worker(build, contender, [cpu.size_name(parse_size(size_text))], args.connect, args.iters,
+                             args.profile)
 
 
 def machine_info(threads=None):

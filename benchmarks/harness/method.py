@@ -291,6 +291,33 @@ def serve_case(build, contender, case, address):
             conn.send_bytes(json.dumps({"ms": time_iterations(step, int(request["iters"]))}).encode())
 
 
+def run_worker(build, contender, case, connect=None, iters=3, profile=False):
+    """``--worker``: serve the parent at ``connect`` (:func:`serve_case`), or, run by hand, build ``case``, run one
+    warm-up iteration and time ``iters`` more (printed as JSON), or with ``profile`` run them under cProfile and
+    print the top functions. Returns the process's exit status."""
+    if connect:
+        return serve_case(build, contender, case, connect)
+    step = build(contender, *case)
+    step()
+    if not profile:
+        times = time_iterations(step, iters)
+        print(json.dumps({"ms": statistics.median(times), "all_ms": times}), flush=True)
+        return 0
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    for _ in range(iters):
+        step()
+    prof.disable()
+    ms = (time.perf_counter() - t0) / iters * 1e3
+    print(f"{contender} {' '.join(case)}: {ms:.2f} ms/iteration under cProfile")
+    pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    return 0
+
+
 def run_fork_server(build, preload):
     """Import one group's libraries (``preload()``), then fork a fresh worker for every request on stdin.
 
