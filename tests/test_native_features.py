@@ -149,11 +149,16 @@ def test_the_packed_products_serve_every_vector_width_they_were_kept_for(width, 
     assert host.packed_products(Changed(BUILT.lib, xseq_packed_vector_bytes=Returns(width)))
 
 
-@needs_compiler
-def test_the_cpus_vector_width_is_what_the_compiler_finds_for_this_cpu():
+def native_macros():
+    """The names of the macros the compiler defines for ``-march=native`` (the build's target here)."""
     macros = subprocess.run([COMPILER, "-march=native", "-dM", "-E", "-x", "c++", os.devnull],
                             capture_output=True, text=True, check=True).stdout
-    defined = set(re.findall(r"#define (\w+)", macros))
+    return set(re.findall(r"#define (\w+)", macros))
+
+
+@needs_compiler
+def test_the_cpus_vector_width_is_what_the_compiler_finds_for_this_cpu():
+    defined = native_macros()
     if "__AVX512F__" in defined:
         want = 64
     elif {"__AVX2__", "__FMA__"} <= defined:
@@ -170,9 +175,7 @@ def test_the_cpus_vector_width_is_what_the_compiler_finds_for_this_cpu():
 @needs_build
 def test_the_packed_products_width_is_the_build_targets():
     """What packed.h reports is the compiler's target (``-march=native`` here, as the build)."""
-    macros = subprocess.run([COMPILER, "-march=native", "-dM", "-E", "-x", "c++", os.devnull],
-                            capture_output=True, text=True, check=True).stdout
-    defined = set(re.findall(r"#define (\w+)", macros))
+    defined = native_macros()
     if "__AVX512F__" in defined:
         want = 64
     elif "__AVX__" in defined and "__FMA__" in defined:
@@ -210,9 +213,7 @@ def test_vector_math_is_vecmath_or_libmvec(own, data, vectorized):
 @needs_build
 def test_this_build_needs_no_libmvec_where_the_target_has_a_fused_multiply_add():
     """The step kernels' exp/tanh are vecmath.h's (``XSEQ_VECMATH_VECTOR``): no glibc vector function is called."""
-    macros = subprocess.run([COMPILER, "-march=native", "-dM", "-E", "-x", "c++", os.devnull],
-                            capture_output=True, text=True, check=True).stdout
-    defined = set(re.findall(r"#define (\w+)", macros))
+    defined = native_macros()
     fma = {"__FMA__", "__SSE4_1__"} <= defined or "__aarch64__" in defined
     own = BUILT.lib.xseq_vecmath_vector
     own.restype = ctypes.c_int
