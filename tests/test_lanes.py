@@ -282,3 +282,32 @@ def test_a_users_openblas_num_threads_is_the_lanes_limit():
     assert done.returncode == 0, done.stderr
     count, said = done.stdout.strip().split(" ", 1)
     assert count == "1" and said.startswith("one lane: ") and said.endswith("(NumPy's OpenBLAS has 1 thread)")
+
+
+# (K, N, extra): whole panels and a narrower last one, K a whole number of vectors and not (the values of k past
+# the last whole vector go element by element), and rows of w longer than K (a block of a lane's columns of W_hh)
+PACK_SHAPES = [(256, 128, 0), (40, 40, 0), (33, 37, 5), (1, 1, 0), (16, 64, 3), (100, 31, 0)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("shape", PACK_SHAPES, ids=["x".join(map(str, s)) for s in PACK_SHAPES])
+def test_packing_the_transpose_gives_the_panels_of_the_transposed_weight(shape, dtype):
+    """``pack_transposed`` (a forward loop packs ``W_hh.T`` from ``W_hh``; blocks of a vector's width are
+    transposed in registers) writes exactly what ``pack`` writes for a transposed copy, zeros included."""
+    K, N, extra = shape
+    name = np.dtype(dtype).name.replace("float32", "float").replace("float64", "double")
+    pointer = ctypes.POINTER(ctypes.c_float if dtype == np.float32 else ctypes.c_double)
+    pack, pack_t, size = (getattr(BUILT.lib, f"xseq_{entry}_{name}")
+                          for entry in ("pack", "pack_transposed", "packed_size"))
+    pack.argtypes = [pointer, ctypes.c_int64, ctypes.c_int64, pointer]
+    pack_t.argtypes = [pointer, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, pointer]
+    size.argtypes, size.restype = [ctypes.c_int64, ctypes.c_int64], ctypes.c_int64
+    rng = np.random.default_rng(K * N + extra)
+    w = rng.standard_normal((N, K + extra)).astype(dtype)  # N rows of K values of k, each row K + extra long
+    want = np.full(size(K, N), np.nan, dtype=dtype)
+    got = np.full(size(K, N), np.nan, dtype=dtype)
+    transposed = np.ascontiguousarray(w[:, :K].T)
+    pack(transposed.ctypes.data_as(pointer), K, N, want.ctypes.data_as(pointer))
+    pack_t(w.ctypes.data_as(pointer), K + extra, K, N, got.ctypes.data_as(pointer))
+    assert not np.isnan(want).any()
+    np.testing.assert_array_equal(got, want)

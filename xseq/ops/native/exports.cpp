@@ -100,6 +100,13 @@ extern "C" void xseq_pack_float(const float* w, int64_t K, int64_t N, float* out
 extern "C" void xseq_pack_double(const double* w, int64_t K, int64_t N, double* out) {
     xseq_packed::pack(w, K, N, out);
 }
+// The same panels of w^T, w being N x K with row stride ldw (what a forward loop packs from W_hh itself).
+extern "C" void xseq_pack_transposed_float(const float* w, int64_t ldw, int64_t K, int64_t N, float* out) {
+    xseq_packed::pack_transposed(w, ldw, K, N, out);
+}
+extern "C" void xseq_pack_transposed_double(const double* w, int64_t ldw, int64_t K, int64_t N, double* out) {
+    xseq_packed::pack_transposed(w, ldw, K, N, out);
+}
 extern "C" int64_t xseq_packed_size_float(int64_t K, int64_t N) { return xseq_packed::packed_size<float>(K, N); }
 extern "C" int64_t xseq_packed_size_double(int64_t K, int64_t N) { return xseq_packed::packed_size<double>(K, N); }
 // C (M x N, row stride ldc) = A (M x K, row stride lda) @ the weight packed by xseq_pack_ + beta C (beta 0 or 1):

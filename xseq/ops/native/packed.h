@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 #if defined(__AVX512F__)
 #define XSEQ_PACKED_VECTOR_BYTES 64
@@ -69,20 +70,76 @@ template <typename T>
 void pack(const T* b, int64_t K, int64_t N, T* out) {  // b: K x N, row-major
     pack(b, K, N, N, out);
 }
+// A W x W block (W = one vector's elements) transposed in registers: log2(W) stages, stage b swapping
+// the off-diagonal b x b blocks of every 2b x 2b block (rows i and i + b, i & b == 0: the high columns of
+// row i trade places with the low columns of row i + b). Needs __builtin_shufflevector (clang; GCC 12 on);
+// without it XSEQ_PACKED_SHUFFLE is 0 and pack_transposed copies element by element.
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define XSEQ_PACKED_SHUFFLE 1
+#endif
+#endif
+#ifndef XSEQ_PACKED_SHUFFLE
+#define XSEQ_PACKED_SHUFFLE 0
+#endif
+
+#if XSEQ_PACKED_SHUFFLE
+// the new row i (low) and row i + b (high) at column c of the pair (a = row i, c = row i + b: indices past W)
+constexpr int swap_low(int c, int b, int W) { return (c & b) == 0 ? c : c - b + W; }
+constexpr int swap_high(int c, int b, int W) { return (c & b) == 0 ? c + b : c + W; }
+
+template <typename V, int W, int b, std::size_t... C>
+inline void swap_blocks(V& low, V& high, std::index_sequence<C...>) {
+    const V a = low, c = high;
+    low = __builtin_shufflevector(a, c, swap_low(C, b, W)...);
+    high = __builtin_shufflevector(a, c, swap_high(C, b, W)...);
+}
+
+template <typename V, int W, int b = 1>
+inline void transpose_block(V* rows) {
+    if constexpr (b < W) {
+#pragma GCC unroll 16
+        for (int i = 0; i < W; ++i)
+            if ((i & b) == 0) swap_blocks<V, W, b>(rows[i], rows[i + b], std::make_index_sequence<W>{});
+        transpose_block<V, W, 2 * b>(rows);
+    }
+}
+#endif
+
 // The same panels of B = w^T, w being N x K row-major with row stride ldw (B[k][j] = w[j ldw + k]): a
-// forward loop packs W_hh.T from W_hh itself, with no transposed copy of it
+// forward loop packs W_hh.T from W_hh itself, with no transposed copy of it. A whole panel goes W values
+// of k at a time: each of its two vectors' W rows of w loaded, transposed in registers, stored as W rows
+// of the panel; the rest (a last panel narrower than NR, the last K % W values of k) element by element.
 template <typename T>
 void pack_transposed(const T* w, int64_t ldw, int64_t K, int64_t N, T* out) {
     const int64_t NR = panel_cols<T>();
     for (int64_t p = 0; p * NR < N; ++p) {
         const int64_t cols = N - p * NR < NR ? N - p * NR : NR;
         T* panel = out + p * K * NR;
+        const T* src = w + p * NR * ldw;  // the panel's first column of B: row p NR of w
+        int64_t k0 = 0;
+#if XSEQ_PACKED_SHUFFLE
+        typedef typename vec<T>::type V;
+        constexpr int W = vector_bytes / sizeof(T);
+        if (cols == NR) {
+            for (; k0 + W <= K; k0 += W) {
+                for (int half = 0; half < 2; ++half) {
+                    V rows[W];
+#pragma GCC unroll 16
+                    for (int j = 0; j < W; ++j) std::memcpy(&rows[j], src + (half * W + j) * ldw + k0, sizeof(V));
+                    transpose_block<V, W>(rows);
+#pragma GCC unroll 16
+                    for (int k = 0; k < W; ++k) std::memcpy(panel + (k0 + k) * NR + half * W, &rows[k], sizeof(V));
+                }
+            }
+        }
+#endif
         for (int64_t j = 0; j < NR; ++j) {
             if (j < cols) {
-                const T* row = w + (p * NR + j) * ldw;
-                for (int64_t k = 0; k < K; ++k) panel[k * NR + j] = row[k];
+                const T* row = src + j * ldw;
+                for (int64_t k = k0; k < K; ++k) panel[k * NR + j] = row[k];
             } else {
-                for (int64_t k = 0; k < K; ++k) panel[k * NR + j] = T(0);
+                for (int64_t k = k0; k < K; ++k) panel[k * NR + j] = T(0);
             }
         }
     }
