@@ -381,3 +381,100 @@ def test_a_lane_that_waits_long_at_a_meeting_sleeps_and_the_barrier_counts_it():
     S2, C2 = np.zeros_like(S), np.zeros_like(C)
     device.run([device.forward_job("lstm", XW, W_hh, None, np.empty_like(XW), S2, C2, np.empty_like(hw))])
     np.testing.assert_allclose(S, S2, rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------- the input projection in the lanes
+
+def projection_ops(lanes, dtype, projected, packed=None):
+    """As :func:`unit_ops`; ``projected`` gets, for every run, whether each forward job computes its input
+    projection (a backward job: None); the ops' own products are counted under ``"matmul"``."""
+    class Recorded(host.HostDevice):
+        def run(self, run_jobs):
+            projected.append([None if job.backward else bool(job.x1) for job in run_jobs])
+            return super().run(run_jobs)
+
+    class Counted(host.HostFusedOps):
+        def matmul(self, a, b, out):
+            projected.append("matmul")
+            return super().matmul(a, b, out)
+
+    device = Recorded(dtype, BUILT.lib, BLAS, packed=packed)
+    return Counted(xp, BUILT.lib, lanes=host.UnitSteps(device, lanes))
+
+
+@DTYPES
+@pytest.mark.parametrize("kind", KINDS)
+def test_lanes_of_units_compute_their_own_input_projection(kind, dtype):
+    """With the packed product each lane computes its columns of X1 @ [W_ih b]^T before its loop (no [W_ih b] copy,
+    no product for it in the engine); 50 steps of 2 rows: the 100 rows of X1 in a chunk of 64 and one of 36."""
+    if not host.HostDevice(dtype, BUILT.lib, BLAS).packed:
+        pytest.skip("the packed product is off in this build: the engine computes the projection")
+    threads_for(2)
+    rng = np.random.default_rng(5)
+    T, m, n_x, n_a, G = 50, 2, 7, 40, engine.GATES[kind]
+    args = (kind, rng.standard_normal((T, m, n_x)).astype(dtype), (rng.standard_normal((G * n_a, n_x)) * 0.3).astype(dtype),
+            (rng.standard_normal((G * n_a, n_a)) * 0.3).astype(dtype), rng.standard_normal(G * n_a).astype(dtype),
+            rng.standard_normal(G * n_a).astype(dtype), rng.standard_normal((m, n_a)).astype(dtype),
+            rng.standard_normal((m, n_a)).astype(dtype) if kind == "lstm" else None)
+    for keep in (True, False):
+        projected = []
+        got = engine.sequence_forward(*args, ops=projection_ops(2, dtype, projected), keep=keep)
+        assert projected == [[True, True]], projected  # no "matmul": the lanes projected, both of them
+        want = engine.sequence_forward(*args, ops=ArrayAPIOps(xp), keep=keep)
+        for name, g, w in zip(("Y", "h_T", "c_T"), got[:3], want[:3]):
+            if w is not None:
+                tol = 1e-4 if dtype == np.float32 else 1e-12
+                np.testing.assert_allclose(np.array(g), np.array(w), rtol=0, atol=tol * max(1.0, float(np.abs(w).max())),
+                                           err_msg=f"{kind} keep={keep}: {name}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_projection_without_biases_and_in_one_lane(kind, monkeypatch):
+    """No biases (the folded bias is zeros); and a loop the runtime gives one lane: one job of every row and unit,
+    which projects every column itself."""
+    if not host.HostDevice(np.float64, BUILT.lib, BLAS).packed:
+        pytest.skip("the packed product is off in this build: the engine computes the projection")
+    threads_for(2)
+    rng = np.random.default_rng(6)
+    T, m, n_x, n_a, G = 6, 1, 5, 48, engine.GATES[kind]
+    args = (kind, rng.standard_normal((T, m, n_x)), rng.standard_normal((G * n_a, n_x)) * 0.3,
+            rng.standard_normal((G * n_a, n_a)) * 0.3, None, None, rng.standard_normal((m, n_a)),
+            rng.standard_normal((m, n_a)) if kind == "lstm" else None)
+    want = engine.sequence_forward(*args, ops=ArrayAPIOps(xp))
+    projected = []
+    got = engine.sequence_forward(*args, ops=projection_ops(2, np.float64, projected))
+    rt = cpu_runtime()
+    real = rt.lane_run
+    monkeypatch.setattr(rt, "lane_run", lambda wanted: real(1))
+    alone = engine.sequence_forward(*args, ops=projection_ops(2, np.float64, projected))
+    assert projected == [[True, True], [True]]
+    for result in (got, alone):
+        for g, w in zip(result[:3], want[:3]):
+            if w is not None:
+                np.testing.assert_allclose(np.array(g), np.array(w), rtol=0, atol=1e-12)
+
+
+def test_the_engine_projects_where_the_lanes_multiply_by_openblas():
+    """Without the packed product (OpenBLAS's per-step products) the lanes take XW from the engine's product."""
+    threads_for(2)
+    projected = []
+    got = engine_sequence("lstm", projection_ops(2, np.float64, projected, packed=False), m=1, n_a=40)
+    want = engine_sequence("lstm", ArrayAPIOps(xp), m=1, n_a=40)
+    assert projected[:2] == ["matmul", [False, False]]
+    assert_same(got, want, np.float64, "openblas products")
+
+
+def test_a_projection_the_lane_cannot_compute_is_refused():
+    device = host.HostDevice(np.float64, BUILT.lib, BLAS, packed=True)
+    T, m, n_x, n_a = 3, 2, 4, 8
+    XW, S, C = np.zeros((T, m, 4 * n_a)), np.zeros((T + 1, m, n_a)), np.zeros((T + 1, m, n_a))
+    W_hh, hw, W_ih, bias = np.zeros((4 * n_a, n_a)), np.zeros((m, 4 * n_a)), np.zeros((4 * n_a, n_x)), np.zeros(4 * n_a)
+    X1 = np.zeros((T * m, n_x + 1))
+    with pytest.raises(ValueError, match=r"projection: expected X1 \(6, 5\), W_ih \(32, 4\) and bias \(32,\)"):
+        device.forward_job("lstm", XW, W_hh, None, XW, S, C, hw, projection=(X1[:, :n_x], W_ih, bias))
+    with pytest.raises(ValueError, match="projection: XW must hold every row of every step in one block"):
+        device.forward_job("lstm", XW[:, :1], W_hh, None, XW[:, :1], S[:, :1], C[:, :1], hw[:1],
+                           projection=(X1[:T], W_ih, bias))
+    plain = host.HostDevice(np.float64, BUILT.lib, BLAS, packed=False)
+    with pytest.raises(ValueError, match="a lane computes the input projection by the packed product only"):
+        plain.forward_job("lstm", XW, W_hh, None, XW, S, C, hw, projection=(X1, W_ih, bias))

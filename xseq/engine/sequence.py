@@ -125,12 +125,15 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
     X = ops.copy_into(X1[:, :, :n_x], X)
     X1[:, :, n_x] = 1
     bias = _folded_bias(xp, kind, b_ih, b_hh, G * n_a, dtype, dev)
-    W_ih1 = xp.concat([W_ih, xp.reshape(bias, (G * n_a, 1))], axis=1)
     X1_rows = xp.reshape(X1, (T * m, n_x + 1))
     # The time loop: the ops' direct loop (CuPy's launches by address, NumPy's lanes) where it has one
     # for this shape, else the step methods below.
     direct = (ops.direct_steps(dtype, dev, check=check_direct, rows=m, n_a=n_a, gates=G)
               if mask is None else None)
+    # A direct loop that projects (the host's lanes of units) computes XW itself, from X1, W_ih and the biases,
+    # before its steps; else the GEMMs below do, by [W_ih b].
+    projects = direct is not None and direct.projects
+    W_ih1 = None if projects else xp.concat([W_ih, xp.reshape(bias, (G * n_a, 1))], axis=1)
     # The projection of every step, in chunks of ops.projection_steps steps (all of them for the
     # GPU and for a direct loop: one GEMM; a few for NumPy's steps, each computed just before its
     # steps read it, from cache).
@@ -147,7 +150,7 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
         if out is not dest:  # an ops that does not write into ``out``
             dest[...] = out
 
-    if chunk == T:
+    if chunk == T and not projects:
         XW_rows = ops.matmul(X1_rows, W_ih1.T, XW_rows)
     XW = xp.reshape(XW_rows, (-1, m, G * n_a))
 
@@ -169,7 +172,9 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
     # whole loop in one (the host's lanes, which take W_hh itself: direct.forward_weight).
     if direct is not None:
         weight = c_order(xp, W_hh if direct.forward_weight == "W_hh" else W_hh.T)
-        direct.forward(kind, XW, weight, None if b_hn is None else c_order(xp, b_hn), saved, S, C, hw_buffer)
+        projection = {"projection": (X1_rows, c_order(xp, W_ih), bias)} if projects else {}
+        direct.forward(kind, XW, weight, None if b_hn is None else c_order(xp, b_hn), saved, S, C, hw_buffer,
+                       **projection)
     else:
         W_hhT = c_order(xp, W_hh.T)  # a contiguous right operand makes the per-step GEMM faster
         _forward_steps(ops, xp, kind, XW, W_hhT, b_hn, saved, S, C, mask, hw_buffer,

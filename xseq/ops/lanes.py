@@ -131,17 +131,24 @@ class HostDevice:
             self._packed_size = getattr(lib, f"xseq_packed_size_{ctype}")
             self._packed_size.argtypes, self._packed_size.restype = [ctypes.c_int64, ctypes.c_int64], ctypes.c_int64
 
-    def forward_job(self, kind, XW, W_hh, b_hn, saved, S, C, hw, units=None, barrier=None):
+    def forward_job(self, kind, XW, W_hh, b_hn, saved, S, C, hw, units=None, barrier=None, projection=None):
         """A lane of :class:`~xseq.ops.fused.DirectSteps`' forward loop: writes ``S[1:]``, ``C[1:]``, ``saved``.
 
         ``units``: ``(u0, u1)``, the hidden units this lane owns in every row
         (None: all of them, a lane of rows); ``barrier``: the
         :class:`~xseq.ops.native_layout.LaneBarrier` of the lanes that share the rows.
+        ``projection``: None where ``XW`` holds the input projection already;
+        else ``(X1, W_ih, bias)``, the engine's ``(T m, n_x + 1)`` rows ``[x, 1]``,
+        ``W_ih`` and the folded biases: the lane computes its columns of ``XW``
+        (every row of every step: a lane of units, or one lane of every row)
+        before its loop, by the packed product (:attr:`packed` only).
         """
         T, m, _ = XW.shape
         job = self._job(0, kind, T, m, S.shape[2], units, barrier)
         if T == 0:
             return job
+        if projection is not None:
+            self._projection(job, XW, *projection)
         job.xw, job.xw_step = self._steps(XW)
         job.s, job.s_step = self._steps(S)
         if C is not None:
@@ -182,6 +189,20 @@ class HostDevice:
         job.w, job.work = self._block(W_hh), self._block(job.keep_work)  # work: the loop's two dh and two dc
         job.dh, job.dc = self._block(dh), None if dc is None else self._block(dc)
         return job
+
+    def _projection(self, job, XW, X1, W_ih, bias):
+        """Point ``job`` at the input projection it computes itself (:meth:`forward_job`'s ``projection``)."""
+        T, m, GN = XW.shape
+        n_x = W_ih.shape[1]
+        if not self.packed:
+            raise ValueError("a lane computes the input projection by the packed product only; "
+                             "this device's products are OpenBLAS's (packed is False)")
+        if X1.shape != (T * m, n_x + 1) or W_ih.shape != (GN, n_x) or bias.shape != (GN,):
+            raise ValueError(f"projection: expected X1 ({T * m}, {n_x + 1}), W_ih ({GN}, {n_x}) and bias ({GN},) "
+                             f"for XW {XW.shape}; got {X1.shape}, {W_ih.shape} and {bias.shape}")
+        if XW.strides[0] != m * XW.strides[1]:
+            raise ValueError(f"projection: XW must hold every row of every step in one block; got strides {XW.strides}")
+        job.x1, job.w_ih, job.b_in, job.n_x = self._block(X1), self._block(W_ih), self._block(bias), n_x
 
     def _job(self, backward, kind, T, m, n_a, units, barrier):
         u0, u1 = (0, n_a) if units is None else units
@@ -243,11 +264,17 @@ class HostDevice:
                 sizes.append(self._packed_size(job.n_a, GN))
             else:
                 sizes.append(_GATES[job.kind] * self._packed_size(job.n_a, units))
-        buffer = cpu_runtime().packed_buffer(self.dtype, sum(sizes))
+        # a lane that computes its input projection: its G blocks of (n_x + 1, units) of [W_ih b].T too
+        projections = [_GATES[job.kind] * self._packed_size(job.n_x + 1, job.u1 - job.u0) if job.x1 else 0
+                       for job in jobs]
+        buffer = cpu_runtime().packed_buffer(self.dtype, sum(sizes) + sum(projections))
         start = address(buffer)
-        for job, size in zip(jobs, sizes):
+        for job, size, projection in zip(jobs, sizes, projections):
             job.packed = start
             start += size * self.dtype.itemsize
+            if projection:
+                job.packed_in = start
+                start += projection * self.dtype.itemsize
 
     def _block(self, a):
         if a.dtype != self.dtype or not a.flags.c_contiguous:
@@ -297,6 +324,8 @@ class LaneSteps:
 
     #: The forward loop takes ``W_hh`` itself (each lane packs its transpose), not a transposed copy.
     forward_weight = "W_hh"
+    #: The engine computes the input projection (one OpenBLAS product for every lane's rows).
+    projects = False
 
     def __init__(self, device, lanes):
         self.device, self.lanes = device, lanes
@@ -374,6 +403,14 @@ class UnitSteps:
     def __init__(self, device, lanes):
         self.device, self.lanes = device, lanes
 
+    @property
+    def projects(self):
+        """Whether :meth:`forward` takes the input projection's operands (``projection``) and each lane computes
+        its own columns of ``XW`` before its loop, by the packed product: where the device packs (one sequence
+        at a time the lanes' product then beats a small OpenBLAS call; at ``n_a = 1024`` the packed product
+        runs closer to the machine's peak than OpenBLAS's, and no ``[W_ih b]`` copy is made)."""
+        return self.device.packed
+
     def _blocks(self, n_a, lanes, threads):
         """``[(u0, u1), ...]`` for the lanes this loop gets (``lanes`` from the runtime, OpenBLAS's ``threads``),
         or None: one lane, every unit (fewer lanes free than asked for, or the lanes of units paused after a stall:
@@ -389,16 +426,18 @@ class UnitSteps:
         if barrier is not None and jobs and jobs[0].T > 0:
             cpu_runtime().note_meetings(time.perf_counter_ns() - start, barrier.slept_ns, barrier.parties)
 
-    def forward(self, kind, XW, W_hh, b_hn, saved, S, C, hw):
-        """As :meth:`~xseq.ops.fused.DirectSteps.forward`, but by ``W_hh`` itself (:attr:`forward_weight`)."""
+    def forward(self, kind, XW, W_hh, b_hn, saved, S, C, hw, projection=None):
+        """As :meth:`~xseq.ops.fused.DirectSteps.forward`, but by ``W_hh`` itself (:attr:`forward_weight`);
+        ``projection``: None, or ``(X1, W_ih, bias)`` where :attr:`projects` (:meth:`HostDevice.forward_job`)."""
         n_a = S.shape[2]
         with cpu_runtime().lane_run(self.lanes) as (lanes, threads):
             blocks, barrier = self._blocks(n_a, lanes, threads), None
             if blocks is None:
-                jobs = [self.device.forward_job(kind, XW, W_hh, b_hn, saved, S, C, hw)]
+                jobs = [self.device.forward_job(kind, XW, W_hh, b_hn, saved, S, C, hw, projection=projection)]
             else:
                 barrier = lane_barrier(len(blocks))
-                jobs = [self.device.forward_job(kind, XW, W_hh, b_hn, saved, S, C, hw, units=units, barrier=barrier)
+                jobs = [self.device.forward_job(kind, XW, W_hh, b_hn, saved, S, C, hw, units=units, barrier=barrier,
+                                                projection=projection)
                         for units in blocks]
             self._run(jobs, barrier)
 

@@ -23,7 +23,9 @@ class LaneJob(ctypes.Structure):
                                                         "b_hn", "hw", "dh", "dc", "work", "packed")]
                 + [(name, ctypes.c_int64) for name in ("xw_step", "s_step", "c_step", "g_step", "dy_step",
                                                        "z_step", "hw_step", "u0", "u1")]
-                + [("barrier", ctypes.c_void_p)])
+                + [("barrier", ctypes.c_void_p)]
+                + [(name, ctypes.c_void_p) for name in ("x1", "w_ih", "b_in", "packed_in")]
+                + [("n_x", ctypes.c_int64)])
 
 
 class LaneBarrier(ctypes.Structure):

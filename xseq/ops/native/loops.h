@@ -44,12 +44,17 @@ inline void mm(gemm_t<T> gemm, const T* packed, int64_t m, int64_t n, int64_t k,
 // u0, u1: the hidden units the lane owns in every row; 0 and n_a for a lane of rows (the weight packed for
 // all lanes before they start, in packed). A lane of units (u1 - u0 < n_a) shares its rows with the other
 // lanes of its barrier (a lane_barrier) and packs its own columns of w into packed itself.
+// x1 (forward, null for none): the lane computes its own columns of xw before the loop, xw = X1 @ [W_ih b]^T,
+// X1 being (T m, n_x + 1) rows [x, 1] (xw (T m, G n_a) then, every row of every step), w_ih W_ih (G n_a,
+// n_x), b_in the folded biases (G n_a), packed_in room for its packed columns (project_cols).
 struct lane_job {
     int64_t backward, kind, T, m, n_a;
     void *gemm, *xw, *s, *c, *g, *dy, *dz, *dhw, *w, *b_hn, *hw, *dh, *dc, *work, *packed;
     int64_t xw_step, s_step, c_step, g_step, dy_step, z_step, hw_step;
     int64_t u0, u1;
     void* barrier;
+    void *x1, *w_ih, *b_in, *packed_in;
+    int64_t n_x;
 };
 
 // Where the lanes that share rows meet once a step: parties lanes, count of them arrived, phase the
@@ -199,6 +204,27 @@ inline void mm_cols(gemm_t<T> gemm, const T* packed, int64_t m, int64_t U, int64
         gemm(101, 111, 111, m, U, k, T(1), a, lda, b + col, ldb, beta, c, ldc);
 }
 
+// The input projection of the lane's columns (units u0 .. u0+U-1 of every gate block) for every row of
+// every step, before the loop (lane_job's x1): each gate block's columns of [W_ih b]^T packed (pack_projection),
+// then the rows of X1 a chunk of up to 64 at a time (the chunk stays in cache while every panel uses it).
+template <typename T_>
+void project_cols(const lane_job& j, int64_t u0, int64_t U) {
+    const int64_t G = j.kind == 0 ? 1 : j.kind == 1 ? 4 : 3, n_a = j.n_a, GN = G * n_a, n_x = j.n_x,
+                  n_in = n_x + 1, rows = j.T * j.m, chunk = 64;
+    const T_ *x1 = (const T_*)j.x1, *w_ih = (const T_*)j.w_ih, *b = (const T_*)j.b_in;
+    T_ *packed = (T_*)j.packed_in, *xw = (T_*)j.xw;
+    const int64_t block = xseq_packed::packed_size<T_>(n_in, U);
+    for (int64_t gate = 0; gate < G; ++gate)
+        xseq_packed::pack_projection(w_ih + (gate * n_a + u0) * n_x, n_x, n_x, b + gate * n_a + u0, U,
+                                     packed + gate * block);
+    for (int64_t r = 0; r < rows; r += chunk) {
+        const int64_t M = rows - r < chunk ? rows - r : chunk;
+        for (int64_t gate = 0; gate < G; ++gate)
+            xseq_packed::gemm<T_>(M, U, n_in, x1 + r * n_in, n_in, packed + gate * block, T_(0),
+                                  xw + r * GN + gate * n_a + u0, GN);
+    }
+}
+
 // The forward loop of a lane that owns units u0 .. u1-1 of every row: at each step the columns of hw that
 // belong to its units (one product a gate block, by its own packed columns of W_hh.T), its units' kernel,
 // then the barrier: the next step's product reads the whole h, which every lane wrote a part of. Nothing a
@@ -217,6 +243,7 @@ void unit_forward_loop(const lane_job& j) {
     if (packed)  // the gate blocks' columns of W_hh.T this lane owns: rows of W_hh
         for (int64_t gate = 0; gate < G; ++gate)
             xseq_packed::pack_transposed(w + (gate * n_a + u0) * n_a, n_a, n_a, U, packed + gate * block);
+    if (j.x1) project_cols<T_>(j, u0, U);  // the lane's own columns: no other lane reads them
     auto* barrier = (lane_barrier*)j.barrier;
     T_ *s = (T_*)j.s, *c = (T_*)j.c, *g = (T_*)j.g, *hw = (T_*)j.hw;
     const T_ *xw = (const T_*)j.xw, *b_hn = (const T_*)j.b_hn;
@@ -292,6 +319,7 @@ void lane(const lane_job& j) {
     const int64_t GN = (j.kind == 0 ? 1 : j.kind == 1 ? 4 : 3) * j.n_a;
     if (j.packed && !j.backward) xseq_packed::pack_transposed((const T_*)j.w, j.n_a, j.n_a, GN, (T_*)j.packed);
     else if (j.packed) xseq_packed::pack((const T_*)j.w, GN, j.n_a, (T_*)j.packed);
+    if (!j.backward && j.x1) project_cols<T_>(j, 0, j.n_a);  // one lane of every row and unit
     if (!j.backward)
         forward_loop<T_>((int)j.kind, j.gemm, j.T, j.m, j.n_a, (const T_*)j.xw, j.xw_step, (T_*)j.s, j.s_step,
                          (T_*)j.c, j.c_step, (T_*)j.g, j.g_step, (const T_*)j.w, (const T_*)j.b_hn, (T_*)j.hw,

@@ -110,12 +110,13 @@ inline void transpose_block(V* rows) {
 // forward loop packs W_hh.T from W_hh itself, with no transposed copy of it. A whole panel goes W values
 // of k at a time: each of its two vectors' W rows of w loaded, transposed in registers, stored as W rows
 // of the panel; the rest (a last panel narrower than NR, the last K % W values of k) element by element.
+// panel_rows: the rows a panel has room for, K (0) or more (pack_projection writes the one after K).
 template <typename T>
-void pack_transposed(const T* w, int64_t ldw, int64_t K, int64_t N, T* out) {
-    const int64_t NR = panel_cols<T>();
+void pack_transposed(const T* w, int64_t ldw, int64_t K, int64_t N, T* out, int64_t panel_rows = 0) {
+    const int64_t NR = panel_cols<T>(), KP = panel_rows > K ? panel_rows : K;
     for (int64_t p = 0; p * NR < N; ++p) {
         const int64_t cols = N - p * NR < NR ? N - p * NR : NR;
-        T* panel = out + p * K * NR;
+        T* panel = out + p * KP * NR;
         const T* src = w + p * NR * ldw;  // the panel's first column of B: row p NR of w
         int64_t k0 = 0;
 #if XSEQ_PACKED_SHUFFLE
@@ -142,6 +143,19 @@ void pack_transposed(const T* w, int64_t ldw, int64_t K, int64_t N, T* out) {
                 for (int64_t k = k0; k < K; ++k) panel[k * NR + j] = T(0);
             }
         }
+    }
+}
+
+// The input projection's weight for a lane: B = [w | bias]^T, (K + 1) x N, w being N x K with row stride ldw
+// (a block of rows of W_ih) and bias N values (the folded biases of those rows), so that a row of
+// X1 = [x, 1] times B is the row's x @ w^T + bias; panels as pack's, of K + 1 rows.
+template <typename T>
+void pack_projection(const T* w, int64_t ldw, int64_t K, const T* bias, int64_t N, T* out) {
+    const int64_t NR = panel_cols<T>();
+    pack_transposed(w, ldw, K, N, out, K + 1);
+    for (int64_t p = 0; p * NR < N; ++p) {
+        T* last = out + (p * (K + 1) + K) * NR;
+        for (int64_t j = 0; j < NR; ++j) last[j] = p * NR + j < N ? bias[p * NR + j] : T(0);
     }
 }
 
