@@ -303,7 +303,7 @@ def test_status_names_every_piece_that_is_off(monkeypatch, reloaded):
     try:
         said = host.status()
         assert said.startswith(f"host kernels (fused C++ steps) from {host.library().path} (")
-        assert "lanes off: lane_job's field 34 is n_x at offset 272 (8 bytes) in C++ but nothing in Python" in said
+        assert "lanes off: lane_job's field 37 is i1 at offset 296 (8 bytes) in C++ but nothing in Python" in said
         ops = host.host_ops(NP, np.float64)
         monkeypatch.setattr(host, "lane_count", lambda rows, n_a, gates, itemsize: 2)
         assert ops.direct_steps(np.float64, check=engine.check_direct, rows=16, n_a=5, gates=4) is None

@@ -64,7 +64,7 @@ def test_the_library_reports_lane_job_as_python_lays_it_out():
     size, fields = reported(BUILT.lib, "lane_job")
     assert (size, fields) == python_layout(LaneJob)
     assert [name for name, _, _ in fields] == [name for name, _ in LaneJob._fields_]
-    assert size == ctypes.sizeof(LaneJob) == 35 * 8
+    assert size == ctypes.sizeof(LaneJob) == 38 * 8
     assert layout_problem(BUILT.lib, "lane_job", LaneJob) == ""
 
 
@@ -83,7 +83,7 @@ def test_an_unknown_struct_or_a_library_without_layouts_is_a_problem_not_a_guess
      "lane_job's field 1 is kind at offset 8 (8 bytes) in C++ but kind at offset 8 (4 bytes) in Python"),
     (dict(drop="hw_step"),
      "lane_job's field 26 is hw_step at offset 208 (8 bytes) in C++ but u0 at offset 208 (8 bytes) in Python"),
-    (dict(add="extra"), "lane_job's field 35 is nothing in C++ but extra at offset 280 (8 bytes) in Python"),
+    (dict(add="extra"), "lane_job's field 38 is nothing in C++ but extra at offset 304 (8 bytes) in Python"),
 ], ids=["field-moved", "field-narrowed", "field-dropped", "field-added"])
 def test_a_planted_mismatch_is_named(how, expected):
     assert layout_problem(BUILT.lib, "lane_job", changed(**how)).startswith(expected)
@@ -93,7 +93,7 @@ def test_the_same_fields_in_a_struct_of_another_size_are_refused(monkeypatch):
     """Padding at the end (an alignment of the C++ struct) changes no field: the sizes are compared too."""
     size, fields = reported(BUILT.lib, "lane_job")
     monkeypatch.setattr(native_layout, "native_layout", lambda lib, name: (size + 8, fields))
-    assert layout_problem(BUILT.lib, "lane_job", LaneJob).startswith("lane_job is 288 bytes in C++ but 280 in Python")
+    assert layout_problem(BUILT.lib, "lane_job", LaneJob).startswith("lane_job is 312 bytes in C++ but 304 in Python")
 
 
 def test_a_device_with_a_mismatched_job_refuses_to_be_made():

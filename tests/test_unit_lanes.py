@@ -387,10 +387,12 @@ def test_a_lane_that_waits_long_at_a_meeting_sleeps_and_the_barrier_counts_it():
 
 def projection_ops(lanes, dtype, projected, packed=None):
     """As :func:`unit_ops`; ``projected`` gets, for every run, whether each forward job computes its input
-    projection (a backward job: None); the ops' own products are counted under ``"matmul"``."""
+    projection, and for a backward job its columns ``(i0, i1)`` of the input's gradient (False: none); the ops'
+    own products are counted under ``"matmul"``."""
     class Recorded(host.HostDevice):
         def run(self, run_jobs):
-            projected.append([None if job.backward else bool(job.x1) for job in run_jobs])
+            projected.append([(job.dx is not None and (job.i0, job.i1)) if job.backward else bool(job.x1)
+                              for job in run_jobs])
             return super().run(run_jobs)
 
     class Counted(host.HostFusedOps):
@@ -447,7 +449,13 @@ def test_the_projection_without_biases_and_in_one_lane(kind, monkeypatch):
     real = rt.lane_run
     monkeypatch.setattr(rt, "lane_run", lambda wanted: real(1))
     alone = engine.sequence_forward(*args, ops=projection_ops(2, np.float64, projected))
-    assert projected == [[True, True], [True]]
+    alone_grads = engine.sequence_backward(alone[3], dY=np.ones((T, m, n_a)), ops=projection_ops(2, np.float64, projected))
+    monkeypatch.undo()
+    want_grads = engine.sequence_backward(want[3], dY=np.ones((T, m, n_a)), ops=ArrayAPIOps(xp))
+    assert projected == [[True, True], [True], [(0, n_x)], "matmul", "matmul"]
+    for key, w in want_grads.items():
+        if w is not None:
+            np.testing.assert_allclose(np.array(alone_grads[key]), np.array(w), rtol=0, atol=1e-12, err_msg=key)
     for result in (got, alone):
         for g, w in zip(result[:3], want[:3]):
             if w is not None:
@@ -455,13 +463,34 @@ def test_the_projection_without_biases_and_in_one_lane(kind, monkeypatch):
 
 
 def test_the_engine_projects_where_the_lanes_multiply_by_openblas():
-    """Without the packed product (OpenBLAS's per-step products) the lanes take XW from the engine's product."""
+    """Without the packed product (OpenBLAS's per-step products) the lanes take XW from the engine's product and
+    leave dX to the engine's."""
     threads_for(2)
     projected = []
     got = engine_sequence("lstm", projection_ops(2, np.float64, projected, packed=False), m=1, n_a=40)
     want = engine_sequence("lstm", ArrayAPIOps(xp), m=1, n_a=40)
-    assert projected[:2] == ["matmul", [False, False]]
+    assert projected == ["matmul", [False, False], [False, False], "matmul", "matmul", "matmul"]
     assert_same(got, want, np.float64, "openblas products")
+
+
+@pytest.mark.parametrize("n_x", [40, 9, 1], ids=["whole-vectors", "unaligned", "one-input"])
+@DTYPES
+@pytest.mark.parametrize("kind", KINDS)
+def test_lanes_of_units_compute_the_inputs_gradient_after_their_loop(kind, dtype, n_x):
+    """Each lane a block of dX's columns (whole 64-byte vectors where n_x allows; at n_x = 1 one lane has none),
+    after a meeting: the other lanes' columns of dZ are read too. Every output and gradient against the reference."""
+    if not host.HostDevice(dtype, BUILT.lib, BLAS).packed:
+        pytest.skip("the packed product is off in this build: the engine computes dX")
+    threads_for(2)
+    projected = []
+    shape = dict(m=2, n_a=40, n_x=n_x, dtype=dtype)
+    got = engine_sequence(kind, projection_ops(2, dtype, projected), **shape)
+    want = engine_sequence(kind, ArrayAPIOps(xp), **shape)
+    columns = [tuple(block) for block in host.unit_blocks(n_x, 2, np.dtype(dtype).itemsize)]
+    assert columns[0][0] == 0 and columns[0][1] == columns[1][0] and columns[1][1] == n_x
+    assert (columns[1][0] == columns[1][1]) == (n_x == 1)
+    assert projected == [[True, True], columns, "matmul", "matmul"]  # the two weight gradients stay the engine's
+    assert_same(got, want, dtype, f"{kind}: n_x={n_x}")
 
 
 def test_a_projection_the_lane_cannot_compute_is_refused():

@@ -58,15 +58,15 @@ struct lane_job {
     int64_t xw_step, s_step, c_step, g_step, dy_step, z_step, hw_step;
     int64_t u0, u1;
     void* barrier;
-    void *x1, *w_ih, *b_in, *packed_in;
-    int64_t n_x;
+    void *x1, *w_ih, *b_in, *packed_in, *dx;
+    int64_t n_x, i0, i1;
 };
 struct lane_barrier {
     int64_t parties, pad0[7], count, pad1[7];
     int32_t phase, sleepers;
     int64_t sleeps, slept_ns, pad2[5];
 };
-static_assert(sizeof(void*) == 8 && sizeof(lane_job) == 35 * 8, "lane_job: 35 fields of 8 bytes");
+static_assert(sizeof(void*) == 8 && sizeof(lane_job) == 38 * 8, "lane_job: 38 fields of 8 bytes");
 static_assert(sizeof(lane_barrier) == 24 * 8, "lane_barrier: three 64-byte cache lines");
 
 // The library's entry points by element type: the generated step kernels (xseq.ops.kernel_source.KERNELS,
@@ -280,7 +280,8 @@ void check_layouts() {
         HARNESS_FIELD(lane_job, dy_step),  HARNESS_FIELD(lane_job, z_step),  HARNESS_FIELD(lane_job, hw_step),
         HARNESS_FIELD(lane_job, u0),       HARNESS_FIELD(lane_job, u1),      HARNESS_FIELD(lane_job, barrier),
         HARNESS_FIELD(lane_job, x1),       HARNESS_FIELD(lane_job, w_ih),    HARNESS_FIELD(lane_job, b_in),
-        HARNESS_FIELD(lane_job, packed_in), HARNESS_FIELD(lane_job, n_x),
+        HARNESS_FIELD(lane_job, packed_in), HARNESS_FIELD(lane_job, dx),      HARNESS_FIELD(lane_job, n_x),
+        HARNESS_FIELD(lane_job, i0),       HARNESS_FIELD(lane_job, i1),
     };
     static constexpr field barrier[] = {
         HARNESS_FIELD(lane_barrier, parties), HARNESS_FIELD(lane_barrier, pad0),  HARNESS_FIELD(lane_barrier, count),

@@ -132,8 +132,8 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
               if mask is None else None)
     # A direct loop that projects (the host's lanes of units) computes XW itself, from X1, W_ih and the biases,
     # before its steps; else the GEMMs below do, by [W_ih b].
-    projects = direct is not None and direct.projects
-    W_ih1 = None if projects else xp.concat([W_ih, xp.reshape(bias, (G * n_a, 1))], axis=1)
+    inputs = direct is not None and direct.input_products
+    W_ih1 = None if inputs else xp.concat([W_ih, xp.reshape(bias, (G * n_a, 1))], axis=1)
     # The projection of every step, in chunks of ops.projection_steps steps (all of them for the
     # GPU and for a direct loop: one GEMM; a few for NumPy's steps, each computed just before its
     # steps read it, from cache).
@@ -150,7 +150,7 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
         if out is not dest:  # an ops that does not write into ``out``
             dest[...] = out
 
-    if chunk == T and not projects:
+    if chunk == T and not inputs:
         XW_rows = ops.matmul(X1_rows, W_ih1.T, XW_rows)
     XW = xp.reshape(XW_rows, (-1, m, G * n_a))
 
@@ -172,7 +172,7 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
     # whole loop in one (the host's lanes, which take W_hh itself: direct.forward_weight).
     if direct is not None:
         weight = c_order(xp, W_hh if direct.forward_weight == "W_hh" else W_hh.T)
-        projection = {"projection": (X1_rows, c_order(xp, W_ih), bias)} if projects else {}
+        projection = {"projection": (X1_rows, c_order(xp, W_ih), bias)} if inputs else {}
         direct.forward(kind, XW, weight, None if b_hn is None else c_order(xp, b_hn), saved, S, C, hw_buffer,
                        **projection)
     else:
@@ -303,15 +303,21 @@ def sequence_backward(trace, dY=None, dh_T=None, dc_T=None, ops=None):
     dHW = empty(T, m, G * n_a) if kind == "gru" else dZ
     W_hh = tr.W_hh
     direct = ops.direct_steps(dtype, dev, check=check_direct, rows=m, n_a=n_a, gates=G) if mask is None else None
+    # A direct loop with the input's products (the host's lanes of units) writes dX = dZ @ W_ih itself, after
+    # its steps; else the GEMM below does.
+    dX_rows = empty(T * m, n_x) if direct is not None and direct.input_products else None
     if direct is not None:
+        input_grad = {"input_grad": (dX_rows, c_order(xp, tr.W_ih))} if dX_rows is not None else {}
         dh, dc = direct.backward(kind, tr.saved, S, C, c_order(xp, W_hh), dY, c_order(xp, dh),
-                                 None if dc is None else c_order(xp, dc), dZ, dHW, empty)
+                                 None if dc is None else c_order(xp, dc), dZ, dHW, empty, **input_grad)
     else:
         dh, dc = _backward_steps(ops, xp, kind, tr.saved, S, C, W_hh, dY, dh, dc, dZ, dHW, mask, empty)
 
     dZ2 = xp.reshape(dZ, (T * m, G * n_a))
     dHW2 = xp.reshape(dHW, (T * m, G * n_a))
-    dX = xp.reshape(ops.matmul(dZ2, tr.W_ih, empty(T * m, n_x)), (T, m, n_x))
+    if dX_rows is None:
+        dX_rows = ops.matmul(dZ2, tr.W_ih, empty(T * m, n_x))
+    dX = xp.reshape(dX_rows, (T, m, n_x))
     if tr.reverse:
         dX = _flip(xp, dX)
     dW_ih1 = ops.matmul(dZ2.T, xp.reshape(tr.X1, (T * m, n_x + 1)), empty(G * n_a, n_x + 1))

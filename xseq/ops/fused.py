@@ -126,8 +126,8 @@ class DirectSteps:
     #: The host's lanes take ``"W_hh"`` itself and pack its transpose (:class:`xseq.ops.lanes.LaneSteps`).
     forward_weight = "W_hh.T"
     #: Whether :meth:`forward` computes the input projection itself (``projection=(X1, W_ih, bias)``): no, the
-    #: engine's one product does; the host's lanes of units do (:attr:`xseq.ops.lanes.UnitSteps.projects`).
-    projects = False
+    #: engine's one product does; the host's lanes of units do (:attr:`xseq.ops.lanes.UnitSteps.input_products`).
+    input_products = False
 
     def __init__(self, device):
         self.device = device

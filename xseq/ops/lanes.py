@@ -159,19 +159,25 @@ class HostDevice:
         job.b_hn = None if b_hn is None else self._block(b_hn)
         return job
 
-    def backward_job(self, kind, saved, S, C, W_hh, dY, dh, dc, dZ, dHW, units=None, barrier=None, shared=None):
+    def backward_job(self, kind, saved, S, C, W_hh, dY, dh, dc, dZ, dHW, units=None, barrier=None, shared=None,
+                     input_grad=None):
         """A lane of :class:`~xseq.ops.fused.DirectSteps`' backward loop: ``dh``/``dc`` (C-contiguous) hold the
         final states' gradients and are overwritten with the first states'; writes ``dZ`` (and ``dHW``).
 
         ``units`` and ``barrier`` as for :meth:`forward_job`; lanes that share
         rows share ``shared``: ``(work, zeros)``, the loop's four ``(m, n_a)``
-        blocks and one of zeros (None: the lane's own).
+        blocks and one of zeros (None: the lane's own). ``input_grad``: None,
+        or ``(dX, W_ih, i0, i1)``: after its loop (and a meeting, for a lane of
+        units) the lane computes columns ``i0 .. i1-1`` of ``dX = dZ @ W_ih``,
+        ``dX`` being ``(T m, n_x)``, by the packed product (:attr:`packed` only).
         """
         T, m, _ = dZ.shape
         n_a = S.shape[2]
         job = self._job(1, kind, T, m, n_a, units, barrier)
         if T == 0:
             return job
+        if input_grad is not None:
+            self._input_grad(job, dZ, *input_grad)
         if shared is None:
             shared = (np.empty(4 * m * n_a, dtype=self.dtype), np.zeros((m, n_a), dtype=self.dtype))
         job.keep_work, job.keep_dy = shared
@@ -203,6 +209,20 @@ class HostDevice:
         if XW.strides[0] != m * XW.strides[1]:
             raise ValueError(f"projection: XW must hold every row of every step in one block; got strides {XW.strides}")
         job.x1, job.w_ih, job.b_in, job.n_x = self._block(X1), self._block(W_ih), self._block(bias), n_x
+
+    def _input_grad(self, job, dZ, dX, W_ih, i0, i1):
+        """Point ``job`` at the columns of the input's gradient it computes (:meth:`backward_job`'s ``input_grad``)."""
+        T, m, GN = dZ.shape
+        n_x = W_ih.shape[1]
+        if not self.packed:
+            raise ValueError("a lane computes the input's gradient by the packed product only; "
+                             "this device's products are OpenBLAS's (packed is False)")
+        if dX.shape != (T * m, n_x) or W_ih.shape != (GN, n_x) or not 0 <= i0 <= i1 <= n_x:
+            raise ValueError(f"input_grad: expected dX ({T * m}, {n_x}), W_ih ({GN}, {n_x}) and 0 <= i0 <= i1 <= {n_x} "
+                             f"for dZ {dZ.shape}; got {dX.shape}, {W_ih.shape}, {i0} and {i1}")
+        if dZ.strides[0] != m * dZ.strides[1]:
+            raise ValueError(f"input_grad: dZ must hold every row of every step in one block; got strides {dZ.strides}")
+        job.dx, job.w_ih, job.n_x, job.i0, job.i1 = self._block(dX), self._block(W_ih), n_x, i0, i1
 
     def _job(self, backward, kind, T, m, n_a, units, barrier):
         u0, u1 = (0, n_a) if units is None else units
@@ -264,8 +284,10 @@ class HostDevice:
                 sizes.append(self._packed_size(job.n_a, GN))
             else:
                 sizes.append(_GATES[job.kind] * self._packed_size(job.n_a, units))
-        # a lane that computes its input projection: its G blocks of (n_x + 1, units) of [W_ih b].T too
-        projections = [_GATES[job.kind] * self._packed_size(job.n_x + 1, job.u1 - job.u0) if job.x1 else 0
+        # a lane that computes its input projection: its G blocks of (n_x + 1, units) of [W_ih b].T too; one that
+        # computes columns of the input's gradient: those columns of W_ih, (G n_a, i1 - i0)
+        projections = [_GATES[job.kind] * self._packed_size(job.n_x + 1, job.u1 - job.u0) if job.x1
+                       else self._packed_size(_GATES[job.kind] * job.n_a, job.i1 - job.i0) if job.dx else 0
                        for job in jobs]
         buffer = cpu_runtime().packed_buffer(self.dtype, sum(sizes) + sum(projections))
         start = address(buffer)
@@ -325,7 +347,7 @@ class LaneSteps:
     #: The forward loop takes ``W_hh`` itself (each lane packs its transpose), not a transposed copy.
     forward_weight = "W_hh"
     #: The engine computes the input projection (one OpenBLAS product for every lane's rows).
-    projects = False
+    input_products = False
 
     def __init__(self, device, lanes):
         self.device, self.lanes = device, lanes
@@ -404,11 +426,12 @@ class UnitSteps:
         self.device, self.lanes = device, lanes
 
     @property
-    def projects(self):
-        """Whether :meth:`forward` takes the input projection's operands (``projection``) and each lane computes
-        its own columns of ``XW`` before its loop, by the packed product: where the device packs (one sequence
-        at a time the lanes' product then beats a small OpenBLAS call; at ``n_a = 1024`` the packed product
-        runs closer to the machine's peak than OpenBLAS's, and no ``[W_ih b]`` copy is made)."""
+    def input_products(self):
+        """Whether the lanes make the products with ``W_ih`` too, by the packed product: :meth:`forward` takes the
+        input projection's operands (``projection``), each lane computing its own columns of ``XW`` before its
+        loop, and :meth:`backward` the input's gradient's (``input_grad``), each lane a block of ``dX``'s
+        columns after its loop. Where the device packs: at ``n_a = 1024`` the packed product runs closer to the
+        machine's peak than OpenBLAS's, and no ``[W_ih b]`` copy is made."""
         return self.device.packed
 
     def _blocks(self, n_a, lanes, threads):
@@ -428,7 +451,7 @@ class UnitSteps:
 
     def forward(self, kind, XW, W_hh, b_hn, saved, S, C, hw, projection=None):
         """As :meth:`~xseq.ops.fused.DirectSteps.forward`, but by ``W_hh`` itself (:attr:`forward_weight`);
-        ``projection``: None, or ``(X1, W_ih, bias)`` where :attr:`projects` (:meth:`HostDevice.forward_job`)."""
+        ``projection``: None, or ``(X1, W_ih, bias)`` where :attr:`input_products` (:meth:`HostDevice.forward_job`)."""
         n_a = S.shape[2]
         with cpu_runtime().lane_run(self.lanes) as (lanes, threads):
             blocks, barrier = self._blocks(n_a, lanes, threads), None
@@ -441,20 +464,27 @@ class UnitSteps:
                         for units in blocks]
             self._run(jobs, barrier)
 
-    def backward(self, kind, saved, S, C, W_hh, dY, dh, dc, dZ, dHW, empty):
-        """As :meth:`~xseq.ops.fused.DirectSteps.backward`: writes ``dZ`` (and ``dHW``); returns ``(dh0, dc0)``."""
+    def backward(self, kind, saved, S, C, W_hh, dY, dh, dc, dZ, dHW, empty, input_grad=None):
+        """As :meth:`~xseq.ops.fused.DirectSteps.backward`: writes ``dZ`` (and ``dHW``); returns ``(dh0, dc0)``.
+        ``input_grad``: None, or ``(dX, W_ih)`` where :attr:`input_products`: the lanes write ``dX = dZ @ W_ih``
+        (``(T m, n_x)``), each its own block of the input's columns (:meth:`HostDevice.backward_job`)."""
         m, n_a = dh.shape
         dh0, dc0 = _state_gradients(dh, dc, empty)
         with cpu_runtime().lane_run(self.lanes) as (lanes, threads):
             blocks, barrier = self._blocks(n_a, lanes, threads), None
             if blocks is None:
-                jobs = [self.device.backward_job(kind, saved, S, C, W_hh, dY, dh0, dc0, dZ, dHW)]
+                inputs = None if input_grad is None else (*input_grad, 0, input_grad[1].shape[1])
+                jobs = [self.device.backward_job(kind, saved, S, C, W_hh, dY, dh0, dc0, dZ, dHW, input_grad=inputs)]
             else:
                 barrier = lane_barrier(len(blocks))
                 shared = (np.empty(4 * m * n_a, dtype=self.device.dtype), np.zeros((m, n_a), dtype=self.device.dtype))
+                columns = [None] * len(blocks)
+                if input_grad is not None:  # each lane a block of dX's columns (an empty one where n_x is small)
+                    columns = [(*input_grad, i0, i1) for i0, i1 in
+                               unit_blocks(input_grad[1].shape[1], len(blocks), self.device.dtype.itemsize)]
                 jobs = [self.device.backward_job(kind, saved, S, C, W_hh, dY, dh0, dc0, dZ, dHW, units=units,
-                                                 barrier=barrier, shared=shared)
-                        for units in blocks]
+                                                 barrier=barrier, shared=shared, input_grad=inputs)
+                        for units, inputs in zip(blocks, columns)]
             self._run(jobs, barrier)
         return dh0, dc0
 

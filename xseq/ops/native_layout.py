@@ -24,8 +24,8 @@ class LaneJob(ctypes.Structure):
                 + [(name, ctypes.c_int64) for name in ("xw_step", "s_step", "c_step", "g_step", "dy_step",
                                                        "z_step", "hw_step", "u0", "u1")]
                 + [("barrier", ctypes.c_void_p)]
-                + [(name, ctypes.c_void_p) for name in ("x1", "w_ih", "b_in", "packed_in")]
-                + [("n_x", ctypes.c_int64)])
+                + [(name, ctypes.c_void_p) for name in ("x1", "w_ih", "b_in", "packed_in", "dx")]
+                + [(name, ctypes.c_int64) for name in ("n_x", "i0", "i1")])
 
 
 class LaneBarrier(ctypes.Structure):

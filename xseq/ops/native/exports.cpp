@@ -151,7 +151,8 @@ constexpr field lane_job_fields[] = {
     XSEQ_FIELD(lane_job, dy_step),  XSEQ_FIELD(lane_job, z_step),  XSEQ_FIELD(lane_job, hw_step),
     XSEQ_FIELD(lane_job, u0),       XSEQ_FIELD(lane_job, u1),      XSEQ_FIELD(lane_job, barrier),
     XSEQ_FIELD(lane_job, x1),       XSEQ_FIELD(lane_job, w_ih),    XSEQ_FIELD(lane_job, b_in),
-    XSEQ_FIELD(lane_job, packed_in), XSEQ_FIELD(lane_job, n_x),
+    XSEQ_FIELD(lane_job, packed_in), XSEQ_FIELD(lane_job, dx),      XSEQ_FIELD(lane_job, n_x),
+    XSEQ_FIELD(lane_job, i0),       XSEQ_FIELD(lane_job, i1),
 };
 typedef xseq_loops::lane_barrier lane_barrier;
 constexpr field lane_barrier_fields[] = {

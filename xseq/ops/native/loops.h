@@ -47,14 +47,16 @@ inline void mm(gemm_t<T> gemm, const T* packed, int64_t m, int64_t n, int64_t k,
 // x1 (forward, null for none): the lane computes its own columns of xw before the loop, xw = X1 @ [W_ih b]^T,
 // X1 being (T m, n_x + 1) rows [x, 1] (xw (T m, G n_a) then, every row of every step), w_ih W_ih (G n_a,
 // n_x), b_in the folded biases (G n_a), packed_in room for its packed columns (project_cols).
+// dx (backward, null for none): after the loop the lane computes columns i0 .. i1-1 of dX = dZ @ W_ih (dx:
+// (T m, n_x), dz every row of every step), w_ih, n_x and packed_in as above (input_grad_cols).
 struct lane_job {
     int64_t backward, kind, T, m, n_a;
     void *gemm, *xw, *s, *c, *g, *dy, *dz, *dhw, *w, *b_hn, *hw, *dh, *dc, *work, *packed;
     int64_t xw_step, s_step, c_step, g_step, dy_step, z_step, hw_step;
     int64_t u0, u1;
     void* barrier;
-    void *x1, *w_ih, *b_in, *packed_in;
-    int64_t n_x;
+    void *x1, *w_ih, *b_in, *packed_in, *dx;
+    int64_t n_x, i0, i1;
 };
 
 // Where the lanes that share rows meet once a step: parties lanes, count of them arrived, phase the
@@ -225,6 +227,27 @@ void project_cols(const lane_job& j, int64_t u0, int64_t U) {
     }
 }
 
+// The input's gradient, columns i0 .. i1-1 of dX = dZ @ W_ih for every row of every step, after the loop
+// (lane_job's dx; dZ complete: every lane's columns written): those columns of W_ih packed, then the rows of
+// dZ a chunk of up to 64 at a time, the sum over dZ's G n_a columns in blocks of 256 KiB of a chunk's rows
+// (a block of dZ stays in cache while every panel uses it; a whole chunk of 64 rows of 4096 does not).
+template <typename T_>
+void input_grad_cols(const lane_job& j) {
+    const int64_t G = j.kind == 0 ? 1 : j.kind == 1 ? 4 : 3, GN = G * j.n_a, n_x = j.n_x, i0 = j.i0,
+                  NI = j.i1 - j.i0, rows = j.T * j.m, chunk = 64,
+                  KB = int64_t(256 * 1024 / (chunk * sizeof(T_))), NR = xseq_packed::panel_cols<T_>();
+    if (NI <= 0) return;
+    const T_ *w_ih = (const T_*)j.w_ih, *dz = (const T_*)j.dz;
+    T_ *packed = (T_*)j.packed_in, *dx = (T_*)j.dx;
+    xseq_packed::pack(w_ih + i0, GN, NI, n_x, packed);
+    for (int64_t r = 0; r < rows; r += chunk) {
+        const int64_t M = rows - r < chunk ? rows - r : chunk;
+        for (int64_t k = 0; k < GN; k += KB)
+            xseq_packed::gemm<T_>(M, NI, GN - k < KB ? GN - k : KB, dz + r * GN + k, GN, packed + k * NR,
+                                  k == 0 ? T_(0) : T_(1), dx + r * n_x + i0, n_x, GN);
+    }
+}
+
 // The forward loop of a lane that owns units u0 .. u1-1 of every row: at each step the columns of hw that
 // belong to its units (one product a gate block, by its own packed columns of W_hh.T), its units' kernel,
 // then the barrier: the next step's product reads the whole h, which every lane wrote a part of. Nothing a
@@ -306,6 +329,10 @@ void unit_backward_loop(const lane_job& j) {
     if (kind == 1)
         for (int64_t r = 0; r < m; ++r)
             for (int64_t i = r * n_a + u0; i < r * n_a + u1; ++i) dc[i] = dc_cur[i];
+    if (j.dx) {
+        meet(barrier);  // every lane's columns of dz written: dX reads them all
+        input_grad_cols<T_>(j);
+    }
 }
 
 // One lane's loop (a lane_job): what OpenBLAS's gotoblas_pthread runs on each of its threads.
@@ -329,5 +356,6 @@ void lane(const lane_job& j) {
                           (const T_*)j.c, j.c_step, (const T_*)j.w, (const T_*)j.dy, j.dy_step, (T_*)j.dz,
                           j.z_step, (T_*)j.dhw, j.hw_step, (T_*)j.dh, (T_*)j.dc, (T_*)j.work,
                           (const T_*)j.packed);
+    if (j.backward && j.dx) input_grad_cols<T_>(j);  // one lane of every row: every column of dX
 }
 }  // namespace xseq_loops

@@ -242,14 +242,17 @@ inline void narrow_tile(const T* a, int64_t lda, const T* panel, int64_t K, T* c
     }
 }
 
-// C (M x N, row stride ldc) = A (M x K, row stride lda) @ B (packed by pack) + beta C, beta 0 or 1
+// C (M x N, row stride ldc) = A (M x K, row stride lda) @ B (packed by pack) + beta C, beta 0 or 1.
+// panel_rows: the rows of each packed panel, K (0) or more: rows k0 .. k0+K-1 of a weight packed with more
+// rows are gemm(..., K, a + k0, lda, packed + k0 NR, ..., panel_rows) (a block of the sum over k).
 template <typename T>
-void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* packed, T beta, T* c, int64_t ldc) {
-    const int64_t NR = panel_cols<T>();
+void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* packed, T beta, T* c, int64_t ldc,
+          int64_t panel_rows = 0) {
+    const int64_t NR = panel_cols<T>(), KP = panel_rows > K ? panel_rows : K;
     constexpr int MR = tile_rows;
     for (int64_t p = 0; p * NR < N; ++p) {  // a panel (K x NR) stays in cache while every row block uses it
         const int64_t ncols = N - p * NR < NR ? N - p * NR : NR;
-        const T* panel = packed + p * K * NR;
+        const T* panel = packed + p * KP * NR;
         int64_t r = 0;
         for (; r + MR <= M; r += MR) tile<T, MR>(a + r * lda, lda, panel, K, c + r * ldc + p * NR, ldc, ncols, beta);
         const T* ar = a + r * lda;
