@@ -385,6 +385,21 @@ def test_a_lane_that_waits_long_at_a_meeting_sleeps_and_the_barrier_counts_it():
 
 # ---------------------------------------------------------------- the input projection in the lanes
 
+@pytest.fixture
+def small_inputs(monkeypatch):
+    """The lanes make the products with W_ih from one input on (512 by default: these tests' sizes are small)."""
+    monkeypatch.setattr(lanes_module, "MIN_INPUT_PRODUCT_INPUTS", 1)
+
+
+def test_the_lanes_make_the_input_products_from_512_inputs_on():
+    """Below 512 inputs the engine's OpenBLAS products are as fast (measured at 64 and 256: the addendum of
+    docs/decisions/019-lanes-of-units.md); from there where the device packs."""
+    for packed in (True, False):
+        steps = host.UnitSteps(host.HostDevice(np.float32, BUILT.lib, BLAS, packed=packed), 2)
+        assert [steps.input_products(n_x) for n_x in (1, 64, 511, 512, 1024)] == [False] * 3 + [packed] * 2
+    assert not host.LaneSteps(host.HostDevice(np.float32, BUILT.lib, BLAS), 2).input_products(4096)
+
+
 def projection_ops(lanes, dtype, projected, packed=None):
     """As :func:`unit_ops`; ``projected`` gets, for every run, whether each forward job computes its input
     projection, and for a backward job its columns ``(i0, i1)`` of the input's gradient (False: none); the ops'
@@ -404,6 +419,7 @@ def projection_ops(lanes, dtype, projected, packed=None):
     return Counted(xp, BUILT.lib, lanes=host.UnitSteps(device, lanes))
 
 
+@pytest.mark.usefixtures("small_inputs")
 @DTYPES
 @pytest.mark.parametrize("kind", KINDS)
 def test_lanes_of_units_compute_their_own_input_projection(kind, dtype):
@@ -430,6 +446,7 @@ def test_lanes_of_units_compute_their_own_input_projection(kind, dtype):
                                            err_msg=f"{kind} keep={keep}: {name}")
 
 
+@pytest.mark.usefixtures("small_inputs")
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_projection_without_biases_and_in_one_lane(kind, monkeypatch):
     """No biases (the folded bias is zeros); and a loop the runtime gives one lane: one job of every row and unit,
@@ -462,6 +479,7 @@ def test_the_projection_without_biases_and_in_one_lane(kind, monkeypatch):
                 np.testing.assert_allclose(np.array(g), np.array(w), rtol=0, atol=1e-12)
 
 
+@pytest.mark.usefixtures("small_inputs")
 def test_the_engine_projects_where_the_lanes_multiply_by_openblas():
     """Without the packed product (OpenBLAS's per-step products) the lanes take XW from the engine's product and
     leave dX to the engine's."""
@@ -473,6 +491,7 @@ def test_the_engine_projects_where_the_lanes_multiply_by_openblas():
     assert_same(got, want, np.float64, "openblas products")
 
 
+@pytest.mark.usefixtures("small_inputs")
 @pytest.mark.parametrize("n_x", [40, 9, 1], ids=["whole-vectors", "unaligned", "one-input"])
 @DTYPES
 @pytest.mark.parametrize("kind", KINDS)

@@ -132,7 +132,7 @@ def sequence_forward(kind, X, W_ih, W_hh, b_ih, b_hh, h0, c0=None, mask=None, re
               if mask is None else None)
     # A direct loop that projects (the host's lanes of units) computes XW itself, from X1, W_ih and the biases,
     # before its steps; else the GEMMs below do, by [W_ih b].
-    inputs = direct is not None and direct.input_products
+    inputs = direct is not None and direct.input_products(n_x)
     W_ih1 = None if inputs else xp.concat([W_ih, xp.reshape(bias, (G * n_a, 1))], axis=1)
     # The projection of every step, in chunks of ops.projection_steps steps (all of them for the
     # GPU and for a direct loop: one GEMM; a few for NumPy's steps, each computed just before its
@@ -305,7 +305,7 @@ def sequence_backward(trace, dY=None, dh_T=None, dc_T=None, ops=None):
     direct = ops.direct_steps(dtype, dev, check=check_direct, rows=m, n_a=n_a, gates=G) if mask is None else None
     # A direct loop with the input's products (the host's lanes of units) writes dX = dZ @ W_ih itself, after
     # its steps; else the GEMM below does.
-    dX_rows = empty(T * m, n_x) if direct is not None and direct.input_products else None
+    dX_rows = empty(T * m, n_x) if direct is not None and direct.input_products(n_x) else None
     if direct is not None:
         input_grad = {"input_grad": (dX_rows, c_order(xp, tr.W_ih))} if dX_rows is not None else {}
         dh, dc = direct.backward(kind, tr.saved, S, C, c_order(xp, W_hh), dY, c_order(xp, dh),

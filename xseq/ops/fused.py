@@ -125,9 +125,10 @@ class DirectSteps:
     #: What :meth:`forward` takes as its recurrent weight: ``W_hh.T``, C-contiguous (the engine copies it so).
     #: The host's lanes take ``"W_hh"`` itself and pack its transpose (:class:`xseq.ops.lanes.LaneSteps`).
     forward_weight = "W_hh.T"
-    #: Whether :meth:`forward` computes the input projection itself (``projection=(X1, W_ih, bias)``): no, the
-    #: engine's one product does; the host's lanes of units do (:attr:`xseq.ops.lanes.UnitSteps.input_products`).
-    input_products = False
+    def input_products(self, n_x):
+        """Whether :meth:`forward` and :meth:`backward` make the products with ``W_ih`` themselves: no, the
+        engine's GEMMs do; the host's lanes of units may (:meth:`xseq.ops.lanes.UnitSteps.input_products`)."""
+        return False
 
     def __init__(self, device):
         self.device = device

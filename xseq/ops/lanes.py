@@ -346,8 +346,9 @@ class LaneSteps:
 
     #: The forward loop takes ``W_hh`` itself (each lane packs its transpose), not a transposed copy.
     forward_weight = "W_hh"
-    #: The engine computes the input projection (one OpenBLAS product for every lane's rows).
-    input_products = False
+    def input_products(self, n_x):
+        """False: the engine makes the products with ``W_ih`` (one OpenBLAS product for every lane's rows)."""
+        return False
 
     def __init__(self, device, lanes):
         self.device, self.lanes = device, lanes
@@ -378,6 +379,10 @@ class LaneSteps:
             self.device.run([lane(*block) for block in row_blocks(m, lanes)])
         return dh0, dc0
 
+
+#: Lanes of units make the products with ``W_ih`` (the projection, the input's gradient) from this many inputs
+#: on (:meth:`UnitSteps.input_products`; docs/decisions/019-lanes-of-units.md, addendum).
+MIN_INPUT_PRODUCT_INPUTS = 512
 
 #: A lane of units owns at least this many hidden units (a step's share of the work must outweigh the
 #: lanes' meeting at its end: about a tenth of a microsecond on the benchmark machine).
@@ -425,14 +430,14 @@ class UnitSteps:
     def __init__(self, device, lanes):
         self.device, self.lanes = device, lanes
 
-    @property
-    def input_products(self):
-        """Whether the lanes make the products with ``W_ih`` too, by the packed product: :meth:`forward` takes the
-        input projection's operands (``projection``), each lane computing its own columns of ``XW`` before its
-        loop, and :meth:`backward` the input's gradient's (``input_grad``), each lane a block of ``dX``'s
-        columns after its loop. Where the device packs: at ``n_a = 1024`` the packed product runs closer to the
-        machine's peak than OpenBLAS's, and no ``[W_ih b]`` copy is made."""
-        return self.device.packed
+    def input_products(self, n_x):
+        """Whether the lanes make the products with ``W_ih`` too, for ``n_x`` inputs: :meth:`forward` then takes
+        the input projection's operands (``projection``), each lane computing its own columns of ``XW`` before
+        its loop, and :meth:`backward` the input's gradient's (``input_grad``), each lane a block of ``dX``'s
+        columns after its loop. Where the device packs and ``n_x >= MIN_INPUT_PRODUCT_INPUTS``: there the packed
+        product runs closer to the machine's peak than OpenBLAS's (and no ``[W_ih b]`` copy is made); with fewer
+        inputs its sums (``n_x + 1`` terms) and ``dX``'s blocks of columns are too short to win."""
+        return self.device.packed and n_x >= MIN_INPUT_PRODUCT_INPUTS
 
     def _blocks(self, n_a, lanes, threads):
         """``[(u0, u1), ...]`` for the lanes this loop gets (``lanes`` from the runtime, OpenBLAS's ``threads``),
@@ -451,7 +456,7 @@ class UnitSteps:
 
     def forward(self, kind, XW, W_hh, b_hn, saved, S, C, hw, projection=None):
         """As :meth:`~xseq.ops.fused.DirectSteps.forward`, but by ``W_hh`` itself (:attr:`forward_weight`);
-        ``projection``: None, or ``(X1, W_ih, bias)`` where :attr:`input_products` (:meth:`HostDevice.forward_job`)."""
+        ``projection``: None, or ``(X1, W_ih, bias)`` where :meth:`input_products` (:meth:`HostDevice.forward_job`)."""
         n_a = S.shape[2]
         with cpu_runtime().lane_run(self.lanes) as (lanes, threads):
             blocks, barrier = self._blocks(n_a, lanes, threads), None
@@ -466,7 +471,7 @@ class UnitSteps:
 
     def backward(self, kind, saved, S, C, W_hh, dY, dh, dc, dZ, dHW, empty, input_grad=None):
         """As :meth:`~xseq.ops.fused.DirectSteps.backward`: writes ``dZ`` (and ``dHW``); returns ``(dh0, dc0)``.
-        ``input_grad``: None, or ``(dX, W_ih)`` where :attr:`input_products`: the lanes write ``dX = dZ @ W_ih``
+        ``input_grad``: None, or ``(dX, W_ih)`` where :meth:`input_products`: the lanes write ``dX = dZ @ W_ih``
         (``(T m, n_x)``), each its own block of the input's columns (:meth:`HostDevice.backward_job`)."""
         m, n_a = dh.shape
         dh0, dc0 = _state_gradients(dh, dc, empty)
