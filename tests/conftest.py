@@ -31,9 +31,7 @@ def lanes_of_units_never_pause(monkeypatch):
     from xseq.ops import runtime
 
     monkeypatch.setattr(runtime, "UNIT_STALL_SHARE", float("inf"))
-    rt = runtime._RUNTIME
-    if rt is not None:
-        rt._unit_pause, rt._unit_pause_next = 0, runtime.UNIT_PAUSE_FIRST
+    runtime.cpu_runtime().end_unit_pause()
 
 
 @pytest.fixture

@@ -482,7 +482,9 @@ class UnitSteps:
                 jobs = [self.device.backward_job(kind, saved, S, C, W_hh, dY, dh0, dc0, dZ, dHW, input_grad=inputs)]
             else:
                 barrier = lane_barrier(len(blocks))
-                shared = (np.empty(4 * m * n_a, dtype=self.device.dtype), np.zeros((m, n_a), dtype=self.device.dtype))
+                zeros = empty(m, n_a)  # the engine's buffers (its pool): the loop's work and a block of zeros
+                zeros[...] = 0
+                shared = (empty(4 * m * n_a), zeros)
                 columns = [None] * len(blocks)
                 if input_grad is not None:  # each lane a block of dX's columns (an empty one where n_x is small)
                     columns = [(*input_grad, i0, i1) for i0, i1 in

@@ -389,6 +389,13 @@ class CPURuntime:
             self._counts["units paused"] += 1
             return True
 
+    def end_unit_pause(self):
+        """End a pause of the lanes of units after a stall (:meth:`note_meetings`), and start the next one at its
+        shortest: the next loop of units runs in lanes again. For tests whose loops must not depend on how busy
+        the machine was during earlier ones."""
+        with self._state:
+            self._unit_pause, self._unit_pause_next = 0, UNIT_PAUSE_FIRST
+
     def counts(self):
         """Loops run since the process (or its fork) started: ``{"lanes": that held the lanes, "one lane": that
         asked for one, "shared": that asked for lanes but ran as one beside another Python thread's loops,
