@@ -466,3 +466,59 @@ def test_a_forked_child_gets_a_free_runtime_and_openblass_count(rt):
     """)
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, (done.returncode, done.stderr)
+
+
+# ---------------------------------------------------------------- the packed weights' buffer
+
+
+def _vm_flags(address):
+    """The kernel's VmFlags of the mapping holding ``address`` (Linux's /proc/self/smaps), or None."""
+    try:
+        with open("/proc/self/smaps") as f:
+            text = f.read()
+    except OSError:
+        return None
+    flags = None
+    inside = False
+    for line in text.splitlines():
+        head = line.split()[0]
+        if "-" in head and all(c in "0123456789abcdef-" for c in head):
+            lo, hi = (int(v, 16) for v in head.split("-"))
+            inside = lo <= address < hi
+        elif inside and line.startswith("VmFlags:"):
+            flags = line.split()[1:]
+    return flags
+
+
+def test_packed_weights_lie_in_huge_pages_from_256_kib_on():
+    """A lane reads its packed weight at every step: from 256 KiB on the buffer starts on a 2 MiB boundary of a
+    mapping advised for transparent huge pages (VmFlags "hg"); smaller ones are NumPy's own."""
+    import mmap
+
+    from xseq.ops.runtime import HUGE_PAGE, HUGE_PAGE_FROM, huge_page_array
+
+    small = huge_page_array(HUGE_PAGE_FROM // 8 - 1, np.float64)
+    assert small.shape == (HUGE_PAGE_FROM // 8 - 1,) and small.dtype == np.float64 and small.base is None
+    for size, dtype in ((HUGE_PAGE_FROM // 4, np.float32), (3 * HUGE_PAGE // 8 + 5, np.float64)):
+        a = huge_page_array(size, dtype)
+        assert a.shape == (size,) and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+        a[...] = 7
+        assert float(a[0]) == float(a[-1]) == 7.0
+        if getattr(mmap, "MADV_HUGEPAGE", None) is None:
+            pytest.skip("this platform has no MADV_HUGEPAGE: NumPy's buffers")
+        assert a.ctypes.data % HUGE_PAGE == 0
+        flags = _vm_flags(a.ctypes.data)
+        if flags is None:
+            pytest.skip("no /proc/self/smaps to read the mapping's flags from")
+        assert "hg" in flags, flags
+
+
+def test_a_loops_packed_weights_come_from_the_huge_page_buffer():
+    rt = runtime.cpu_runtime()
+    buffer = rt.packed_buffer(np.float32, 300_000)
+    assert buffer.size >= 300_000 and buffer.dtype == np.float32
+    assert rt.packed_buffer(np.float32, 1000) is buffer  # kept for the thread's next loop
+    from xseq.ops.runtime import HUGE_PAGE
+    import mmap
+    if getattr(mmap, "MADV_HUGEPAGE", None) is not None:
+        assert buffer.ctypes.data % HUGE_PAGE == 0

@@ -14,6 +14,11 @@ definitions; this module computes the same thing quickly:
   the ``dW_ih`` GEMM the same way;
 * backward stores the pre-activation gradients of every step and computes
   each weight gradient with one GEMM after the loop;
+* a direct loop may make the products with ``W_ih`` itself (the host's
+  lanes of units with 512 inputs or more: each lane its columns of the
+  projection before its loop and of ``dX`` after it,
+  :meth:`xseq.ops.lanes.UnitSteps.input_products`); the engine then hands it
+  ``X1``, ``W_ih`` and the folded biases instead of making those GEMMs;
 * the pointwise work of a step, the buffers and the products go to an ops
   object (:func:`xseq.ops.select.ops_for`), which is where the fused kernels (CuPy's,
   and their host build for NumPy), NumPy's in-place steps and its reused

@@ -17,7 +17,8 @@ What it owns
   set, and a loop asks for lanes by the count from before, never by the 1
   of another thread's run.
 * **The packed weights**: the buffer a loop packs ``W_hh`` into, one per
-  Python thread, so two threads' loops never share one.
+  Python thread, so two threads' loops never share one; on Linux in 2 MiB
+  pages where the kernel gives them (:func:`huge_page_array`).
 
 Settings (:func:`cpu_runtime`)
 ------------------------------
@@ -70,6 +71,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import mmap
 import os
 import threading
 import weakref
@@ -360,7 +362,7 @@ class CPURuntime:
         dtype = np.dtype(dtype)
         buffer = buffers.get(dtype)
         if buffer is None or buffer.size < size:
-            buffer = buffers[dtype] = np.empty(size, dtype=dtype)
+            buffer = buffers[dtype] = huge_page_array(size, dtype)
         return buffer
 
     # ------------------------------------------------------------------ lanes of units on a busy machine
@@ -434,6 +436,37 @@ class CPURuntime:
 
 _RUNTIME = None
 _CREATE = threading.Lock()
+
+
+#: Bytes of a huge page (x86-64's and most aarch64 kernels' transparent huge pages).
+HUGE_PAGE = 2 << 20
+#: Buffers from this size on are laid out in huge pages (:func:`huge_page_array`); smaller ones by NumPy.
+HUGE_PAGE_FROM = 256 << 10
+
+
+# Why: see docs/decisions/019-lanes-of-units.md (addendum)
+def huge_page_array(size, dtype):
+    """An uninitialised 1-D array of ``size`` elements of ``dtype`` for a loop's packed weights, starting on a
+    2 MiB boundary of an anonymous mapping that asks the kernel for transparent huge pages
+    (``madvise(MADV_HUGEPAGE)``; Linux with THP in ``madvise`` or ``always`` mode: one TLB entry instead of
+    512). A lane reads its packed weight at every step; in 4 KiB pages a 512 KiB one (batch 1, 256 units)
+    spans more pages than the first-level TLB holds. NumPy asks for huge pages only from 4 MiB on. Where the
+    platform has no ``MADV_HUGEPAGE``, or for fewer than :data:`HUGE_PAGE_FROM` bytes, NumPy's ``empty``; the
+    kernel may still give small pages (nothing is lost but the speed)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(size) * dtype.itemsize
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if nbytes < HUGE_PAGE_FROM or advice is None:
+        return np.empty(size, dtype=dtype)
+    length = -(-nbytes // HUGE_PAGE) * HUGE_PAGE + HUGE_PAGE  # whole huge pages, and room to align the start
+    region = mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    raw = np.frombuffer(region, dtype=np.uint8)  # keeps the mapping alive as long as the array
+    start = -raw.ctypes.data % HUGE_PAGE
+    try:
+        region.madvise(advice, start, length - start)
+    except OSError:  # a kernel without transparent huge pages: small pages, the same buffer
+        pass
+    return raw[start:start + nbytes].view(dtype)
 
 
 def cpu_runtime(*, lanes=_UNSET, blas_threads=_UNSET, contention=_UNSET):
