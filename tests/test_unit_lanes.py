@@ -383,6 +383,28 @@ def test_a_lane_that_waits_long_at_a_meeting_sleeps_and_the_barrier_counts_it():
     np.testing.assert_allclose(S, S2, rtol=0, atol=1e-5)
 
 
+def test_waiting_for_the_lanes_to_start_is_not_counted_as_sleep():
+    """The first meeting of a loop waits for the last lane to start (a thread waking, a lane packing more
+    columns: here 1023 units' against 1): a loop of one step, whose only meeting is that one, counts no sleep,
+    so that starting lanes never pauses them (``note_meetings``); the same lanes over three steps do count."""
+    threads_for(2)
+    rng = np.random.default_rng(7)
+    m, n_a, G = 16, 1024, 4
+    device = host.HostDevice(np.float32, BUILT.lib, BLAS)
+    W_hh = (rng.standard_normal((G * n_a, n_a)) * 0.03).astype(np.float32)
+    counted = {}
+    for T in (1, 3):
+        XW = rng.standard_normal((T, m, G * n_a)).astype(np.float32)
+        S, C = np.zeros((T + 1, m, n_a), np.float32), np.zeros((T + 1, m, n_a), np.float32)
+        saved, hw = np.empty_like(XW), np.empty((m, G * n_a), np.float32)
+        barrier = lanes_module.lane_barrier(2)
+        device.run([device.forward_job("lstm", XW, W_hh, None, saved, S, C, hw, units=units, barrier=barrier)
+                    for units in ((0, 1), (1, n_a))])
+        counted[T] = (barrier.sleeps, barrier.slept_ns, barrier.sleepers)
+    assert counted[1] == (0, 0, 0), counted
+    assert counted[3][0] >= 1 and counted[3][1] > 0 and counted[3][2] == 0, counted
+
+
 # ---------------------------------------------------------------- the input projection in the lanes
 
 @pytest.fixture

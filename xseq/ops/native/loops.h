@@ -103,7 +103,10 @@ inline void wake_all(int32_t* word) {
 // cores a lane waiting for a descheduled one gives its core away rather than keep it from that lane (a spin
 // that only yielded took 0.3 s over a 1 ms loop there). The last lane to arrive wakes the sleepers; both
 // sides' sequentially consistent accesses make one of them see the other (the sleeper the new phase, or the
-// waker the sleeper), and the futex checks the phase again before it sleeps.
+// waker the sleeper), and the futex checks the phase again before it sleeps. A sleep at a loop's first meeting
+// (phase 0) is not counted in sleeps and slept_ns: there the lanes wait for the last of them to start (a thread
+// of OpenBLAS's waking, a lane packing more columns), which is no sign of a core kept busy by another process
+// (xseq.ops.runtime.CPURuntime.note_meetings pauses the lanes of units on those counts).
 inline void meet(lane_barrier* b) {
     const int32_t phase = __atomic_load_n(&b->phase, __ATOMIC_ACQUIRE);
     if (__atomic_add_fetch(&b->count, 1, __ATOMIC_ACQ_REL) == b->parties) {
@@ -123,10 +126,12 @@ inline void meet(lane_barrier* b) {
             clock_gettime(CLOCK_MONOTONIC, &start);
             sleep_while(&b->phase, phase);
             clock_gettime(CLOCK_MONOTONIC, &end);
-            __atomic_add_fetch(&b->sleeps, 1, __ATOMIC_RELAXED);
-            __atomic_add_fetch(&b->slept_ns,
-                               (int64_t(end.tv_sec) - start.tv_sec) * 1000000000 + (end.tv_nsec - start.tv_nsec),
-                               __ATOMIC_RELAXED);
+            if (phase != 0) {  // not the lanes' start (see above)
+                __atomic_add_fetch(&b->sleeps, 1, __ATOMIC_RELAXED);
+                __atomic_add_fetch(&b->slept_ns,
+                                   (int64_t(end.tv_sec) - start.tv_sec) * 1000000000 + (end.tv_nsec - start.tv_nsec),
+                                   __ATOMIC_RELAXED);
+            }
         }
         __atomic_sub_fetch(&b->sleepers, 1, __ATOMIC_SEQ_CST);
     }
