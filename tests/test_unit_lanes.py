@@ -302,35 +302,48 @@ def engine_reference():
 # ---------------------------------------------------------------- lanes of units on a busy machine
 
 
-def test_a_stalled_loop_pauses_the_lanes_of_units_doubling_and_a_good_one_resets(monkeypatch):
-    """``note_meetings``: lanes that slept over a quarter of the loop's time (each, on average) stall it; the next
-    UNIT_PAUSE_FIRST loops of units run as one lane, twice as many after a further stall; a loop that did not stall
-    sets the next pause back to UNIT_PAUSE_FIRST."""
+def test_two_stalled_loops_in_a_row_pause_the_lanes_of_units_doubling_and_a_good_one_resets(monkeypatch):
+    """``note_meetings``: lanes that slept over a quarter of the loop's time (each, on average) stall it; one stalled
+    loop alone pauses nothing (a lane descheduled once), two in a row make the next UNIT_PAUSE_FIRST loops of units
+    run as one lane, a further stall right after twice as many; a loop that did not stall resets both."""
     from xseq.ops import runtime
-    from xseq.ops.runtime import UNIT_PAUSE_FIRST, CPURuntime
+    from xseq.ops.runtime import UNIT_PAUSE_FIRST, UNIT_STALLS_TO_PAUSE, CPURuntime
 
+    assert UNIT_STALLS_TO_PAUSE == 2
     UNIT_STALL_SHARE = 0.25  # the module's value (conftest makes it infinite for every other test)
     monkeypatch.setattr(runtime, "UNIT_STALL_SHARE", UNIT_STALL_SHARE)
     rt = CPURuntime()
     wall = 1_000_000
+    over = int(2 * UNIT_STALL_SHARE * wall) + 2
     assert not rt.note_meetings(wall, int(2 * UNIT_STALL_SHARE * wall) - 1, parties=2)  # just under: no stall
     assert not rt.units_paused()
-    assert rt.note_meetings(wall, int(2 * UNIT_STALL_SHARE * wall) + 2, parties=2)
+    assert rt.note_meetings(wall, over, parties=2)  # a stall alone: no pause
+    assert not rt.units_paused()
+    assert not rt.note_meetings(wall, 0, parties=2)  # a good loop between them: still none
+    assert rt.note_meetings(wall, over, parties=2)
+    assert not rt.units_paused()
+    assert rt.note_meetings(wall, 2 * wall, parties=2)  # the second in a row
     assert [rt.units_paused() for _ in range(UNIT_PAUSE_FIRST + 1)] == [True] * UNIT_PAUSE_FIRST + [False]
-    assert rt.note_meetings(wall, 2 * wall, parties=2)  # stalled again: twice as long
+    assert rt.note_meetings(wall, 2 * wall, parties=2)  # stalled again right after the pause: twice as long
     assert sum(rt.units_paused() for _ in range(3 * UNIT_PAUSE_FIRST)) == 2 * UNIT_PAUSE_FIRST
-    assert not rt.note_meetings(wall, 0, parties=2)  # a good loop: the next stall pauses UNIT_PAUSE_FIRST again
+    assert not rt.note_meetings(wall, 0, parties=2)  # a good loop: two stalls needed again, then UNIT_PAUSE_FIRST
+    assert rt.note_meetings(wall, 2 * wall, parties=2)
+    assert not rt.units_paused()
     assert rt.note_meetings(wall, 2 * wall, parties=2)
     assert sum(rt.units_paused() for _ in range(3 * UNIT_PAUSE_FIRST)) == UNIT_PAUSE_FIRST
     counts = rt.counts()
-    assert counts["units stalled"] == 3 and counts["units paused"] == 4 * UNIT_PAUSE_FIRST
-    assert "3 loops in lanes of units stalled" in rt.status()
+    assert counts["units stalled"] == 6 and counts["units paused"] == 4 * UNIT_PAUSE_FIRST
+    assert "6 loops in lanes of units stalled" in rt.status()
     assert not rt.note_meetings(0, 5, parties=2)  # no time measured: nothing to judge
+    rt.note_meetings(wall, 2 * wall, parties=2)
+    rt.end_unit_pause()  # ends the count of stalls in a row too
+    rt.note_meetings(wall, 2 * wall, parties=2)
+    assert not rt.units_paused()
 
 
-def test_after_a_stall_the_loops_of_units_run_as_one_lane_with_the_same_results(monkeypatch):
-    """A loop whose meetings slept most of its time (planted after the real run) makes the next loops run whole
-    on this thread; the results stay the reference's."""
+def test_after_two_stalls_the_loops_of_units_run_as_one_lane_with_the_same_results(monkeypatch):
+    """A forward and a backward whose meetings slept most of their time (planted after the real runs) make the
+    next loops run whole on this thread; the results stay the reference's."""
     from xseq.ops import runtime
     from xseq.ops.runtime import UNIT_PAUSE_FIRST
 
@@ -347,16 +360,18 @@ def test_after_a_stall_the_loops_of_units_run_as_one_lane_with_the_same_results(
 
     rt = cpu_runtime()
     before = rt.counts()
+    want = engine_sequence("lstm", ArrayAPIOps(xp), m=1, n_a=40)
     with monkeypatch.context() as patch:
         patch.setattr(host.HostDevice, "run", slept)
-        got = engine_sequence("lstm", ops, m=1, n_a=40)  # the forward loop stalls: the backward runs as one lane
-    want = engine_sequence("lstm", ArrayAPIOps(xp), m=1, n_a=40)
-    assert_same(got, want, np.float64, "after a stall")
+        got = engine_sequence("lstm", ops, m=1, n_a=40)  # the forward loop stalls, then the backward
+    assert_same(got, want, np.float64, "the stalled loops")
+    again = engine_sequence("lstm", ops, m=1, n_a=40)  # both loops paused: one lane each
+    assert_same(again, want, np.float64, "after two stalls")
     blocks = [(u0, u1, True) for u0, u1 in host.unit_blocks(40, 2, 8)]
-    assert jobs == [blocks, [(0, 40, False)]]
+    assert jobs == [blocks, blocks, [(0, 40, False)], [(0, 40, False)]]
     after = rt.counts()
-    assert after["units stalled"] == before["units stalled"] + 1
-    assert after["units paused"] == before["units paused"] + 1
+    assert after["units stalled"] == before["units stalled"] + 2
+    assert after["units paused"] == before["units paused"] + 2
     while rt.units_paused():  # the rest of the pause, so that other tests get their lanes
         pass
     assert rt.counts()["units paused"] == before["units paused"] + UNIT_PAUSE_FIRST

@@ -418,9 +418,9 @@ class UnitSteps:
     Where the process's :class:`~xseq.ops.runtime.CPURuntime` gives the loop
     one lane (another Python thread's loop), it runs whole on the calling
     thread: a lane of all the rows (:class:`LaneSteps`' job), still one C++
-    call for the whole loop. So it does for a while after a loop whose lanes
-    slept a quarter of its time waiting at the meetings (a lane descheduled:
-    another process keeps a core busy;
+    call for the whole loop. So it does for a while after two loops in a row
+    whose lanes slept a quarter of their time waiting at the meetings (a lane
+    descheduled: another process keeps a core busy;
     :meth:`~xseq.ops.runtime.CPURuntime.note_meetings`).
     """
 

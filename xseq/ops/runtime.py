@@ -95,10 +95,12 @@ RECENT_CALLS = 4
 
 #: Lanes of units (:class:`xseq.ops.lanes.UnitSteps`) meet at every step; on a machine where another process keeps a
 #: core busy a lane waits for a descheduled one at every step. A loop whose lanes slept, on average, more than this
-#: share of its time waiting at the meetings pauses the lanes of units: the next UNIT_PAUSE_FIRST loops that would
-#: take them run as one lane, twice as many after each further such loop (at most UNIT_PAUSE_MAX), back to
-#: UNIT_PAUSE_FIRST after a loop that did not stall.
+#: share of its time waiting at the meetings stalled; UNIT_STALLS_TO_PAUSE such loops in a row (one alone is a lane
+#: descheduled once: a virtual machine's host, a moment's other work) pause the lanes of units: the next
+#: UNIT_PAUSE_FIRST loops that would take them run as one lane, twice as many after each further stalled loop (at
+#: most UNIT_PAUSE_MAX), back to UNIT_PAUSE_FIRST, and two stalls needed again, after a loop that did not stall.
 UNIT_STALL_SHARE = 0.25
+UNIT_STALLS_TO_PAUSE = 2
 UNIT_PAUSE_FIRST = 8
 UNIT_PAUSE_MAX = 1024
 
@@ -158,6 +160,7 @@ class CPURuntime:
         self._counts = {"lanes": 0, "one lane": 0, "shared": 0, "waited": 0, "units stalled": 0, "units paused": 0}
         self._unit_pause = 0  # loops of units left to run as one lane
         self._unit_pause_next = UNIT_PAUSE_FIRST  # how many the next stall pauses
+        self._unit_stalls = 0  # loops of units in a row that stalled
 
     # ------------------------------------------------------------------ settings
 
@@ -370,14 +373,18 @@ class CPURuntime:
     def note_meetings(self, wall_ns, slept_ns, parties):
         """A loop of ``parties`` lanes of units took ``wall_ns``; its lanes slept ``slept_ns`` in all at the
         meetings. Returns whether it stalled (its lanes slept more than :data:`UNIT_STALL_SHARE` of the time, on
-        average), which pauses the lanes of units (:meth:`units_paused`)."""
+        average); :data:`UNIT_STALLS_TO_PAUSE` stalled loops in a row pause the lanes of units
+        (:meth:`units_paused`)."""
         stalled = wall_ns > 0 and slept_ns > UNIT_STALL_SHARE * wall_ns * parties
         with self._state:
             if stalled:
                 self._counts["units stalled"] += 1
-                self._unit_pause = self._unit_pause_next
-                self._unit_pause_next = min(2 * self._unit_pause_next, UNIT_PAUSE_MAX)
+                self._unit_stalls += 1
+                if self._unit_stalls >= UNIT_STALLS_TO_PAUSE:
+                    self._unit_pause = self._unit_pause_next
+                    self._unit_pause_next = min(2 * self._unit_pause_next, UNIT_PAUSE_MAX)
             else:
+                self._unit_stalls = 0
                 self._unit_pause_next = UNIT_PAUSE_FIRST
         return stalled
 
@@ -396,7 +403,7 @@ class CPURuntime:
         shortest: the next loop of units runs in lanes again. For tests whose loops must not depend on how busy
         the machine was during earlier ones."""
         with self._state:
-            self._unit_pause, self._unit_pause_next = 0, UNIT_PAUSE_FIRST
+            self._unit_pause, self._unit_pause_next, self._unit_stalls = 0, UNIT_PAUSE_FIRST, 0
 
     def counts(self):
         """Loops run since the process (or its fork) started: ``{"lanes": that held the lanes, "one lane": that
