@@ -15,6 +15,7 @@ decides how loops of several Python threads share the cores.
 from __future__ import annotations
 
 import ctypes
+import functools
 import time
 
 import numpy as np
@@ -128,8 +129,9 @@ class HostDevice:
         #: whether the lanes' per-step products use the weight packed once a loop rather than NumPy's OpenBLAS
         self.packed = packed_products(lib) if packed is None else bool(packed)
         if self.packed:
-            self._packed_size = getattr(lib, f"xseq_packed_size_{ctype}")
-            self._packed_size.argtypes, self._packed_size.restype = [ctypes.c_int64, ctypes.c_int64], ctypes.c_int64
+            packed_size = getattr(lib, f"xseq_packed_size_{ctype}")
+            packed_size.argtypes, packed_size.restype = [ctypes.c_int64, ctypes.c_int64], ctypes.c_int64
+            self._packed_size = functools.lru_cache(maxsize=256)(packed_size)  # asked at every loop
 
     def forward_job(self, kind, XW, W_hh, b_hn, saved, S, C, hw, units=None, barrier=None, projection=None):
         """A lane of :class:`~xseq.ops.fused.DirectSteps`' forward loop: writes ``S[1:]``, ``C[1:]``, ``saved``.

@@ -22,6 +22,7 @@ request is a fresh ``numpy.empty``). :func:`clear` drops the free buffers.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -53,7 +54,13 @@ _FREE_REFCOUNT = _calibrate()
 
 
 def _limit_bytes():
-    text = os.environ.get("XSEQ_WORKSPACE_MB", "1024").strip()
+    """``XSEQ_WORKSPACE_MB`` in bytes, read at every call (parsed once per value: every buffer asks)."""
+    return _parsed_limit(os.environ.get("XSEQ_WORKSPACE_MB", "1024"))
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_limit(raw):
+    text = raw.strip()
     try:
         mb = float(text)
     except ValueError:
