@@ -507,6 +507,34 @@ def test_aarch64_lanes_of_units_on_threads_match_the_reference_and_one_lane(aarc
     assert largest_error(got, run_loops(aarch64, "loop", kind, inputs)) < tol
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("kind", list(GATES))
+def test_aarch64_lanes_of_units_make_the_input_products_as_the_reference(aarch64, kind, dtype):
+    """Lanes of units that compute their columns of the input projection before the loop and blocks of dX after
+    it (lane_job's ``x1`` and ``dx``; 2 lanes of 37 units, 6 steps of 3 rows: 18 rows of x1 in one chunk, 9 inputs:
+    blocks of 4 and 5 columns). The harness's own xw is NaN: every value of it must come from the lanes."""
+    T, m, n_a, n_x, lanes, G = 6, 3, 37, 9, 2, GATES[kind]
+    inputs = loop_inputs(kind, dtype, T=T, m=m, n_a=n_a, seed=11)
+    rng = np.random.default_rng(12)
+    x1 = np.concatenate([rng.standard_normal((T * m, n_x)), np.ones((T * m, 1))], axis=1).astype(dtype)
+    w_ih = (rng.standard_normal((G * n_a, n_x)) * 0.5).astype(dtype)
+    bias = (rng.standard_normal(G * n_a) * 0.5).astype(dtype)
+    xw = (x1 @ np.concatenate([w_ih, bias[:, None]], axis=1).T).reshape(T, m, G * n_a)
+    want = reference_for(kind, {**inputs, "xw": xw})
+    want["xw"] = xw
+    want["dx"] = want["dz"].reshape(T * m, G * n_a) @ w_ih
+    shapes = dict(s=(T + 1, m, n_a), c=(T + 1, m, n_a), saved=(T, m, SAVED[kind] * n_a), dz=(T, m, G * n_a),
+                  dhw=(T, m, G * n_a), dh0=(m, n_a), dc0=(m, n_a), xw=(T, m, G * n_a), dx=(T * m, n_x))
+    planted = {**inputs, "xw": np.full_like(inputs["xw"], np.nan)}
+    out = aarch64.run("units", kind, dtype_code(dtype), T, m, n_a, lanes, n_x,
+                      inputs=[*planted.values(), x1, w_ih, bias], timeout=120)
+    got = dict(zip(shapes, split(out, dtype, list(shapes.values()))))
+    if kind != "lstm":
+        got.pop("c"), got.pop("dc0")
+    assert not np.isnan(got["xw"]).any()
+    assert largest_error(got, want) < LOOP_TOL[np.dtype(dtype)]
+
+
 # ---------------------------------------------------------------- benchmarks/bench_builds.py's check
 
 

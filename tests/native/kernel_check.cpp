@@ -34,6 +34,11 @@
 //       units [k N_A / LANES, (k + 1) N_A / LANES) of every row, packs its own columns of the weight and meets
 //       the others at one barrier each step (xseq_lane_* on each lane's job, the forward lanes, then the
 //       backward ones); in and out as for loop
+//   kernel_check units KIND DTYPE T M N_A LANES N_X
+//       the same, the lanes making the products with W_ih too (lane_job's x1 and dx): each lane computes its
+//       columns of xw = x1 @ [w_ih b]^T before its forward loop and columns [k N_X / LANES, (k + 1) N_X / LANES)
+//       of dx = dz @ w_ih after its backward loop; in as for loop (xw is overwritten), then x1 (T M, N_X + 1),
+//       w_ih (G N_A, N_X), b (G N_A); out as for loop, then xw (T, M, G N_A) and dx (T M, N_X)
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -294,7 +299,7 @@ void check_layouts() {
 }
 
 template <typename T>
-int units(const std::string& kind, int64_t Tn, int64_t m, int64_t n_a, int64_t lanes) {
+int units(const std::string& kind, int64_t Tn, int64_t m, int64_t n_a, int64_t lanes, int64_t n_x) {
     typedef api<T> A;
     if (lanes < 2 || lanes > n_a)
         fail("LANES must be 2 .. N_A = " + std::to_string(n_a) + " (every lane at least one unit), got " +
@@ -302,6 +307,10 @@ int units(const std::string& kind, int64_t Tn, int64_t m, int64_t n_a, int64_t l
     check_layouts();
     loop_data<T> d(kind, Tn, m, n_a);
     const int64_t n = d.n, GN = d.GN, S = d.S;
+    // the input's products (n_x > 0): x1, w_ih, b read after the loop's inputs; dx written by the lanes
+    std::vector<T> x1, w_ih, b, dx;
+    if (n_x > 0) x1 = read<T>(Tn * m * (n_x + 1)), w_ih = read<T>(GN * n_x), b = read<T>(GN), dx.assign(Tn * m * n_x, T(0));
+    std::vector<std::vector<T>> packed_in(static_cast<size_t>(lanes));
     lane_barrier barrier;
     std::vector<lane_job> jobs(static_cast<size_t>(lanes));
     std::vector<std::vector<T>> packed(static_cast<size_t>(lanes));
@@ -328,6 +337,10 @@ int units(const std::string& kind, int64_t Tn, int64_t m, int64_t n_a, int64_t l
     for (int64_t k = 0; k < lanes; ++k) {
         lane_job j = job_of(0, k);
         j.xw = d.xw.data(), j.xw_step = m * GN, j.b_hn = d.b_hn.data(), j.hw = d.hw.data();  // hw: (m, G n_a), shared
+        if (n_x > 0) {  // G blocks of (n_x + 1, U) of [w_ih b]^T, packed by the lane
+            packed_in[k].assign(static_cast<size_t>(d.G * A::packed_size(n_x + 1, j.u1 - j.u0)), T(0));
+            j.x1 = x1.data(), j.w_ih = w_ih.data(), j.b_in = b.data(), j.packed_in = packed_in[k].data(), j.n_x = n_x;
+        }
         jobs[k] = j;
     }
     run_lanes();
@@ -335,10 +348,16 @@ int units(const std::string& kind, int64_t Tn, int64_t m, int64_t n_a, int64_t l
         lane_job j = job_of(1, k);
         j.dy = d.dy.data(), j.dy_step = n, j.dz = d.dz.data(), j.z_step = m * GN, j.dhw = d.dhw(), j.hw_step = m * GN;
         j.dh = d.dh.data(), j.dc = d.dc.data(), j.work = d.work.data();  // work: 4 (m, n_a), shared
+        if (n_x > 0) {  // columns [i0, i1) of dx, by those columns of w_ih packed (at least one value of room)
+            j.i0 = k * n_x / lanes, j.i1 = (k + 1) * n_x / lanes;
+            packed_in[k].assign(static_cast<size_t>(A::packed_size(GN, j.i1 - j.i0)) + 1, T(0));
+            j.dx = dx.data(), j.w_ih = w_ih.data(), j.packed_in = packed_in[k].data(), j.n_x = n_x;
+        }
         jobs[k] = j;
     }
     run_lanes();
     d.write_outputs();
+    if (n_x > 0) write(d.xw), write(dx);
     return 0;
 }
 
@@ -353,9 +372,9 @@ int run(int argc, char** argv) {
     }
     if (mode == "loop" && argc == 7)
         return loop<T>(argv[2], positive(argv[4], "T"), positive(argv[5], "M"), positive(argv[6], "N_A"));
-    if (mode == "units" && argc == 8)
+    if (mode == "units" && (argc == 8 || argc == 9))
         return units<T>(argv[2], positive(argv[4], "T"), positive(argv[5], "M"), positive(argv[6], "N_A"),
-                        positive(argv[7], "LANES"));
+                        positive(argv[7], "LANES"), argc == 9 ? positive(argv[8], "N_X") : 0);
     fail("usage: see the comment at the top of tests/native/kernel_check.cpp");
 }
 
