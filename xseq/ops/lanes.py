@@ -348,12 +348,13 @@ class LaneSteps:
 
     #: The forward loop takes ``W_hh`` itself (each lane packs its transpose), not a transposed copy.
     forward_weight = "W_hh"
-    def input_products(self, n_x):
-        """False: the engine makes the products with ``W_ih`` (one OpenBLAS product for every lane's rows)."""
-        return False
 
     def __init__(self, device, lanes):
         self.device, self.lanes = device, lanes
+
+    def input_products(self, n_x):
+        """False: the engine makes the products with ``W_ih`` (one OpenBLAS product for every lane's rows)."""
+        return False
 
     def forward(self, kind, XW, W_hh, b_hn, saved, S, C, hw):
         """As :meth:`~xseq.ops.fused.DirectSteps.forward`, but by ``W_hh`` itself (:attr:`forward_weight`)."""
