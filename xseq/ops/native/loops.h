@@ -34,6 +34,9 @@ inline void mm(gemm_t<T> gemm, const T* packed, int64_t m, int64_t n, int64_t k,
         gemm(101, 111, 111, m, n, k, T(1), a, lda, b, ldb, beta, c, ldc);
 }
 
+// The gate blocks of a cell by its kind code (0 RNN, 1 LSTM, 2 GRU): G, the weights' G n_a rows.
+inline int64_t gate_blocks(int64_t kind) { return kind == 0 ? 1 : kind == 1 ? 4 : 3; }
+
 // Everything one lane's loop needs. Shared with Python: xseq.ops.native_layout.LaneJob restates it as a
 // ctypes structure, and the library is used for lanes only where the layout exports.cpp reports
 // (xseq_layout) is that structure's, field for field.
@@ -145,7 +148,7 @@ void forward_loop(int kind, void* gemm_p, int64_t T, int64_t m, int64_t n_a, con
                   T_* hw, const T_* packed) {
     typedef xseq_steps::kernels<T_> K;
     auto gemm = reinterpret_cast<gemm_t<T_>>(gemm_p);
-    const int64_t G = kind == 0 ? 1 : kind == 1 ? 4 : 3, GN = G * n_a, n = m * n_a;
+    const int64_t G = gate_blocks(kind), GN = G * n_a, n = m * n_a;
     for (int64_t t = 0; t < T; ++t) {
         T_* h = s + t * s_step;
         if (packed)  // hw = h @ W_hh.T
@@ -169,7 +172,7 @@ void backward_loop(int kind, void* gemm_p, int64_t T, int64_t m, int64_t n_a, co
                    const T_* packed) {
     typedef xseq_steps::kernels<T_> K;
     auto gemm = reinterpret_cast<gemm_t<T_>>(gemm_p);
-    const int64_t G = kind == 0 ? 1 : kind == 1 ? 4 : 3, GN = G * n_a, n = m * n_a;
+    const int64_t G = gate_blocks(kind), GN = G * n_a, n = m * n_a;
     T_* dh_buf[2] = {work, work + n};
     T_* dc_buf[2] = {work + 2 * n, work + 3 * n};
     const T_* dh_cur = dh;
@@ -216,7 +219,7 @@ inline void mm_cols(gemm_t<T> gemm, const T* packed, int64_t m, int64_t U, int64
 // then the rows of X1 a chunk of up to 64 at a time (the chunk stays in cache while every panel uses it).
 template <typename T_>
 void project_cols(const lane_job& j, int64_t u0, int64_t U) {
-    const int64_t G = j.kind == 0 ? 1 : j.kind == 1 ? 4 : 3, n_a = j.n_a, GN = G * n_a, n_x = j.n_x,
+    const int64_t G = gate_blocks(j.kind), n_a = j.n_a, GN = G * n_a, n_x = j.n_x,
                   n_in = n_x + 1, rows = j.T * j.m, chunk = 64;
     const T_ *x1 = (const T_*)j.x1, *w_ih = (const T_*)j.w_ih, *b = (const T_*)j.b_in;
     T_ *packed = (T_*)j.packed_in, *xw = (T_*)j.xw;
@@ -238,7 +241,7 @@ void project_cols(const lane_job& j, int64_t u0, int64_t U) {
 // (a block of dZ stays in cache while every panel uses it; a whole chunk of 64 rows of 4096 does not).
 template <typename T_>
 void input_grad_cols(const lane_job& j) {
-    const int64_t G = j.kind == 0 ? 1 : j.kind == 1 ? 4 : 3, GN = G * j.n_a, n_x = j.n_x, i0 = j.i0,
+    const int64_t G = gate_blocks(j.kind), GN = G * j.n_a, n_x = j.n_x, i0 = j.i0,
                   NI = j.i1 - j.i0, rows = j.T * j.m, chunk = 64,
                   KB = int64_t(256 * 1024 / (chunk * sizeof(T_))), NR = xseq_packed::panel_cols<T_>();
     if (NI <= 0) return;
@@ -263,7 +266,7 @@ void unit_forward_loop(const lane_job& j) {
     typedef xseq_steps::kernels<T_> K;
     auto gemm = reinterpret_cast<gemm_t<T_>>(j.gemm);
     const int kind = (int)j.kind;
-    const int64_t G = kind == 0 ? 1 : kind == 1 ? 4 : 3, n_a = j.n_a, GN = G * n_a, m = j.m, u0 = j.u0,
+    const int64_t G = gate_blocks(kind), n_a = j.n_a, GN = G * n_a, m = j.m, u0 = j.u0,
                   U = j.u1 - j.u0;
     const T_* w = (const T_*)j.w;  // W_hh, (GN, n_a): the product is by its transpose
     T_* packed = (T_*)j.packed;
@@ -298,7 +301,7 @@ void unit_backward_loop(const lane_job& j) {
     typedef xseq_steps::kernels<T_> K;
     auto gemm = reinterpret_cast<gemm_t<T_>>(j.gemm);
     const int kind = (int)j.kind;
-    const int64_t G = kind == 0 ? 1 : kind == 1 ? 4 : 3, n_a = j.n_a, GN = G * n_a, m = j.m, u0 = j.u0, u1 = j.u1,
+    const int64_t G = gate_blocks(kind), n_a = j.n_a, GN = G * n_a, m = j.m, u0 = j.u0, u1 = j.u1,
                   U = u1 - u0, n = m * n_a;
     const T_* w = (const T_*)j.w;  // W_hh, (GN, n_a)
     T_* packed = (T_*)j.packed;
@@ -348,7 +351,7 @@ void lane(const lane_job& j) {
         else unit_backward_loop<T_>(j);
         return;
     }
-    const int64_t GN = (j.kind == 0 ? 1 : j.kind == 1 ? 4 : 3) * j.n_a;
+    const int64_t GN = gate_blocks(j.kind) * j.n_a;
     if (j.packed && !j.backward) xseq_packed::pack_transposed((const T_*)j.w, j.n_a, j.n_a, GN, (T_*)j.packed);
     else if (j.packed) xseq_packed::pack((const T_*)j.w, GN, j.n_a, (T_*)j.packed);
     if (!j.backward && j.x1) project_cols<T_>(j, 0, j.n_a);  // one lane of every row and unit
