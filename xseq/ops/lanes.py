@@ -200,31 +200,34 @@ class HostDevice:
 
     def _projection(self, job, XW, X1, W_ih, bias):
         """Point ``job`` at the input projection it computes itself (:meth:`forward_job`'s ``projection``)."""
+        self._check_input_product("the input projection", "projection", "XW", XW)
         T, m, GN = XW.shape
         n_x = W_ih.shape[1]
-        if not self.packed:
-            raise ValueError("a lane computes the input projection by the packed product only; "
-                             "this device's products are OpenBLAS's (packed is False)")
         if X1.shape != (T * m, n_x + 1) or W_ih.shape != (GN, n_x) or bias.shape != (GN,):
             raise ValueError(f"projection: expected X1 ({T * m}, {n_x + 1}), W_ih ({GN}, {n_x}) and bias ({GN},) "
                              f"for XW {XW.shape}; got {X1.shape}, {W_ih.shape} and {bias.shape}")
-        if XW.strides[0] != m * XW.strides[1]:
-            raise ValueError(f"projection: XW must hold every row of every step in one block; got strides {XW.strides}")
         job.x1, job.w_ih, job.b_in, job.n_x = self._block(X1), self._block(W_ih), self._block(bias), n_x
 
     def _input_grad(self, job, dZ, dX, W_ih, i0, i1):
         """Point ``job`` at the columns of the input's gradient it computes (:meth:`backward_job`'s ``input_grad``)."""
+        self._check_input_product("the input's gradient", "input_grad", "dZ", dZ)
         T, m, GN = dZ.shape
         n_x = W_ih.shape[1]
-        if not self.packed:
-            raise ValueError("a lane computes the input's gradient by the packed product only; "
-                             "this device's products are OpenBLAS's (packed is False)")
         if dX.shape != (T * m, n_x) or W_ih.shape != (GN, n_x) or not 0 <= i0 <= i1 <= n_x:
             raise ValueError(f"input_grad: expected dX ({T * m}, {n_x}), W_ih ({GN}, {n_x}) and 0 <= i0 <= i1 <= {n_x} "
                              f"for dZ {dZ.shape}; got {dX.shape}, {W_ih.shape}, {i0} and {i1}")
-        if dZ.strides[0] != m * dZ.strides[1]:
-            raise ValueError(f"input_grad: dZ must hold every row of every step in one block; got strides {dZ.strides}")
         job.dx, job.w_ih, job.n_x, job.i0, job.i1 = self._block(dX), self._block(W_ih), n_x, i0, i1
+
+    def _check_input_product(self, what, argument, name, steps):
+        """Refuse an input product (``what``, given as ``argument``) a lane cannot make: without the packed product,
+        or where ``steps`` (the ``(T, m, G n_a)`` array ``name``) is not every row of every step in one block, as
+        the lane reads it (the ``T m`` rows of one matrix)."""
+        if not self.packed:
+            raise ValueError(f"a lane computes {what} by the packed product only; "
+                             "this device's products are OpenBLAS's (packed is False)")
+        if steps.strides[0] != steps.shape[1] * steps.strides[1]:
+            raise ValueError(f"{argument}: {name} must hold every row of every step in one block; "
+                             f"got strides {steps.strides}")
 
     def _job(self, backward, kind, T, m, n_a, units, barrier):
         u0, u1 = (0, n_a) if units is None else units
@@ -286,19 +289,25 @@ class HostDevice:
                 sizes.append(self._packed_size(job.n_a, GN))
             else:
                 sizes.append(_GATES[job.kind] * self._packed_size(job.n_a, units))
-        # a lane that computes its input projection: its G blocks of (n_x + 1, units) of [W_ih b].T too; one that
-        # computes columns of the input's gradient: those columns of W_ih, (G n_a, i1 - i0)
-        projections = [_GATES[job.kind] * self._packed_size(job.n_x + 1, job.u1 - job.u0) if job.x1
-                       else self._packed_size(_GATES[job.kind] * job.n_a, job.i1 - job.i0) if job.dx else 0
-                       for job in jobs]
-        buffer = cpu_runtime().packed_buffer(self.dtype, sum(sizes) + sum(projections))
+        inputs = [self._input_packed_size(job) for job in jobs]
+        buffer = cpu_runtime().packed_buffer(self.dtype, sum(sizes) + sum(inputs))
         start = address(buffer)
-        for job, size, projection in zip(jobs, sizes, projections):
+        for job, size, input_size in zip(jobs, sizes, inputs):
             job.packed = start
             start += size * self.dtype.itemsize
-            if projection:
+            if input_size:
                 job.packed_in = start
-                start += projection * self.dtype.itemsize
+                start += input_size * self.dtype.itemsize
+
+    def _input_packed_size(self, job):
+        """Elements of ``W_ih`` packed for ``job``'s input product (0: none): for the projection, its G blocks of
+        ``(n_x + 1, units)`` of ``[W_ih b].T``; for the input's gradient, its columns of ``W_ih``, ``(G n_a, i1 - i0)``."""
+        G = _GATES[job.kind]
+        if job.x1:
+            return G * self._packed_size(job.n_x + 1, job.u1 - job.u0)
+        if job.dx:
+            return self._packed_size(G * job.n_a, job.i1 - job.i0)
+        return 0
 
     def _block(self, a):
         if a.dtype != self.dtype or not a.flags.c_contiguous:
